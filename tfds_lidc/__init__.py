@@ -1,0 +1,1 @@
+"""TFDS builders for LIDC-IDRI benchmarks and a synthetic ambiguous set (no TensorFlow needed)."""
