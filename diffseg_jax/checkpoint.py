@@ -1,0 +1,130 @@
+"""Orbax checkpoints of the train state: what is saved, where, and how it comes back.
+
+A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng}) and `meta`
+(JSON: data position, config). Exported checkpoints (`save_params`, e.g. converted PyTorch weights) hold
+only `params`, `ema_params` and `meta`; evaluation and prediction read just the parameter items, so they
+work on both kinds.
+"""
+
+import os
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+TRAIN_ITEMS = ("params", "ema_params", "opt_state", "train", "meta")
+PARAM_ITEMS = ("params", "ema_params")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  pass
+
+
+def _manager(directory: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
+             async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save,
+      create=not read_only,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=TRAIN_ITEMS)
+
+
+class Checkpointer:
+  """Periodic (async) saves of the full train state and exact restore of it."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._manager = _manager(self.directory, max_to_keep=max_to_keep,
+                             save_interval_steps=save_interval_steps, async_save=async_save)
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], *,
+           force: bool = False) -> bool:
+    """Saves `state` (params, ema_params, opt_state, step, rng) at `step`; returns whether it saved."""
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        ema_params=ocp.args.StandardSave(state["ema_params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+        meta=ocp.args.JsonSave(dict(meta)),
+    )
+    return self._manager.save(int(step), args=args, force=force)
+
+  def restore(self, abstract_state: Mapping[str, Any], step: Optional[int] = None):
+    """Restores the full state into the shapes/shardings of `abstract_state`; returns (state, meta)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointNotFoundError(f"No checkpoint in {self.directory}.")
+    args = ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        ema_params=ocp.args.StandardRestore(abstract_state["ema_params"]),
+        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+        train=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}),
+        meta=ocp.args.JsonRestore(),
+    )
+    restored = self._manager.restore(step, args=args)
+    state = {
+        "params": restored.params,
+        "ema_params": restored.ema_params,
+        "opt_state": restored.opt_state,
+        "step": restored.train["step"],
+        "rng": restored.train["rng"],
+    }
+    return state, dict(restored.meta)
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def save_params(directory: str, params: Any, *, step: int = 0,
+                meta: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes an inference-only checkpoint (params doubling as EMA params) that evaluation can restore."""
+  manager = _manager(directory, max_to_keep=None, async_save=False)
+  manager.save(int(step), args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params),
+      ema_params=ocp.args.StandardSave(params),
+      meta=ocp.args.JsonSave(dict(meta or {"kind": "exported_params"})),
+  ), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.abspath(directory)
+
+
+def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True,
+                   step: Optional[int] = None):
+  """Restores only the (EMA) parameters of the latest (or given) step; returns (params, step)."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointNotFoundError(
+        f"Checkpoint directory {directory} does not exist: train first (--mode=train) or convert "
+        "weights with `python -m diffseg_jax.convert --out=...`.")
+  manager = _manager(directory, read_only=True, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointNotFoundError(
+        f"No checkpoint steps in {directory}: train first (--mode=train) or convert weights.")
+  item = "ema_params" if use_ema else "params"
+  restored = manager.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.StandardRestore(abstract_params)}))
+  manager.close()
+  logging.info("Restored %s of step %d from %s", item, step, directory)
+  return restored[item], step
+
+
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+  """ShapeDtypeStructs (with shardings, if given) describing `tree`, for restoring into it."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
