@@ -1,0 +1,260 @@
+r"""Converts the authors' PyTorch U-Net weights into our parameters (SPEC §2a).
+
+Library: `convert_state_dict(state_dict, config)` maps a state dict (names as in
+the authors' guided-diffusion network, values numpy arrays) onto the parameters
+of `UNet(config)` and returns them as an `nnx.State`.
+
+Command line (reading a .pt file needs torch: `pip install torch` or the
+extra `pip install -e ".[torch]"`):
+
+  python -m diffseg_jax.convert --torch_checkpoint=model.pt \
+      --config=configs/x_pred.py --out=/tmp/converted
+  python -m diffseg_jax.convert --npz=state_dict.npz --config=... --out=...
+
+The authors feed a 3-channel ImageNet-normalised image, so their checkpoints
+need `image_channels=3`; when `config.model` does not set it, it is read off the
+checkpoint's first convolution. `output_activation` defaults to tanh for
+x-prediction (`config.diffusion.prediction`) and identity otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+from ml_collections import config_flags
+import numpy as np
+
+from diffseg_jax.models import unet
+
+_RES_BLOCK_PARTS = {
+    'in_layers.0': 'in_norm',
+    'in_layers.2': 'in_conv',
+    'emb_layers.1': 'emb_linear',
+    'out_layers.0': 'out_norm',
+    'out_layers.3': 'out_conv',
+    'skip_connection': 'skip',
+    'norm': 'norm',
+    'qkv': 'qkv',
+    'proj_out': 'proj_out',
+    'op': 'op',
+    'conv': 'conv',
+}
+_TOP_LEVEL = {
+    'time_embed.0': ('time_embed', 'linear_0'),
+    'time_embed.2': ('time_embed', 'linear_2'),
+    'out.1': ('out_norm',),
+    'out.3': ('out_conv',),
+}
+_BLOCK_RE = re.compile(r'^(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?$')
+_MIDDLE_RE = re.compile(r'^middle_block\.(\d+)(?:\.(.+))?$')
+
+
+def torch_name_to_path(name: str) -> tuple[Any, ...] | None:
+  """Our parameter path for a PyTorch state-dict name, None if it has none.
+
+  E.g. 'input_blocks.6.1.qkv.weight' -> ('input_blocks', 6, 1, 'qkv', 'kernel')
+  and 'out.1.weight' -> ('out_norm', 'scale'). Norm weights become 'scale',
+  other weights 'kernel'.
+  """
+  module, _, leaf = name.rpartition('.')
+  if leaf not in ('weight', 'bias'):
+    return None
+  if module in _TOP_LEVEL:
+    path = _TOP_LEVEL[module]
+  elif match := _BLOCK_RE.match(module):
+    group, i, j, part = match.groups()
+    if part is not None and part not in _RES_BLOCK_PARTS:
+      return None
+    path = (group, int(i), int(j)) + (
+        (_RES_BLOCK_PARTS[part],) if part else ())
+  elif match := _MIDDLE_RE.match(module):
+    j, part = match.groups()
+    if part not in _RES_BLOCK_PARTS:
+      return None
+    path = ('middle_block', int(j), _RES_BLOCK_PARTS[part])
+  else:
+    return None
+  if leaf == 'bias':
+    return path + ('bias',)
+  is_norm = path[-1] in ('in_norm', 'out_norm', 'norm')
+  return path + ('scale' if is_norm else 'kernel',)
+
+
+def torch_to_flax_layout(value: np.ndarray) -> np.ndarray:
+  """conv [out,in,kh,kw] -> [kh,kw,in,out]; 1-D conv [out,in,1] -> [1,1,in,out];
+  linear [out,in] -> [in,out]; vectors unchanged."""
+  value = np.asarray(value, dtype=np.float32)
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 3:
+    return value.transpose(2, 1, 0)[None]
+  if value.ndim == 2:
+    return value.T
+  return value
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(p) for p in path)
+
+
+def abstract_params(config: unet.UNetConfig) -> nnx.State:
+  """The parameter State of `UNet(config)` as shapes only."""
+  model = nnx.eval_shape(lambda: unet.UNet(config, rngs=nnx.Rngs(0)))
+  return nnx.state(model, nnx.Param)
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray],
+                       config: unet.UNetConfig) -> nnx.State:
+  """Maps the authors' PyTorch state dict onto the parameters of UNet(config).
+
+  Args:
+    state_dict: PyTorch parameter names -> arrays in PyTorch layout.
+    config: the network config; the authors' checkpoints need image_channels=3
+      and output_activation='tanh' for x-prediction.
+
+  Returns:
+    nnx.State with the parameters (float32), ready for `nnx.update(model, s)`.
+
+  Raises:
+    ValueError naming every missing, unexpected and shape-mismatched key.
+  """
+  target = abstract_params(config)
+  expected = {tuple(path): leaf.shape
+              for path, leaf in nnx.to_flat_state(target)}
+  converted = {}
+  unexpected, mismatched, mismatched_paths = [], [], set()
+  for name, value in state_dict.items():
+    path = torch_name_to_path(name)
+    if path is None or path not in expected:
+      unexpected.append(name)
+      continue
+    array = torch_to_flax_layout(value)
+    if array.shape != tuple(expected[path]):
+      mismatched.append(
+          f'{name}: checkpoint {tuple(np.shape(value))} -> {array.shape}, '
+          f'network {_path_str(path)} needs {tuple(expected[path])}')
+      mismatched_paths.add(path)
+      continue
+    converted[path] = array
+  missing = [_path_str(p) for p in expected
+             if p not in converted and p not in mismatched_paths]
+  if unexpected or mismatched or missing:
+    lines = ['The state dict does not fit UNet(config):']
+    if mismatched:
+      lines.append('shape mismatches: ' + '; '.join(mismatched))
+    if unexpected:
+      lines.append('unexpected keys: ' + ', '.join(sorted(unexpected)))
+    if missing:
+      lines.append('missing parameters: ' + ', '.join(missing))
+    lines.append(
+        f'Check the config ({config}); the authors\' checkpoints use '
+        'image_channels=3 and their channel_mult / num_res_blocks / '
+        'num_middle_blocks / attention_levels / num_heads.')
+    raise ValueError('\n'.join(lines))
+  pure: dict[Any, Any] = {}
+  for path, array in converted.items():
+    node = pure
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = array
+  nnx.replace_by_pure_dict(target, pure)
+  return target
+
+
+def load_npz_state_dict(path: str, *, prefix: str = '') -> dict[str, np.ndarray]:
+  """Reads a state dict saved with np.savez (keys = PyTorch names, optionally
+  under `prefix`, e.g. 'weights/')."""
+  with np.load(path) as data:
+    out = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+  if not out:
+    raise ValueError(f'{path} holds no arrays with prefix {prefix!r}.')
+  return out
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads the authors' .pt file: a dict whose 'model' entry is the state dict
+  (a bare state dict is accepted too)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f'Reading {path} needs PyTorch: `pip install torch` (or '
+        '`pip install -e ".[torch]"`), or pass a state dict saved as '
+        '--npz instead.') from e
+  try:
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception:  # pylint: disable=broad-except
+    logging.warning('%s has non-tensor objects; loading it with '
+                    'weights_only=False (only do this for trusted files).', path)
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+  if isinstance(checkpoint, Mapping) and 'model' in checkpoint:
+    checkpoint = checkpoint['model']
+  if not isinstance(checkpoint, Mapping) or not all(
+      hasattr(v, 'detach') for v in checkpoint.values()):
+    raise ValueError(f'{path} is neither a dict with a "model" state dict nor '
+                     'a state dict of tensors.')
+  return {k: v.detach().cpu().float().numpy() for k, v in checkpoint.items()}
+
+
+def unet_config_from(config, state_dict: Mapping[str, np.ndarray]
+                     ) -> unet.UNetConfig:
+  """UNetConfig from `config.model` (+ defaults derived as the module doc says)."""
+  fields = {f.name for f in dataclasses.fields(unet.UNetConfig)}
+  model = dict(config.model)
+  ignored = sorted(set(model) - fields)
+  if ignored:
+    logging.warning('config.model keys not used by UNetConfig: %s', ignored)
+  kwargs = {k: v for k, v in model.items() if k in fields}
+  if 'image_channels' not in kwargs:
+    first = state_dict.get('input_blocks.0.0.weight')
+    if first is None:
+      raise ValueError('Cannot infer image_channels: the state dict has no '
+                       'input_blocks.0.0.weight; set config.model.image_channels.')
+    kwargs['image_channels'] = int(np.shape(first)[1]) - 1
+    logging.info('image_channels=%d (from the checkpoint)',
+                 kwargs['image_channels'])
+  if 'output_activation' not in kwargs:
+    prediction = config.get('diffusion', {}).get('prediction', 'x')
+    kwargs['output_activation'] = 'tanh' if prediction == 'x' else 'identity'
+  return unet.UNetConfig(**kwargs)
+
+
+_TORCH_CHECKPOINT = flags.DEFINE_string(
+    'torch_checkpoint', None, 'The authors\' .pt file (needs torch).')
+_NPZ = flags.DEFINE_string(
+    'npz', None, 'Alternatively, a state dict saved with np.savez.')
+_NPZ_PREFIX = flags.DEFINE_string(
+    'npz_prefix', '', 'Key prefix of the state dict inside --npz, e.g. weights/.')
+_OUT = flags.DEFINE_string('out', None, 'Output checkpoint directory.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file whose config.model holds UNetConfig fields.')
+
+
+def main(argv):
+  del argv
+  from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if (_TORCH_CHECKPOINT.value is None) == (_NPZ.value is None):
+    raise app.UsageError('Pass exactly one of --torch_checkpoint or --npz.')
+  if _OUT.value is None or _CONFIG.value is None:
+    raise app.UsageError('--out and --config are required.')
+  if _NPZ.value is not None:
+    state_dict = load_npz_state_dict(_NPZ.value, prefix=_NPZ_PREFIX.value)
+  else:
+    state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value)
+  config = unet_config_from(_CONFIG.value, state_dict)
+  params = convert_state_dict(state_dict, config)
+  out = checkpoint.save_params(
+      _OUT.value, nnx.to_pure_dict(params), step=0,
+      meta={'kind': 'converted_torch', 'unet_config': repr(config)})
+  logging.info('Wrote %d tensors to %s', len(state_dict), out)
+  print(f'Converted {len(state_dict)} tensors for {config} -> {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
