@@ -1,0 +1,612 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Continuous-time variance-preserving diffusion for binary segmentation.
+
+The whole design space of "Diffusion Based Ambiguous Image Segmentation"
+(SPEC section 2) as pure JAX functions: noise schedules with input scaling and
+the affine endpoint map to logSNR in [logsnr_min, logsnr_max], forward
+noising, conversions between x / eps / v parameterisations, loss weightings,
+stratified time sampling, the training loss and the samplers (DDPM ancestral,
+DDIM and DPM-Solver++(2M)).
+
+Conventions:
+  * t in [0, 1]; t = 0 is clean data (logSNR = logsnr_max), t = 1 is noise.
+  * z_t = alpha_t * x + sigma_t * eps, alpha^2 = sigmoid(logSNR),
+    sigma^2 = sigmoid(-logSNR); v = alpha * eps - sigma * x.
+  * Per-example quantities (t, logSNR, weights) have shape [B]; images are
+    NHWC. Every conversion broadcasts a [B] logSNR over the trailing axes.
+  * All diffusion maths runs in float32 (or float64 when x64 is enabled and
+    the inputs are float64). Network outputs of any dtype (e.g. bfloat16) are
+    cast to float32 before use.
+
+Numerical notes (float32): alpha and sigma are each computed from a sigmoid,
+never as sqrt(1 - other^2), so both stay accurate at logSNR = +-20
+(the smaller one is about 4.5e-5 there). x0 from eps divides by alpha and eps
+from x divides by sigma: this amplifies float32 rounding of z by at most
+exp(10) ~ 2.2e4 (absolute error ~1e-3 at logSNR = -20), and the results are
+finite. The training loss keeps such estimates unclipped, as the authors'
+code does (parity, SPEC 2a); the samplers clip x0_hat to [-1, 1] (SamplerConfig
+.clip_x0), which bounds everything they feed forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+DenoiseFn = Callable[[Array, Array, Array], Array]
+
+
+# --------------------------------------------------------------------------
+# Noise schedules.
+# --------------------------------------------------------------------------
+
+
+def _cosine(t):
+  return jnp.cos(0.5 * jnp.pi * t) ** 2, jnp.sin(0.5 * jnp.pi * t) ** 2
+
+
+def _linear(t):
+  log_expm1 = jnp.log(jnp.expm1(1e-4 + 10.0 * t**2))
+  return jax.nn.sigmoid(-log_expm1), jax.nn.sigmoid(log_expm1)
+
+
+def _linear_simple(t):
+  return 1.0 - t, t
+
+
+def _parabola(t):
+  return (1.0 - t**2) ** 2, t**2 * (2.0 - t**2)
+
+
+# Base schedules: name -> f(t) = (gamma(t), 1 - gamma(t)), both computed
+# directly so neither loses precision where the other is close to 1.
+SCHEDULES: dict[str, Callable[[Array], tuple[Array, Array]]] = {
+    'cosine': _cosine,
+    'linear': _linear,
+    'linear_simple': _linear_simple,
+    'parabola': _parabola,
+}
+
+
+def _as_float(t) -> Array:
+  t = jnp.asarray(t)
+  if not jnp.issubdtype(t.dtype, jnp.floating):
+    t = t.astype(jnp.float32)
+  return t
+
+
+def _schedule_fn(schedule: str):
+  try:
+    return SCHEDULES[schedule]
+  except KeyError:
+    raise ValueError(
+        f'Unknown noise schedule {schedule!r}; choose one of '
+        f'{sorted(SCHEDULES)} (DiffusionConfig.schedule).') from None
+
+
+def scaled_gamma(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
+  """Input-scaled gamma_b(t) and 1 - gamma_b(t) (SPEC 2), before endpoints.
+
+  gamma_b = b^2 gamma / ((b^2 - 1) gamma + 1), i.e. SNR_b = b^2 SNR.
+
+  Args:
+    t: times, any shape, float.
+    schedule: a key of SCHEDULES.
+    input_scale: b > 0.
+
+  Returns:
+    (gamma_b, 1 - gamma_b), each shaped like t.
+  """
+  if not input_scale > 0:
+    raise ValueError(f'input_scale must be > 0, got {input_scale}.')
+  t = _as_float(t)
+  gamma, one_minus_gamma = _schedule_fn(schedule)(t)
+  b2 = jnp.asarray(input_scale, t.dtype) ** 2
+  denom = b2 * gamma + one_minus_gamma
+  return b2 * gamma / denom, one_minus_gamma / denom
+
+
+def unmapped_logsnr(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
+  """log(gamma_b / (1 - gamma_b)): input-scaled logSNR without endpoint map."""
+  gamma_b, one_minus_gamma_b = scaled_gamma(
+      t, schedule=schedule, input_scale=input_scale)
+  return jnp.log(gamma_b) - jnp.log(one_minus_gamma_b)
+
+
+def logsnr_schedule(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
+                    logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+  """logSNR(t) of the endpoint-mapped, input-scaled schedule (SPEC 2).
+
+  gamma'(t) = s(min) + (s(max) - s(min)) r(t), s = sigmoid,
+  r(t) = (gamma_b(t) - gamma_b(1)) / (gamma_b(0) - gamma_b(1)).
+  logSNR = log gamma' - log(1 - gamma') is evaluated in a factored form,
+  max + log(r + c1 (1-r)) - log(r + c2 (1-r)) with c1 = s(min)/s(max),
+  c2 = s(-min)/s(-max) (for r > 1/2; the mirror form around `min` otherwise),
+  so that logSNR(0) = logsnr_max and logSNR(1) = logsnr_min exactly and no
+  1 - gamma' cancellation occurs. Both forms are finite everywhere, so
+  gradients are too.
+
+  Args:
+    t: times in [0, 1], any shape. Computed in t's float dtype.
+    schedule: a key of SCHEDULES.
+    input_scale: b.
+    logsnr_min: logSNR at t = 1.
+    logsnr_max: logSNR at t = 0.
+
+  Returns:
+    logSNR shaped like t.
+  """
+  t = _as_float(t)
+  dtype = t.dtype
+  kw = dict(schedule=schedule, input_scale=input_scale)
+  g, h = scaled_gamma(t, **kw)
+  g0, h0 = scaled_gamma(jnp.zeros((), dtype), **kw)
+  g1, h1 = scaled_gamma(jnp.ones((), dtype), **kw)
+  r = (g - g1) / (g0 - g1)
+  q = (h - h0) / (h1 - h0)  # 1 - r, without cancellation near t = 0.
+  lo = jnp.asarray(logsnr_min, dtype)
+  hi = jnp.asarray(logsnr_max, dtype)
+  ls = jax.nn.log_sigmoid
+  c1 = jnp.exp(ls(lo) - ls(hi))
+  c2 = jnp.exp(ls(-lo) - ls(-hi))
+  near_start = hi + jnp.log(r + c1 * q) - jnp.log(r + c2 * q)
+  near_end = lo + jnp.log(q + r / c1) - jnp.log(q + r / c2)
+  return jnp.where(r > 0.5, near_start, near_end)
+
+
+def dlogsnr_dt(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
+               logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+  """d logSNR / dt <= 0, elementwise, shaped like t.
+
+  Forward-mode derivative of logsnr_schedule. Where the exact derivative is
+  0 (cosine at t = 0 and 1), float rounding of sin/cos can give tiny values of
+  either sign amplified by 1/(s(l) s(-l)) ~ 5e8; the schedule is monotone, so
+  the result is clamped to <= 0 (a decoupled loss weight never turns negative).
+  """
+  t = _as_float(t)
+  fn = lambda tt: logsnr_schedule(  # pylint: disable=g-long-lambda
+      tt, schedule=schedule, input_scale=input_scale, logsnr_min=logsnr_min,
+      logsnr_max=logsnr_max)
+  return jnp.minimum(jax.jvp(fn, (t,), (jnp.ones_like(t),))[1], 0.0)
+
+
+def alpha_sigma(logsnr):
+  """(alpha, sigma) with alpha^2 = sigmoid(logSNR), sigma^2 = sigmoid(-logSNR)."""
+  return (jnp.sqrt(jax.nn.sigmoid(logsnr)),
+          jnp.sqrt(jax.nn.sigmoid(-logsnr)))
+
+
+def snr(logsnr):
+  return jnp.exp(logsnr)
+
+
+# --------------------------------------------------------------------------
+# Forward process and parameterisation conversions.
+# --------------------------------------------------------------------------
+
+
+def _expand(a, like):
+  """Reshapes per-example a [B] (or scalar) to broadcast against like."""
+  a = jnp.asarray(a)
+  return a.reshape(a.shape + (1,) * (jnp.ndim(like) - a.ndim))
+
+
+def _alpha_sigma_like(logsnr, like):
+  return alpha_sigma(_expand(logsnr, like))
+
+
+def diffuse(*, x, eps, logsnr):
+  """z = alpha x + sigma eps. x, eps [B, ...]; logsnr [B] or scalar."""
+  alpha, sigma = _alpha_sigma_like(logsnr, x)
+  return alpha * x + sigma * eps
+
+
+def predict_x_from_eps(*, z, eps, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (z - sigma * eps) / alpha
+
+
+def predict_eps_from_x(*, z, x, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (z - alpha * x) / sigma
+
+
+def predict_x_from_v(*, z, v, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return alpha * z - sigma * v
+
+
+def predict_eps_from_v(*, z, v, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return sigma * z + alpha * v
+
+
+def predict_v_from_x_and_eps(*, x, eps, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, x)
+  return alpha * eps - sigma * x
+
+
+def predict_v_from_x(*, z, x, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (alpha * z - x) / sigma
+
+
+def predict_v_from_eps(*, z, eps, logsnr):
+  alpha, sigma = _alpha_sigma_like(logsnr, z)
+  return (eps - sigma * z) / alpha
+
+
+# Prediction types: name -> f(z=, output=, logsnr=) -> x0 estimate.
+PREDICTIONS: dict[str, Callable[..., Array]] = {
+    'x': lambda *, z, output, logsnr: output,
+    'eps': lambda *, z, output, logsnr: predict_x_from_eps(
+        z=z, eps=output, logsnr=logsnr),
+    'v': lambda *, z, output, logsnr: predict_x_from_v(
+        z=z, v=output, logsnr=logsnr),
+}
+
+
+def predict_x(*, z, output, logsnr, prediction: str):
+  """x0 estimate from a raw network output of the given prediction type.
+
+  The output is cast to z's dtype (float32), so bfloat16 networks are fine.
+  """
+  try:
+    fn = PREDICTIONS[prediction]
+  except KeyError:
+    raise ValueError(
+        f'Unknown prediction type {prediction!r}; choose one of '
+        f'{sorted(PREDICTIONS)} (DiffusionConfig.prediction).') from None
+  return fn(z=z, output=jnp.asarray(output).astype(z.dtype), logsnr=logsnr)
+
+
+# --------------------------------------------------------------------------
+# Loss weightings (x-space MSE weights as functions of logSNR).
+# --------------------------------------------------------------------------
+
+# name -> w(logsnr, **params). 'sigmoid' takes k: the config string
+# 'sigmoid_<k>' (e.g. 'sigmoid_2', 'sigmoid_-1.5') selects it; see
+# get_weighting.
+WEIGHTINGS: dict[str, Callable[..., Array]] = {
+    'uniform': lambda logsnr: jnp.ones_like(logsnr),
+    'snr': lambda logsnr: jnp.exp(logsnr),
+    'snr_plus1': lambda logsnr: jnp.exp(logsnr) + 1.0,
+    'snr_trunc': lambda logsnr: jnp.maximum(jnp.exp(logsnr), 1.0),
+    'sigmoid': lambda logsnr, k: jax.nn.sigmoid(logsnr - k),
+}
+
+
+def get_weighting(name: str) -> Callable[[Array], Array]:
+  """Weighting function logsnr -> w from a case-insensitive config string."""
+  key = name.lower()
+  if key in WEIGHTINGS and key != 'sigmoid':
+    return WEIGHTINGS[key]
+  if key.startswith('sigmoid_'):
+    try:
+      k = float(key[len('sigmoid_'):])
+    except ValueError:
+      k = None
+    if k is not None:
+      return lambda logsnr: WEIGHTINGS['sigmoid'](logsnr, k)
+  raise ValueError(
+      f'Unknown loss weighting {name!r}; choose uniform, snr, snr_plus1, '
+      "snr_trunc or sigmoid_<k> such as 'sigmoid_2' "
+      '(DiffusionConfig.weighting).')
+
+
+# --------------------------------------------------------------------------
+# Configuration and training loss.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+  """Diffusion process and training objective (SPEC 2).
+
+  Attributes:
+    schedule: base schedule, a key of SCHEDULES.
+    input_scale: b; SNR is multiplied by b^2 before the endpoint map.
+    logsnr_min: logSNR at t = 1.
+    logsnr_max: logSNR at t = 0.
+    prediction: network output type, 'x', 'eps' or 'v'.
+    weighting: 'uniform', 'snr', 'snr_plus1', 'snr_trunc' or 'sigmoid_<k>'.
+    decoupled: multiply the weight by -d logSNR / dt.
+    conditioning: what the network receives as time: 't' (SPEC default) or
+      'logsnr'.
+  """
+  schedule: str = 'cosine'
+  input_scale: float = 0.1
+  logsnr_min: float = -20.0
+  logsnr_max: float = 20.0
+  prediction: str = 'x'
+  weighting: str = 'snr_plus1'
+  decoupled: bool = False
+  conditioning: str = 't'
+
+  def __post_init__(self):
+    _schedule_fn(self.schedule)
+    get_weighting(self.weighting)
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f'DiffusionConfig.prediction={self.prediction!r}; '
+                       f'choose one of {sorted(PREDICTIONS)}.')
+    if self.conditioning not in ('t', 'logsnr'):
+      raise ValueError(f'DiffusionConfig.conditioning={self.conditioning!r};'
+                       " choose 't' or 'logsnr'.")
+    if not self.logsnr_min < self.logsnr_max:
+      raise ValueError('DiffusionConfig needs logsnr_min < logsnr_max, got '
+                       f'{self.logsnr_min} and {self.logsnr_max}.')
+
+
+def _schedule_kwargs(config: DiffusionConfig) -> dict[str, Any]:
+  return dict(schedule=config.schedule, input_scale=config.input_scale,
+              logsnr_min=config.logsnr_min, logsnr_max=config.logsnr_max)
+
+
+def config_logsnr(t, config: DiffusionConfig):
+  """logSNR(t) for a DiffusionConfig."""
+  return logsnr_schedule(t, **_schedule_kwargs(config))
+
+
+def loss_weight(*, t, config: DiffusionConfig):
+  """x-space loss weight w(t) [B] (times -dlogSNR/dt if decoupled)."""
+  kw = _schedule_kwargs(config)
+  w = get_weighting(config.weighting)(logsnr_schedule(t, **kw))
+  if config.decoupled:
+    w = w * -dlogsnr_dt(t, **kw)
+  return w
+
+
+def stratified_time(rng, batch_size: int, dtype=jnp.float32):
+  """Low-discrepancy uniform times t_i = (u + i) / B, u ~ U[0, 1): [B]."""
+  u = jax.random.uniform(rng, (), dtype=dtype)
+  return (u + jnp.arange(batch_size, dtype=dtype)) / batch_size
+
+
+def _network_time(*, t, logsnr, config: DiffusionConfig):
+  return logsnr if config.conditioning == 'logsnr' else t
+
+
+def loss(denoise_fn: DenoiseFn, *, x0, image, rng, config: DiffusionConfig,
+         t=None, eps=None):
+  """Per-example weighted x-space MSE (SPEC 2).
+
+  Args:
+    denoise_fn: (z [B,H,W,1], t [B], image [B,H,W,C]) -> raw network output
+      [B,H,W,1] of type config.prediction (any float dtype).
+    x0: target masks in {-1, +1}, [B,H,W,1].
+    image: conditioning image [B,H,W,C], passed through unchanged.
+    rng: PRNG key; split into a time key and a noise key.
+    config: DiffusionConfig.
+    t: optional times [B]; stratified sampling when None.
+    eps: optional noise like x0; standard normal when None.
+
+  Returns:
+    losses: float32 [B], w(t) * mean over H, W, C of (x0_hat - x0)^2.
+    aux: dict with x0_hat [B,H,W,1] float32, z, t [B], logsnr [B],
+      mse [B] and weight [B].
+  """
+  x0 = jnp.asarray(x0, jnp.float32)
+  batch = x0.shape[0]
+  t_rng, eps_rng = jax.random.split(rng)
+  if t is None:
+    t = stratified_time(t_rng, batch)
+  t = jnp.asarray(t, jnp.float32)
+  if t.shape != (batch,):
+    raise ValueError(f'loss: t must have shape [{batch}], got {t.shape}.')
+  if eps is None:
+    eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
+  logsnr = config_logsnr(t, config)
+  z = diffuse(x=x0, eps=jnp.asarray(eps, jnp.float32), logsnr=logsnr)
+  output = denoise_fn(z, _network_time(t=t, logsnr=logsnr, config=config),
+                      image)
+  if output.shape != x0.shape:
+    raise ValueError(f'loss: denoise_fn returned shape {output.shape}, '
+                     f'expected {x0.shape} (one output channel).')
+  x0_hat = predict_x(z=z, output=output, logsnr=logsnr,
+                     prediction=config.prediction)
+  mse = jnp.mean(jnp.square(x0_hat - x0), axis=tuple(range(1, x0.ndim)))
+  weight = loss_weight(t=t, config=config)
+  aux = dict(x0_hat=x0_hat, z=z, t=t, logsnr=logsnr, mse=mse, weight=weight)
+  return weight * mse, aux
+
+
+# --------------------------------------------------------------------------
+# Samplers.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Sampler (SPEC 2). Steps run from t = 1 to t = 0 on the grid i / N.
+
+  Attributes:
+    name: 'ddpm' (ancestral), 'ddim' (deterministic) or 'dpm_solver_pp_2m'.
+    num_steps: N >= 1 network evaluations; the last one returns x0_hat.
+    variance: DDPM variance, 'large' (1 - SNR_t/SNR_s) sigmoid(-logSNR_t) or
+      'small' (1 - SNR_t/SNR_s) sigmoid(-logSNR_s).
+    clip_x0: clip x0_hat to [-1, 1] at every step.
+  """
+  name: str = 'ddpm'
+  num_steps: int = 10
+  variance: str = 'large'
+  clip_x0: bool = True
+
+  def __post_init__(self):
+    if self.name not in SAMPLERS:
+      raise ValueError(f'SamplerConfig.name={self.name!r}; choose one of '
+                       f'{sorted(SAMPLERS)}.')
+    if self.variance not in ('large', 'small'):
+      raise ValueError(f"SamplerConfig.variance={self.variance!r}; choose "
+                       "'large' or 'small'.")
+    if int(self.num_steps) < 1:
+      raise ValueError(f'SamplerConfig.num_steps must be >= 1, got '
+                       f'{self.num_steps}.')
+
+
+def ddpm_step(*, z_t, x0_hat, logsnr_t, logsnr_s, noise, variance='large'):
+  """One ancestral step z_t -> z_s ~ q(z_s | z_t, x = x0_hat), s < t.
+
+  Args:
+    z_t: [B, ...]; x0_hat like z_t; noise: standard normal like z_t.
+    logsnr_t, logsnr_s: [B] or scalars with logsnr_s > logsnr_t.
+    variance: 'large' or 'small' (see SamplerConfig).
+
+  Returns:
+    z_s like z_t.
+  """
+  logsnr_t = _expand(logsnr_t, z_t)
+  logsnr_s = _expand(logsnr_s, z_t)
+  alpha_t, _ = alpha_sigma(logsnr_t)
+  alpha_s, _ = alpha_sigma(logsnr_s)
+  ratio = jnp.exp(logsnr_t - logsnr_s)  # SNR_t / SNR_s.
+  one_minus_ratio = -jnp.expm1(logsnr_t - logsnr_s)
+  mean = ratio * (alpha_s / alpha_t) * z_t + one_minus_ratio * alpha_s * x0_hat
+  logsnr_var = logsnr_t if variance == 'large' else logsnr_s
+  var = one_minus_ratio * jax.nn.sigmoid(-logsnr_var)
+  return mean + jnp.sqrt(var) * noise
+
+
+def ddim_step(*, z_t, x0_hat, logsnr_t, logsnr_s):
+  """Deterministic DDIM step: z_s = alpha_s x0_hat + sigma_s eps_hat."""
+  eps_hat = predict_eps_from_x(z=z_t, x=x0_hat, logsnr=logsnr_t)
+  return diffuse(x=x0_hat, eps=eps_hat, logsnr=logsnr_s)
+
+
+def dpm_solver_pp_2m_step(*, z_t, x0_hat, x0_prev, logsnr_t, logsnr_s,
+                          logsnr_prev, first):
+  """DPM-Solver++(2M) step (data prediction, multistep) in lambda = logSNR/2.
+
+  z_s = (sigma_s/sigma_t) z_t + alpha_s (1 - exp(-h)) D, h = lambda_s -
+  lambda_t, D = (1 + 1/(2r)) x0_hat - x0_prev/(2r), r = (lambda_t -
+  lambda_prev)/h; D = x0_hat on the first step (DPM-Solver++(1) = DDIM).
+
+  Args:
+    z_t, x0_hat, x0_prev: [B, ...]; x0_prev is the previous step's x0_hat.
+    logsnr_t, logsnr_s, logsnr_prev: [B] or scalars.
+    first: bool scalar, True on the first step.
+
+  Returns:
+    z_s like z_t.
+  """
+  lam_t = _expand(logsnr_t, z_t) / 2
+  lam_s = _expand(logsnr_s, z_t) / 2
+  lam_prev = _expand(logsnr_prev, z_t) / 2
+  _, sigma_t = alpha_sigma(2 * lam_t)
+  alpha_s, sigma_s = alpha_sigma(2 * lam_s)
+  h = lam_s - lam_t
+  half_inv_r = jnp.where(first, 0.0, h / (2 * (lam_t - lam_prev)))
+  d = (1 + half_inv_r) * x0_hat - half_inv_r * x0_prev
+  return (sigma_s / sigma_t) * z_t - alpha_s * jnp.expm1(-h) * d
+
+
+# Samplers: name -> step function used by sample_loop.
+SAMPLERS: dict[str, Callable[..., Array]] = {
+    'ddpm': ddpm_step,
+    'ddim': ddim_step,
+    'dpm_solver_pp_2m': dpm_solver_pp_2m_step,
+}
+
+
+def sample_loop(denoise_fn: DenoiseFn, *, image, z_init, rng,
+                diffusion: DiffusionConfig, sampler: SamplerConfig):
+  """Runs the sampler from z_init at t = 1; returns the final x0_hat.
+
+  One lax.fori_loop over the steps, so the body compiles once for any step
+  count.
+
+  Args:
+    denoise_fn: (z [M,H,W,1], time [M], image [M,H,W,C]) -> output.
+    image: [M,H,W,C] conditioning images.
+    z_init: [M,H,W,1] float32 starting noise.
+    rng: PRNG key for DDPM noise.
+    diffusion: DiffusionConfig.
+    sampler: SamplerConfig.
+
+  Returns:
+    x0_hat [M,H,W,1] float32 from the last step (clipped if clip_x0).
+  """
+  num_steps = int(sampler.num_steps)
+  m = z_init.shape[0]
+  z_init = jnp.asarray(z_init, jnp.float32)
+
+  def body(i, carry):
+    z, x_prev, logsnr_prev, _ = carry
+    t = jnp.full((m,), (num_steps - i) / num_steps, jnp.float32)
+    s = jnp.full((m,), (num_steps - i - 1) / num_steps, jnp.float32)
+    logsnr_t = config_logsnr(t, diffusion)
+    logsnr_s = config_logsnr(s, diffusion)
+    output = denoise_fn(
+        z, _network_time(t=t, logsnr=logsnr_t, config=diffusion), image)
+    x0_hat = predict_x(z=z, output=output, logsnr=logsnr_t,
+                       prediction=diffusion.prediction)
+    if sampler.clip_x0:
+      x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
+    if sampler.name == 'ddpm':
+      noise = jax.random.normal(jax.random.fold_in(rng, i), z.shape, z.dtype)
+      z = ddpm_step(z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t,
+                    logsnr_s=logsnr_s, noise=noise, variance=sampler.variance)
+    elif sampler.name == 'ddim':
+      z = ddim_step(z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t,
+                    logsnr_s=logsnr_s)
+    else:
+      z = dpm_solver_pp_2m_step(
+          z_t=z, x0_hat=x0_hat, x0_prev=x_prev, logsnr_t=logsnr_t,
+          logsnr_s=logsnr_s, logsnr_prev=logsnr_prev, first=i == 0)
+    return z, x0_hat, logsnr_t, x0_hat
+
+  zeros_m = jnp.zeros((m,), jnp.float32)
+  init = (z_init, jnp.zeros_like(z_init), zeros_m, jnp.zeros_like(z_init))
+  return jax.lax.fori_loop(0, num_steps, body, init)[-1]
+
+
+def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
+           diffusion: DiffusionConfig, sampler: SamplerConfig,
+           return_soft: bool = False):
+  """Draws num_samples masks per image with one batched network call a step.
+
+  Args:
+    denoise_fn: (z [B*N,H,W,1], time [B*N], image [B*N,H,W,C]) -> raw
+      network output [B*N,H,W,1] (any float dtype).
+    image: [B,H,W,C]; repeated N times inside (example b's samples are rows
+      b*N .. b*N+N-1 of the network batch).
+    rng: PRNG key.
+    num_samples: N.
+    diffusion: DiffusionConfig.
+    sampler: SamplerConfig.
+    return_soft: also return the final x0_hat.
+
+  Returns:
+    masks: bool [B, N, H, W], x0_hat > 0; with return_soft, a tuple
+    (masks, x0_hat float32 [B, N, H, W]).
+  """
+  image = jnp.asarray(image)
+  if image.ndim != 4:
+    raise ValueError(f'sample: image must be [B,H,W,C], got {image.shape}.')
+  b, hgt, wid, _ = image.shape
+  images = jnp.repeat(image, num_samples, axis=0)
+  init_rng, loop_rng = jax.random.split(rng)
+  z_init = jax.random.normal(init_rng, (b * num_samples, hgt, wid, 1),
+                             jnp.float32)
+  x0_hat = sample_loop(denoise_fn, image=images, z_init=z_init, rng=loop_rng,
+                       diffusion=diffusion, sampler=sampler)
+  soft = x0_hat.reshape(b, num_samples, hgt, wid)
+  masks = soft > 0
+  return (masks, soft) if return_soft else masks
