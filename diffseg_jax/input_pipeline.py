@@ -1,0 +1,248 @@
+"""From a built data set to global, sharded `jax.Array` batches (and host eval batches).
+
+Training order is a pure function of (seed, step): epoch e is the permutation
+`np.random.default_rng([seed, e]).permutation(N)`, the epochs are concatenated into
+one stream, and step s is the window [s B, (s + 1) B) of that stream. Every process
+computes the same global indices and reads only the rows of the global batch that its
+devices hold, so a resumed run (`start_step` = the checkpointed step) sees exactly the
+batches it would have seen, on any number of hosts.
+
+A source is anything with `__len__` and `__getitem__(i) -> dict of numpy arrays`
+(optionally a batched `__getitems__(list)`), e.g. `tfds.data_source(...)`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+TRAIN_KEYS = ('image', 'masks')
+STRING_KEYS = ('id', 'patient_id')
+
+
+def load_source(*, name: str, split: str, data_dir: str):
+  """Opens split `split` of the built TFDS data set `name` ('NAME/CONFIG[:VERSION]').
+
+  Reads array_record files without TensorFlow. Returns a random-access source
+  (`len`, `source[i]` -> dict of numpy arrays).
+
+  Raises:
+    FileNotFoundError: the data set (or the version) is not built under data_dir.
+    ValueError: bad name or unknown split.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if '/' not in name:
+    raise ValueError(f'dataset name must be NAME/CONFIG, e.g. synthetic_lesions/32; got {name!r}.')
+  data_dir = os.path.expanduser(data_dir)
+  base, _, version = name.partition(':')
+  config_dir = os.path.join(data_dir, base)
+  build_cmd = f'python -m tfds_lidc.build --dataset={base} --data_dir={data_dir}'
+  versions = []
+  if os.path.isdir(config_dir):
+    for entry in os.listdir(config_dir):
+      try:
+        parsed = tuple(int(v) for v in entry.split('.'))
+      except ValueError:
+        continue
+      if os.path.isfile(os.path.join(config_dir, entry, 'dataset_info.json')):
+        versions.append((parsed, entry))
+  if version:
+    versions = [v for v in versions if v[1] == version]
+  if not versions:
+    what = f'version {version} of ' if version else ''
+    raise FileNotFoundError(
+        f'{what}data set {base!r} is not built in data_dir {data_dir!r} (no {config_dir}/<version>/'
+        f'dataset_info.json). Build it first: {build_cmd} (LIDC configs also need --manual_dir=...).')
+  version_dir = os.path.join(config_dir, max(versions)[1])
+  builder = tfds.builder_from_directory(version_dir)
+  splits = sorted(builder.info.splits.keys())
+  if split not in splits:
+    raise ValueError(f'data set {base!r} in {version_dir} has splits {splits}, not {split!r}.')
+  return builder.as_data_source(split=split)
+
+
+def epoch_permutation(*, seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The order of epoch `epoch`: [num_examples] int64, a permutation of range(num_examples)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(*, seed: int, step: int, global_batch_size: int, num_examples: int) -> np.ndarray:
+  """Source indices of global batch `step`: [global_batch_size] int64.
+
+  Positions [step B, (step + 1) B) of the concatenated stream of epoch permutations.
+  """
+  if num_examples <= 0:
+    raise ValueError('the source is empty.')
+  positions = np.arange(step * global_batch_size, (step + 1) * global_batch_size, dtype=np.int64)
+  epochs, offsets = np.divmod(positions, num_examples)
+  out = np.empty_like(positions)
+  for epoch in np.unique(epochs):
+    perm = epoch_permutation(seed=seed, epoch=int(epoch), num_examples=num_examples)
+    out[epochs == epoch] = perm[offsets[epochs == epoch]]
+  return out
+
+
+def process_rows(*, global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Rows [start, stop) of the global batch that process `process_index` reads (even split)."""
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the '
+                     f'{process_count} processes.')
+  share = global_batch_size // process_count
+  return process_index * share, (process_index + 1) * share
+
+
+def local_rows(*, sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int]:
+  """Rows [start, stop) of the global batch held by this process's devices under `sharding`.
+
+  Raises:
+    ValueError: the rows are not one contiguous block (unsupported device layout).
+  """
+  rows = set()
+  for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+    rows.update(range(global_batch_size)[index[0]])
+  start, stop = min(rows), max(rows) + 1
+  if len(rows) != stop - start:
+    raise ValueError(f'this process holds the non-contiguous batch rows {sorted(rows)}; '
+                     'order the mesh so that each process holds one contiguous block.')
+  return start, stop
+
+
+def read_examples(source, indices: Sequence[int], keys: Sequence[str] | None = None) -> dict:
+  """Reads examples `indices` and stacks them: dict key -> [len(indices), ...] numpy.
+
+  Args:
+    source: random-access source.
+    indices: source indices.
+    keys: features to keep (all of the first example's if None).
+
+  Raises:
+    KeyError: an example lacks a requested feature.
+  """
+  indices = [int(i) for i in indices]
+  if hasattr(source, '__getitems__'):
+    examples = source.__getitems__(indices)
+  else:
+    examples = [source[i] for i in indices]
+  keys = list(examples[0].keys()) if keys is None else list(keys)
+  out = {}
+  for key in keys:
+    if key not in examples[0]:
+      raise KeyError(f'source examples have features {sorted(examples[0])}, not {key!r}; expected '
+                     "'image' float32 [H,W,1] and 'masks' uint8 [4,H,W] (build with tfds_lidc.build).")
+    values = [ex[key] for ex in examples]
+    if key in STRING_KEYS:
+      out[key] = np.array([v.decode('utf-8') if isinstance(v, bytes) else str(v) for v in values])
+    else:
+      out[key] = np.stack([np.asarray(v) for v in values])
+  return out
+
+
+def host_batch(source, *, seed: int, step: int, global_batch_size: int, rows: tuple[int, int],
+               keys: Sequence[str] = TRAIN_KEYS) -> dict:
+  """Rows [start, stop) of global train batch `step`, read from `source` (host numpy)."""
+  indices = batch_indices(seed=seed, step=step, global_batch_size=global_batch_size,
+                          num_examples=len(source))
+  batch = read_examples(source, indices[rows[0]:rows[1]], keys)
+  if 'image' in batch:
+    batch['image'] = batch['image'].astype(np.float32)
+  if 'masks' in batch:
+    batch['masks'] = batch['masks'].astype(np.uint8)
+  return batch
+
+
+def train_batches(source, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  mesh: jax.sharding.Mesh, data_axis: str = 'data', prefetch: int = 2,
+                  num_threads: int = 2, keys: Sequence[str] = TRAIN_KEYS) -> Iterator[dict[str, Any]]:
+  """Endless iterator of global train batches, the first one being batch `start_step`.
+
+  Args:
+    source: random-access source.
+    global_batch_size: B, divisible by the size of mesh axis `data_axis`.
+    seed: shuffling seed (non-negative int).
+    start_step: the step of the first batch (the trainer's checkpointed step on resume).
+    mesh: device mesh; batches are sharded over `data_axis` along the batch dimension.
+    data_axis: mesh axis name.
+    prefetch: number of host batches read ahead in background threads (0 = none).
+    num_threads: reader threads.
+    keys: features to deliver.
+
+  Yields:
+    {'image': [B,H,W,1] float32, 'masks': [B,M,H,W] uint8} global jax.Arrays with
+    NamedSharding(mesh, P(data_axis)); each process reads only the rows it holds.
+  """
+  axis_size = mesh.shape[data_axis]
+  if global_batch_size % axis_size:
+    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the size '
+                     f'{axis_size} of mesh axis {data_axis!r}.')
+  sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+  rows = local_rows(sharding=sharding, global_batch_size=global_batch_size)
+
+  def read(step):
+    return host_batch(source, seed=seed, step=step, global_batch_size=global_batch_size,
+                      rows=rows, keys=keys)
+
+  def to_global(batch):
+    return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size,) + v.shape[1:])
+            for k, v in batch.items()}
+
+  step = start_step
+  if prefetch <= 0:
+    while True:
+      yield to_global(read(step))
+      step += 1
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
+                                                   thread_name_prefix='train_batches')
+  pending = collections.deque()
+  try:
+    while True:
+      while len(pending) <= prefetch:
+        pending.append(executor.submit(read, step + len(pending)))
+      batch = pending.popleft().result()
+      step += 1
+      yield to_global(batch)
+  finally:
+    for future in pending:
+      future.cancel()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def eval_batches(source, *, batch_size: int, num_examples: int | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic evaluation batches in source order (host numpy).
+
+  The first `num_examples` examples (all if None) are split into `process_count`
+  contiguous blocks; this process iterates over block `process_index`. Every process
+  yields the same number of batches; the last ones are padded by repeating the last
+  example, marked `valid=False`.
+
+  Yields:
+    dict with every feature of the source ('image' [b,H,W,C] float32, 'masks' [b,M,H,W]
+    uint8, 'id'/'patient_id' [b] numpy str, 'modes', 'mode_probs' where present) and
+    'valid' [b] bool, b = batch_size.
+  """
+  total = len(source) if num_examples is None else min(int(num_examples), len(source))
+  if total <= 0:
+    raise ValueError('eval_batches: the source is empty (or num_examples <= 0).')
+  per_process = -(-total // process_count)
+  start = min(process_index * per_process, total)
+  stop = min(start + per_process, total)
+  num_batches = -(-per_process // batch_size)
+  fallback = stop - 1 if stop > start else total - 1
+  for b in range(num_batches):
+    indices = list(range(start + b * batch_size, min(start + (b + 1) * batch_size, stop)))
+    pad = batch_size - len(indices)
+    indices += [indices[-1] if indices else fallback] * pad
+    valid = np.arange(batch_size) < batch_size - pad
+    batch = read_examples(source, indices)
+    if 'image' in batch:
+      batch['image'] = batch['image'].astype(np.float32)
+    batch['valid'] = valid
+    yield batch
