@@ -1,0 +1,175 @@
+"""Tests of the synthetic_lesions builder and the build entry point."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy import stats
+import tensorflow_datasets as tfds
+
+from tfds_lidc import build
+from tfds_lidc import synthetic_lesions as syn
+
+TINY = dict(num_train=40, num_validation=16, num_test=16)
+
+
+def _sigmoid64(x):
+  return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('syn'))
+  report = build.build('synthetic_lesions/32', data_dir, overrides=TINY, log=lambda *_: None)
+  return data_dir, report
+
+
+@pytest.fixture(scope='module')
+def chunk():
+  return syn.generate_chunk(seed=3, split='train', chunk=0, n=2048, size=32)
+
+
+def test_build_and_read_without_tensorflow(built):
+  data_dir, report = built
+  assert report['dataset'] == 'synthetic_lesions/32_num_test16_num_train40_num_validation16'
+  assert report['num_examples'] == {'train': 40, 'validation': 16, 'test': 16}
+  with open(os.path.join(report['data_dir'], build.REPORT_NAME)) as f:
+    assert json.load(f)['num_examples'] == report['num_examples']
+  ids = {}
+  for split, n in report['num_examples'].items():
+    source = tfds.data_source(report['dataset'], split=split, data_dir=data_dir)
+    assert len(source) == n
+    ex = source[n - 1]
+    assert ex['image'].shape == (32, 32, 1) and ex['image'].dtype == np.float32
+    assert 0.0 <= ex['image'].min() and ex['image'].max() <= 1.0
+    assert ex['masks'].shape == (4, 32, 32) and ex['masks'].dtype == np.uint8
+    assert set(np.unique(ex['masks'])) <= {0, 1}
+    assert ex['modes'].shape == (3, 32, 32) and ex['modes'].dtype == np.uint8
+    np.testing.assert_allclose(ex['mode_probs'].sum(), 1.0, atol=1e-5)
+    assert ex['id'] == f'synth32-{split}-{n - 1:06d}'.encode()
+    ids[split] = {source[i]['id'] for i in range(n)}
+  assert not ids['train'] & ids['validation'] and not ids['train'] & ids['test']
+  assert not ids['validation'] & ids['test']
+  assert 'tensorflow' not in sys.modules
+
+
+def test_two_builds_identical(built, tmp_path):
+  data_dir, report = built
+  report2 = build.build('synthetic_lesions/32', str(tmp_path), overrides=TINY, log=lambda *_: None)
+  for split in ('train', 'test'):
+    a = tfds.data_source(report['dataset'], split=split, data_dir=data_dir)
+    b = tfds.data_source(report2['dataset'], split=split, data_dir=str(tmp_path))
+    for i in range(len(a)):
+      for key in ('image', 'masks', 'modes', 'mode_probs', 'id'):
+        np.testing.assert_array_equal(a[i][key], b[i][key])
+  other = syn.generate_chunk(seed=4, split='train', chunk=0, n=4, size=32)
+  same = syn.generate_chunk(seed=0, split='train', chunk=0, n=4, size=32)
+  assert not np.array_equal(other['image'], same['image'])
+
+
+def test_train_split_matches_generator(built):
+  data_dir, report = built
+  ref = syn.generate_chunk(seed=0, split='train', chunk=0, n=40, size=32)
+  source = tfds.data_source(report['dataset'], split='train', data_dir=data_dir)
+  np.testing.assert_array_equal(source[7]['masks'], ref['masks'][7])
+  np.testing.assert_array_equal(source[7]['image'], ref['image'][7])
+
+
+def test_mode_probability_formula():
+  area = np.linspace(0.0, 0.15, 301)
+  contrast = np.linspace(0.0, 0.35, 301)
+  p = syn.mode_probabilities(core_area_fraction=area, lobe_contrast=contrast)
+  p_empty = _sigmoid64(-(area - 0.035) / 0.008)
+  p_lobe = _sigmoid64((contrast - 0.15) / 0.04)
+  np.testing.assert_allclose(p[:, 0], p_empty, rtol=1e-12)
+  np.testing.assert_allclose(p[:, 2], (1 - p_empty) * p_lobe, rtol=1e-12)
+  np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
+  # Smooth, not a threshold: many intermediate values along the range.
+  assert np.sum((p_empty > 0.1) & (p_empty < 0.9)) > 20
+  assert np.all(np.diff(p[:, 0]) < 0)
+
+
+def test_modes_geometry(chunk):
+  modes = chunk['modes'].astype(bool)
+  assert not modes[:, 0].any()
+  core, union = modes[:, 1], modes[:, 2]
+  assert np.all(core <= union)
+  added = (union & ~core).sum((1, 2))
+  assert np.all(added >= 0.3 * core.sum((1, 2)))
+  assert np.all(core.sum((1, 2)) > 0)
+  p = chunk['mode_probs'].astype(np.float64)
+  # All three modes occur with substantial probability across the data set.
+  assert np.all(p.mean(0) > 0.1)
+  # p_empty decreases with the core's area (smooth logistic).
+  rho = stats.spearmanr(core.sum((1, 2)), p[:, 0]).statistic
+  assert rho < -0.99
+
+
+def test_fainter_lobe_rarer_union(chunk):
+  image = chunk['image'][..., 0].astype(np.float64)
+  modes = chunk['modes'].astype(bool)
+  lobe_only = modes[:, 2] & ~modes[:, 1]
+  ring = np.stack([ndimage.binary_dilation(m, iterations=3) for m in modes[:, 2]]) & ~modes[:, 2]
+  lobe_contrast = ((image * lobe_only).sum((1, 2)) / lobe_only.sum((1, 2))
+                   - (image * ring).sum((1, 2)) / ring.sum((1, 2)))
+  p = chunk['mode_probs'].astype(np.float64)
+  p_lobe_given_lesion = p[:, 2] / (p[:, 1] + p[:, 2])
+  assert stats.spearmanr(lobe_contrast, p_lobe_given_lesion).statistic > 0.8
+
+
+def _annotation_modes(masks, modes):
+  """[n, 4] index of the mode with the highest IoU to each annotation (empty -> 0)."""
+  m = masks.astype(bool)[:, :, None]
+  mo = modes.astype(bool)[:, None]
+  inter = (m & mo).sum((-1, -2))
+  union = (m | mo).sum((-1, -2))
+  iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+  return iou.argmax(-1)
+
+
+def test_annotation_frequencies_match_probabilities(chunk):
+  chosen = _annotation_modes(chunk['masks'], chunk['modes'])
+  p = chunk['mode_probs'].astype(np.float64)
+  observed = np.stack([(chosen == k).sum(1) for k in range(3)], -1)  # [n, 3]
+  # Chi-square over all annotations: counts per mode vs the stored probabilities.
+  expected = 4 * p.sum(0)
+  chi2 = np.sum((observed.sum(0) - expected) ** 2 / expected)
+  assert stats.chi2.sf(chi2, df=2) > 1e-3, (observed.sum(0), expected)
+  # Calibration within probability bins of each mode (z-scores from binomial variances).
+  for k in range(3):
+    for lo, hi in ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0)):
+      sel = (p[:, k] >= lo) & (p[:, k] < hi)
+      if sel.sum() < 30:
+        continue
+      mean = 4 * p[sel, k].sum()
+      var = 4 * (p[sel, k] * (1 - p[sel, k])).sum()
+      z = (observed[sel, k].sum() - mean) / np.sqrt(var)
+      assert abs(z) < 4.5, (k, lo, hi, z)
+
+
+def test_annotator_jitter_is_small(chunk):
+  chosen = _annotation_modes(chunk['masks'], chunk['modes'])
+  for i in range(0, 2048, 64):
+    for k in range(4):
+      mask = chunk['masks'][i, k].astype(bool)
+      mode = chunk['modes'][i, chosen[i, k]].astype(bool)
+      if not mode.any():
+        assert not mask.any()
+        continue
+      assert np.all(mask <= ndimage.binary_dilation(mode, iterations=2))
+      # At the union's concave neck max(d_core, d_lobe) underestimates the depth,
+      # so the inner bound uses one more erosion step.
+      assert np.all(ndimage.binary_erosion(mode, iterations=3) <= mask)
+  # Jitter is real: annotations of the same mode differ somewhere.
+  assert np.any(chunk['masks'][:, 0] != chunk['modes'][np.arange(2048), chosen[:, 0]])
+
+
+def test_cli_errors(capsys, tmp_path):
+  assert build.main(['--dataset=nope/32', f'--data_dir={tmp_path}']) == 1
+  assert 'Unknown data set' in capsys.readouterr().err
+  assert build.main(['--dataset=synthetic_lesions/7', f'--data_dir={tmp_path}']) == 1
+  assert "choose one of ['128', '32', '64']" in capsys.readouterr().err
+  assert build.parse_overrides('num_train=5, seed=2,x=a') == {'num_train': 5, 'seed': 2, 'x': 'a'}

@@ -1,0 +1,9 @@
+"""Errors raised by the builders; messages name the file and the fix."""
+
+
+class ManualDataError(FileNotFoundError):
+  """The manual_dir or a file the builder needs is missing; says what to put where."""
+
+
+class CorruptFileError(ValueError):
+  """An input file cannot be read or has unexpected content; names the file."""

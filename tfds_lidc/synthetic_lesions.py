@@ -1,0 +1,253 @@
+"""`synthetic_lesions`: an ambiguous segmentation set whose true answer is known.
+
+Generative process (all lengths in pixels of an S x S image, S in {32, 64, 128};
+every random number comes from `np.random.default_rng((seed, split, chunk))`, so a
+build is a pure function of the config):
+
+1. Background: 0.3 + smooth texture (white noise low-pass filtered with a Gaussian
+   of width S/8 in Fourier space, scaled to standard deviation 0.06).
+2. Core: an ellipse with centre uniform in the central S/4 x S/4 box, semi-axes
+   uniform in [0.08 S, 0.2 S] (aspect clipped to <= 2) and a uniform rotation; added
+   with contrast 0.35 (clearly visible) and a soft half-pixel edge.
+3. Lobe: an ellipse attached to the core boundary in a uniform direction phi; its
+   semi-axes are sqrt(a b) * U(0.7, 0.95) and that times U(0.75, 1), its centre lies
+   0.7 lobe radii beyond the core boundary along phi. The lobe adds at least 30% of
+   the core's area (checked on the pixel grid; geometries that fail are redrawn).
+   Its contrast is uniform in [0, 0.35]: from invisible to as clear as the core.
+4. Pixel noise N(0, 0.03^2); the image is clipped to [0, 1].
+5. True annotation distribution over three modes, empty / core / core u lobe:
+     p_empty = sigmoid(-(core_area / S^2 - 0.035) / 0.008)   (small cores are missed),
+     p_lobe  = sigmoid((lobe_contrast - 0.15) / 0.04)         (faint lobes are left out),
+     mode_probs = [p_empty, (1 - p_empty)(1 - p_lobe), (1 - p_empty) p_lobe].
+6. Four annotators draw a mode independently from `mode_probs` and trace it with a
+   boundary jitter of at most +-1 pixel: the mask is {d(x) + j(x) > 0} where d is
+   the (approximate) signed distance to the mode's boundary and
+   j(x) = o + A cos(k . x + psi), o ~ U(-0.5, 0.5), A ~ U(0, 0.5), |k| = 8 pi / S,
+   a smooth field with |j| <= 1. d is (1 - r) / |grad r| for an ellipse with
+   normalised radius r (exact for circles) and max(d_core, d_lobe) for the union.
+
+Features: 'image' float32 [S, S, 1] in [0, 1]; 'masks' uint8 [4, S, S] in {0, 1};
+'modes' uint8 [3, S, S] (empty, core, core u lobe without jitter); 'mode_probs'
+float32 [3]; 'id' and 'patient_id' (the same string, e.g. 'synth32-train-000012').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NUM_ANNOTATORS = 4
+NUM_MODES = 3
+CHUNK = 256  # Examples drawn per random stream; part of the generative process.
+CORE_CONTRAST = 0.35
+MIN_LOBE_FRACTION = 0.3
+_SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
+
+
+@dataclasses.dataclass
+class SyntheticLesionsConfig(tfds.core.BuilderConfig):
+  """Image size, split sizes and seed of the synthetic set."""
+  size: int = 32
+  num_train: int = 8000
+  num_validation: int = 500
+  num_test: int = 500
+  seed: int = 0
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ellipse_distance(*, yy, xx, cy, cx, a, b, theta):
+  """Signed distance (pixels, > 0 inside) to ellipse boundaries, to first order.
+
+  Args:
+    yy, xx: [S, S] pixel-centre coordinates.
+    cy, cx, a, b, theta: [...] centres, semi-axes and rotations.
+
+  Returns:
+    [..., S, S] float64: (1 - r) / |grad r| with r the normalised elliptic radius;
+    exact for circles and accurate to first order near any ellipse boundary.
+  """
+  e = lambda v: v[..., None, None]
+  dy, dx = yy - e(cy), xx - e(cx)
+  cos, sin = np.cos(e(theta)), np.sin(e(theta))
+  u = (dx * cos + dy * sin) / e(a)
+  v = (-dx * sin + dy * cos) / e(b)
+  r = np.sqrt(u * u + v * v)
+  grad = np.sqrt((u / e(a)) ** 2 + (v / e(b)) ** 2) / np.maximum(r, 1e-9)
+  grad = np.where(r < 1e-9, 1.0 / e(np.sqrt(a * b)), grad)
+  return (1.0 - r) / grad
+
+
+def _smooth_texture(rng, *, n, size):
+  """[n, S, S] Gaussian-low-passed white noise with unit standard deviation."""
+  noise = rng.standard_normal((n, size, size))
+  f = np.fft.fftfreq(size)
+  width = 1.0 / (size / 8.0)
+  kernel = np.exp(-0.5 * (f[:, None] ** 2 + f[None, :] ** 2) / width ** 2)
+  tex = np.real(np.fft.ifft2(np.fft.fft2(noise) * kernel))
+  tex -= tex.mean(axis=(1, 2), keepdims=True)
+  return tex / (tex.std(axis=(1, 2), keepdims=True) + 1e-12)
+
+
+def _draw_geometry(rng, *, n, size):
+  """Draws core and lobe ellipses; returns a dict of [n] arrays."""
+  s = float(size)
+  cy = s / 2 + rng.uniform(-s / 8, s / 8, n)
+  cx = s / 2 + rng.uniform(-s / 8, s / 8, n)
+  a = rng.uniform(0.08 * s, 0.2 * s, n)
+  b = np.clip(rng.uniform(0.08 * s, 0.2 * s, n), a / 2, 2 * a)
+  theta = rng.uniform(0, np.pi, n)
+  phi = rng.uniform(0, 2 * np.pi, n)
+  la = np.sqrt(a * b) * rng.uniform(0.7, 0.95, n)
+  lb = la * rng.uniform(0.75, 1.0, n)
+  # Core radius along phi (in the core's frame), then the lobe centre beyond it.
+  rel = phi - theta
+  r_core = 1.0 / np.sqrt((np.cos(rel) / a) ** 2 + (np.sin(rel) / b) ** 2)
+  dist = r_core + 0.7 * la
+  return dict(
+      cy=cy, cx=cx, a=a, b=b, theta=theta,
+      ly=cy + dist * np.sin(phi), lx=cx + dist * np.cos(phi),
+      la=la, lb=lb, ltheta=phi + rng.uniform(-0.5, 0.5, n),
+  )
+
+
+def _distances(geom, *, size):
+  """Signed distances [n, S, S] to core and lobe boundaries."""
+  yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing='ij')
+  d_core = _ellipse_distance(yy=yy, xx=xx, cy=geom['cy'], cx=geom['cx'],
+                             a=geom['a'], b=geom['b'], theta=geom['theta'])
+  d_lobe = _ellipse_distance(yy=yy, xx=xx, cy=geom['ly'], cx=geom['lx'],
+                             a=geom['la'], b=geom['lb'], theta=geom['ltheta'])
+  return d_core, d_lobe
+
+
+def _valid_geometry(geom, *, size):
+  """[n] bool: the lobe adds >= 30% of the core's area and stays inside the image."""
+  d_core, d_lobe = _distances(geom, size=size)
+  core = d_core > 0
+  added = (d_lobe > 0) & ~core
+  core_area = core.sum(axis=(1, 2))
+  inside = (geom['ly'] - geom['la'] > 0) & (geom['ly'] + geom['la'] < size) & (
+      geom['lx'] - geom['la'] > 0) & (geom['lx'] + geom['la'] < size)
+  return (added.sum(axis=(1, 2)) >= MIN_LOBE_FRACTION * core_area) & (core_area > 0) & inside
+
+
+def _jitter_field(rng, *, shape, size):
+  """[*shape, S, S] smooth fields with |j| <= 1 pixel (annotator boundary jitter)."""
+  o = rng.uniform(-0.5, 0.5, shape)[..., None, None]
+  amp = rng.uniform(0.0, 0.5, shape)[..., None, None]
+  ang = rng.uniform(0, 2 * np.pi, shape)[..., None, None]
+  psi = rng.uniform(0, 2 * np.pi, shape)[..., None, None]
+  k = 8 * np.pi / size
+  yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing='ij')
+  return o + amp * np.cos(k * (np.cos(ang) * xx + np.sin(ang) * yy) + psi)
+
+
+def mode_probabilities(*, core_area_fraction, lobe_contrast):
+  """True mode probabilities [..., 3] (empty, core, core u lobe); see module doc."""
+  p_empty = _sigmoid(-(core_area_fraction - 0.035) / 0.008)
+  p_lobe = _sigmoid((lobe_contrast - 0.15) / 0.04)
+  return np.stack([p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1)
+
+
+def generate_chunk(*, seed, split, chunk, n, size):
+  """Generates `n` examples from the random stream (seed, split, chunk).
+
+  Returns:
+    dict of numpy arrays: image [n, S, S, 1] float32, masks [n, 4, S, S] uint8,
+    modes [n, 3, S, S] uint8, mode_probs [n, 3] float32.
+  """
+  rng = np.random.default_rng((seed, _SPLIT_INDEX[split], chunk))
+  geom = _draw_geometry(rng, n=n, size=size)
+  ok = _valid_geometry(geom, size=size)
+  while not ok.all():
+    redo = np.flatnonzero(~ok)
+    new = _draw_geometry(rng, n=redo.size, size=size)
+    for key in geom:
+      geom[key][redo] = new[key]
+    ok[redo] = _valid_geometry(new, size=size)
+  d_core, d_lobe = _distances(geom, size=size)
+  d_union = np.maximum(d_core, d_lobe)
+  lobe_contrast = rng.uniform(0.0, CORE_CONTRAST, n)
+
+  soft = lambda d: _sigmoid(d / 0.5)
+  background = 0.3 + 0.06 * _smooth_texture(rng, n=n, size=size)
+  lesion = CORE_CONTRAST * soft(d_core) + lobe_contrast[:, None, None] * (
+      soft(d_union) - soft(d_core))
+  image = background + lesion + 0.03 * rng.standard_normal((n, size, size))
+  image = np.clip(image, 0.0, 1.0)
+
+  core = d_core > 0
+  modes = np.stack([np.zeros_like(core), core, d_union > 0], axis=1)
+  probs = mode_probabilities(core_area_fraction=core.sum(axis=(1, 2)) / size ** 2,
+                             lobe_contrast=lobe_contrast)
+  u = rng.uniform(size=(n, NUM_ANNOTATORS, 1))
+  choice = (u > np.cumsum(probs, -1)[:, None, :]).sum(-1)  # [n, 4] in {0, 1, 2}
+  choice = np.minimum(choice, NUM_MODES - 1)
+  jitter = _jitter_field(rng, shape=(n, NUM_ANNOTATORS), size=size)
+  d_modes = np.stack([np.full_like(d_core, -np.inf), d_core, d_union], axis=1)
+  d_chosen = np.take_along_axis(d_modes, choice[:, :, None, None], axis=1)
+  masks = d_chosen + jitter > 0
+  return dict(
+      image=image[..., None].astype(np.float32),
+      masks=masks.astype(np.uint8),
+      modes=modes.astype(np.uint8),
+      mode_probs=probs.astype(np.float32),
+  )
+
+
+def generate_split(*, seed, split, num, size):
+  """Yields (index, example dict) for `num` examples of `split`, in order."""
+  for chunk in range((num + CHUNK - 1) // CHUNK):
+    n = min(CHUNK, num - chunk * CHUNK)
+    arrays = generate_chunk(seed=seed, split=split, chunk=chunk, n=n, size=size)
+    for i in range(n):
+      yield chunk * CHUNK + i, {k: v[i] for k, v in arrays.items()}
+
+
+class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
+  """Synthetic lesions with a known three-mode annotation distribution."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      SyntheticLesionsConfig(name='32', size=32, num_train=8000),
+      SyntheticLesionsConfig(name='64', size=64, num_train=4000),
+      SyntheticLesionsConfig(name='128', size=128, num_train=2000),
+  ]
+
+  def _info(self):
+    s = self.builder_config.size
+    zlib = tfds.features.Encoding.ZLIB
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(s, s, 1), dtype=np.float32),
+            'masks': tfds.features.Tensor(shape=(NUM_ANNOTATORS, s, s), dtype=np.uint8,
+                                          encoding=zlib),
+            'modes': tfds.features.Tensor(shape=(NUM_MODES, s, s), dtype=np.uint8,
+                                          encoding=zlib),
+            'mode_probs': tfds.features.Tensor(shape=(NUM_MODES,), dtype=np.float32),
+            'id': tfds.features.Text(),
+            'patient_id': tfds.features.Text(),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    c = self.builder_config
+    return {split: self._generate_examples(split=split, num=num)
+            for split, num in (('train', c.num_train), ('validation', c.num_validation),
+                               ('test', c.num_test))}
+
+  def _generate_examples(self, *, split, num):
+    c = self.builder_config
+    for index, ex in generate_split(seed=c.seed, split=split, num=num, size=c.size):
+      ex_id = f'synth{c.size}-{split}-{index:06d}'
+      yield index, dict(ex, id=ex_id, patient_id=ex_id)
