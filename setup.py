@@ -9,7 +9,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["diffseg_jax", "diffseg_jax.*", "tfds_lidc", "tfds_lidc.*"]),
+    packages=setuptools.find_packages(include=["diffseg_jax", "diffseg_jax.*", "tfds_lidc", "tfds_lidc.*", "configs"]),
     install_requires=[
         "absl-py>=2.1",
         "array_record>=0.5",

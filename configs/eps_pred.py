@@ -1,0 +1,17 @@
+r"""The paper's LIDCv1 128x128 model with eps-prediction (cosine, b = 0.1, SNR_plus1, DDPM 10 steps).
+
+Build the data once (see README: LIDCv1), then train, evaluate on the paper's test split and predict:
+
+  python -m tfds_lidc.build --dataset=lidc/knegt_pickle --manual_dir=~/lidc_v1 --data_dir=~/tensorflow_datasets
+  python -m diffseg_jax.main --config=configs/eps_pred.py --workdir=~/runs/eps_pred
+  python -m diffseg_jax.main --config=configs/eps_pred.py --workdir=~/runs/eps_pred --mode=evaluate
+  python -m diffseg_jax.main --config=configs/eps_pred.py --workdir=~/runs/eps_pred --mode=predict --input=slice.png
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config(arg)
+  config.diffusion.prediction = "eps"
+  return config

@@ -1,0 +1,63 @@
+r"""Train, evaluate or predict with a diffusion segmentation model.
+
+  python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
+  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=evaluate
+  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=predict --input=scan.dcm
+
+Several processes (TPU pod, SLURM, local): pass --coordinator_address/--num_processes/--process_id,
+or set JAX's environment variables (see launch/); each process runs this same command.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, pictures and results.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to run.")
+flags.DEFINE_string("input", None, "--mode=predict: a PNG, NPY or DICOM file, or a folder of them.")
+flags.DEFINE_string("output", None, "--mode=predict: output folder (default WORKDIR/predict).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_string("cpu_collectives", None, "'gloo' for multi-process CPU runs.")
+config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.initialize(coordinator_address=FLAGS.coordinator_address,
+                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                     cpu_collectives=FLAGS.cpu_collectives)
+  from diffseg_jax import inference  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = FLAGS.config
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(config, FLAGS.workdir)
+      if config.evaluate_after_training:
+        inference.evaluate_checkpoint(config, FLAGS.workdir)
+    elif FLAGS.mode == "evaluate":
+      inference.evaluate_checkpoint(config, FLAGS.workdir)
+    else:
+      if not FLAGS.input:
+        raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
+      from diffseg_jax import predict  # pylint: disable=g-import-not-at-top
+
+      predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output)
+  except runtime.USER_ERRORS as e:
+    logging.error("%s", e)
+    print(f"ERROR: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

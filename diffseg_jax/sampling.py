@@ -1,0 +1,59 @@
+"""Batched, sharded sampling of many segmentations per image with the trained network."""
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from diffseg_jax import denoiser
+from diffseg_jax import diffusion
+
+DATA_AXIS = "data"
+
+
+class Sampler:
+  """`sampler(params, image [B,H,W,1] in [0,1], rng, num_samples) -> bool numpy [B, N, H, W]`.
+
+  Images are split over the mesh's data axis (B is padded to a multiple of it); samples are drawn in
+  chunks so that one network call sees at most `config.sampling_batch` examples; every chunk is one
+  compiled `lax` loop over all sampler steps. Every process passes the same images and gets all samples.
+  """
+
+  def __init__(self, config, graphdef, mesh):
+    self._mesh = mesh
+    self._max_batch = int(config.sampling_batch)
+    self._image_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    dcfg = denoiser.diffusion_config(config)
+    scfg = denoiser.sampler_config(config)
+    preprocessing = config.dataset.image_preprocessing
+    compute_dtype = jnp.dtype(config.model.dtype)
+
+    def sample(params, image, rng, num_samples):
+      model = nnx.merge(graphdef, params)
+      net_image = denoiser.network_image(image, preprocessing=preprocessing).astype(compute_dtype)
+      return diffusion.sample(denoiser.make_denoise_fn(model), image=net_image,
+                              rng=rng, num_samples=num_samples, diffusion=dcfg, sampler=scfg)
+
+    self._sample = jax.jit(sample, static_argnums=(3,),
+                           out_shardings=NamedSharding(mesh, P(DATA_AXIS)))
+
+  def __call__(self, params, image, rng, num_samples: int) -> np.ndarray:
+    image = np.asarray(image, np.float32)
+    batch = image.shape[0]
+    n_dev = self._mesh.shape[DATA_AXIS]
+    padded = -(-batch // n_dev) * n_dev
+    if padded != batch:
+      image = np.concatenate([image, np.repeat(image[-1:], padded - batch, axis=0)])
+    global_image = jax.make_array_from_process_local_data(self._image_sharding, image, image.shape)
+    chunk = max(1, min(num_samples, self._max_batch * n_dev // padded))
+    outputs = []
+    for i, start in enumerate(range(0, num_samples, chunk)):
+      n = min(chunk, num_samples - start)
+      out = self._sample(params, global_image, jax.random.fold_in(rng, i), n)
+      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+    return np.concatenate(outputs, axis=1)[:batch].astype(bool)
