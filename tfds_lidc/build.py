@@ -118,6 +118,7 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     if os.path.exists(report_path):
       with open(report_path) as f:
         return json.load(f)
+  tfds.disable_progress_bar()
   start = time.perf_counter()
   builder.download_and_prepare(download_config=download_config)
   seconds = time.perf_counter() - start
