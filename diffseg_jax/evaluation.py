@@ -1,0 +1,299 @@
+"""Evaluation protocol: draw samples once, score every metric, write reports.
+
+`evaluate` draws N_max = max(num_samples_list) samples per image once and
+scores, per image (diffseg_jax.metrics.all_metrics):
+
+  <metric>_<N>     the first N samples, for every N in num_samples_list;
+  <metric>         the paper protocol: the first 4 samples vs the annotations;
+  <metric>_pp      the paper protocol after the area filter (metrics.postprocess).
+
+Where the batches carry the true distribution ('modes' [B, K, H, W] and
+'mode_probs' [B, K], the synthetic set) it adds
+
+  mode_tv_<N>          total variation between the model's mode frequencies
+                       and mode_probs (see `mode_tv`), and mode_tv (4 samples);
+  oracle_<...>         the same metrics for draws from the true distribution;
+  blind_<...>          an image-blind baseline that draws the true modes of each
+                       image with the data set's average mode_probs.
+
+Aggregates (mean, standard error of the mean, count of finite values) go to
+out_dir/metrics.json and a Markdown table (out_dir/metrics.md, also logged);
+per-image values go to out_dir/per_image.jsonl (NaN written as null).
+Padded examples (valid False) are skipped. The result is a deterministic
+function of rng and sample_fn.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+import json
+import math
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from diffseg_jax import metrics
+
+PAPER_NUM_SAMPLES = 4
+MIN_SAMPLE_PIXELS = 3
+_BLIND_BATCH = 32
+
+
+def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
+            mode_probs: np.ndarray) -> np.ndarray:
+  """Total variation between model and true mode frequencies, float64 [B].
+
+  Each sample goes to the true mode it overlaps best by IoU. A sample with fewer
+  than 3 foreground pixels goes to the empty mode (modes with fewer than 3
+  pixels count as one empty mode, their probabilities summed). A sample that
+  overlaps no non-empty mode (or is empty while no mode is) goes to an extra
+  'unmatched' class of true probability 0. Ties go to the first mode.
+
+  Args:
+    samples: bool [B, N, H, W].
+    modes: bool/uint8 [B, K, H, W].
+    mode_probs: float [B, K].
+
+  Returns:
+    0.5 * sum |model frequency - true probability| per image.
+  """
+  samples = np.asarray(samples, bool)
+  modes = np.asarray(modes, bool)
+  probs = np.asarray(mode_probs, np.float64)
+  b, n = samples.shape[:2]
+  k = modes.shape[1]
+  iou_sm = np.asarray(metrics.pairwise_iou(samples, modes), np.float64)
+  sample_empty = samples.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
+  mode_empty = modes.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
+  # Canonical class of each mode: the first empty mode for all empty ones.
+  first_empty = np.where(mode_empty.any(axis=1), np.argmax(mode_empty, axis=1),
+                         k)
+  canon = np.where(mode_empty, first_empty[:, None], np.arange(k)[None, :])
+  true = np.zeros((b, k + 1))
+  np.add.at(true, (np.repeat(np.arange(b), k), canon.ravel()), probs.ravel())
+
+  masked = np.where(mode_empty[:, None, :], -1.0, iou_sm)
+  best = np.argmax(masked, axis=-1)
+  overlaps = np.max(masked, axis=-1) > 0
+  assign = np.where(overlaps, best, k)
+  assign = np.where(sample_empty, first_empty[:, None], assign)
+  freq = np.zeros((b, k + 1))
+  np.add.at(freq, (np.repeat(np.arange(b), n), assign.ravel()), 1.0 / n)
+  return 0.5 * np.abs(freq - true).sum(axis=1)
+
+
+def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
+                 mode_probs=None) -> dict[str, np.ndarray]:
+  """Per-image metrics of one sample set [B, N_max, H, W] for every N."""
+  out = {}
+  def add(values, suffix):
+    for name, value in values.items():
+      out[f'{prefix}{name}{suffix}'] = value
+  by_n = {n: metrics.all_metrics(samples[:, :n], masks) for n in num_samples}
+  for n, values in by_n.items():
+    add(values, f'_{n}')
+  paper = samples[:, :PAPER_NUM_SAMPLES]
+  add(by_n.get(PAPER_NUM_SAMPLES) or metrics.all_metrics(paper, masks), '')
+  add(metrics.all_metrics(np.asarray(metrics.postprocess(paper)), masks), '_pp')
+  if modes is not None:
+    for n in num_samples:
+      out[f'{prefix}mode_tv_{n}'] = mode_tv(
+          samples=samples[:, :n], modes=modes, mode_probs=mode_probs)
+    out[f'{prefix}mode_tv'] = mode_tv(samples=paper, modes=modes,
+                                      mode_probs=mode_probs)
+  return out
+
+
+def _draw_modes(*, rng, modes, probs, num_samples) -> np.ndarray:
+  """num_samples modes per image drawn with probs [B, K] -> bool [B, N, H, W]."""
+  logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-30))
+  index = np.asarray(jax.random.categorical(
+      rng, logits, axis=-1, shape=(num_samples, logits.shape[0]))).T
+  return np.take_along_axis(np.asarray(modes, bool),
+                            index[:, :, None, None], axis=1)
+
+
+def _require(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
+  if key not in batch:
+    raise KeyError(
+        f'evaluation batch {index} lacks {key!r} (has {sorted(batch)}); pass '
+        'batches from diffseg_jax.input_pipeline.eval_batches.')
+  return np.asarray(batch[key])
+
+
+def _summary(per_image: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+  keys = sorted({k for record in per_image for k in record
+                 if k not in ('id', 'index')})
+  out = {}
+  for key in keys:
+    values = np.array([r.get(key, np.nan) for r in per_image], np.float64)
+    values = values[np.isfinite(values)]
+    count = int(values.size)
+    mean = float(values.mean()) if count else None
+    sem = (float(values.std(ddof=1) / math.sqrt(count)) if count > 1 else None)
+    out[key] = {'mean': mean, 'sem': sem, 'n': count}
+  return out
+
+
+_KEY = re.compile(r'^(?P<base>.+?)(?:_(?P<n>\d+))?(?P<pp>_pp)?$')
+
+
+def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+  """Markdown table of {key: {'mean', 'sem', ...}}.
+
+  Rows are metrics (model, then oracle_, then blind_); columns are the sample
+  counts N of `<metric>_<N>`, then 'paper (4)' for `<metric>` and 'paper pp'
+  for `<metric>_pp`. Cells read 'mean ± sem'.
+  """
+  rows, columns, cells = [], [], {}
+  for key, stats in summary.items():
+    match = _KEY.match(key)
+    base, n, pp = match['base'], match['n'], match['pp']
+    column = 'paper pp' if pp else (f'N={n}' if n else 'paper (4)')
+    if base not in rows:
+      rows.append(base)
+    if column not in columns:
+      columns.append(column)
+    cells[base, column] = stats
+  def order(column):
+    if column.startswith('N='):
+      return (0, int(column[2:]))
+    return (1, column)
+  columns.sort(key=order)
+  names = metrics.METRIC_NAMES + ('mode_tv',)
+  def row_order(base):
+    prefix = next(p for p in ('oracle_', 'blind_', '') if base.startswith(p))
+    name = base[len(prefix):]
+    return (('', 'oracle_', 'blind_').index(prefix),
+            names.index(name) if name in names else len(names), name)
+  rows.sort(key=row_order)
+  def cell(stats):
+    if stats is None or stats.get('mean') is None:
+      return ''
+    sem = stats.get('sem')
+    return f"{stats['mean']:.4f}" + ('' if sem is None else f' ± {sem:.4f}')
+  lines = ['| metric | ' + ' | '.join(columns) + ' |',
+           '|---' * (len(columns) + 1) + '|']
+  for base in rows:
+    lines.append(f'| {base} | ' + ' | '.join(
+        cell(cells.get((base, c))) for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def _jsonable(value):
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
+             batches: Iterable[Mapping[str, Any]], *,
+             num_samples_list: Iterable[int] = (4, 16, 32, 100),
+             out_dir: str, rng: jax.Array, split_name: str,
+             log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
+  """Scores a sampler on a split and writes the reports (see module doc).
+
+  Args:
+    sample_fn: (image [B, H, W, C], rng, num_samples) -> bool [B, N, H, W].
+    batches: iterable of host dicts with 'image' [B, H, W, C], 'masks'
+      [B, M, H, W], optional 'valid' [B] (False = padding), 'id' [B],
+      'modes' [B, K, H, W] and 'mode_probs' [B, K].
+    num_samples_list: the N to report; N_max = max(...) >= 4 samples are
+      drawn per image once and every N uses the first N of them.
+    out_dir: where metrics.json, per_image.jsonl and metrics.md go.
+    rng: jax PRNG key; batch i uses fold_in(rng, i).
+    split_name: recorded in the reports.
+    log: receives the Markdown table.
+
+  Returns:
+    {key: {'mean', 'sem', 'n'}} as written to metrics.json['metrics'].
+  """
+  num_samples = sorted({int(n) for n in num_samples_list})
+  if not num_samples or num_samples[0] < 1:
+    raise ValueError(f'num_samples_list={num_samples_list} must hold positive '
+                     'sample counts, e.g. (4, 16, 32, 100).')
+  n_max = num_samples[-1]
+  if n_max < PAPER_NUM_SAMPLES:
+    raise ValueError(f'num_samples_list={num_samples_list}: the paper protocol '
+                     f'needs at least {PAPER_NUM_SAMPLES} samples per image.')
+  model_rng, blind_rng = jax.random.split(rng)
+
+  per_image: list[dict[str, Any]] = []
+  stored = []  # (record index, masks, modes, probs) for the blind baseline.
+  for batch_index, batch in enumerate(batches):
+    image = _require(batch, 'image', batch_index)
+    masks = _require(batch, 'masks', batch_index).astype(bool)
+    size = image.shape[0]
+    valid = np.asarray(batch.get('valid', np.ones(size, bool)), bool)
+    ids = batch.get('id', np.arange(len(per_image), len(per_image) + size))
+    key = jax.random.fold_in(model_rng, batch_index)
+    sample_key, oracle_key = jax.random.split(key)
+    samples = np.asarray(sample_fn(image, sample_key, n_max))
+    expected = (size, n_max) + masks.shape[-2:]
+    if samples.shape != expected:
+      raise ValueError(f'sample_fn returned shape {samples.shape}, expected '
+                       f'{expected} = [B, num_samples, H, W] (bool).')
+    samples = samples.astype(bool)
+    has_modes = 'modes' in batch
+    modes = probs = None
+    if has_modes:
+      modes = np.asarray(batch['modes'], bool)
+      probs = _require(batch, 'mode_probs', batch_index).astype(np.float64)
+    values = _set_metrics(samples=samples, masks=masks,
+                          num_samples=num_samples, prefix='', modes=modes,
+                          mode_probs=probs)
+    if has_modes:
+      oracle = _draw_modes(rng=oracle_key, modes=modes, probs=probs,
+                           num_samples=n_max)
+      values.update(_set_metrics(samples=oracle, masks=masks,
+                                 num_samples=num_samples, prefix='oracle_',
+                                 modes=modes, mode_probs=probs))
+    for row in np.flatnonzero(valid):
+      identifier = ids[row]
+      if isinstance(identifier, bytes):
+        identifier = identifier.decode()
+      record = {'index': len(per_image), 'id': str(identifier)}
+      record.update({k: _jsonable(v[row]) for k, v in values.items()})
+      if has_modes:
+        stored.append((len(per_image), np.packbits(masks[row]), masks.shape[1:],
+                       np.packbits(modes[row]), modes.shape[1:], probs[row]))
+      per_image.append(record)
+
+  if stored:
+    average = np.mean([s[5] for s in stored], axis=0)
+    for start in range(0, len(stored), _BLIND_BATCH):
+      chunk = stored[start:start + _BLIND_BATCH]
+      unpack = lambda packed, shape: np.unpackbits(
+          packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
+      masks = np.stack([unpack(c[1], c[2]) for c in chunk])
+      modes = np.stack([unpack(c[3], c[4]) for c in chunk])
+      probs = np.broadcast_to(average, (len(chunk), average.size))
+      blind = _draw_modes(rng=jax.random.fold_in(blind_rng, start),
+                          modes=modes, probs=probs, num_samples=n_max)
+      values = _set_metrics(samples=blind, masks=masks,
+                            num_samples=num_samples, prefix='blind_',
+                            modes=modes,
+                            mode_probs=np.stack([c[5] for c in chunk]))
+      for row, c in enumerate(chunk):
+        per_image[c[0]].update({k: _jsonable(v[row])
+                                for k, v in values.items()})
+
+  summary = _summary(per_image)
+  table = render_table(summary)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+    json.dump({'split': split_name, 'num_images': len(per_image),
+               'num_samples_list': num_samples,
+               'paper_num_samples': PAPER_NUM_SAMPLES,
+               'metrics': summary}, f, indent=1, sort_keys=True)
+  with open(os.path.join(out_dir, 'per_image.jsonl'), 'w') as f:
+    for record in per_image:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+  header = (f'## {split_name}: {len(per_image)} images\n\n'
+            'Cells: mean ± standard error over images. N=n: the first n '
+            'samples; paper (4): 4 samples vs the annotations; paper pp: the '
+            'same after the area filter.\n\n')
+  with open(os.path.join(out_dir, 'metrics.md'), 'w') as f:
+    f.write(header + table + '\n')
+  log(header + table)
+  return summary
