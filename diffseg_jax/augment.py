@@ -11,10 +11,12 @@ transforms (gamma, brightness/contrast) of the image, which stays in [0, 1].
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 # Inverse maps of the dihedral group D4 acting on centred (row, col) coordinates:
 # k = 0..3 rotate by k * 90 degrees, k = 4..7 additionally transpose.
@@ -106,6 +108,29 @@ def crop(*, image, masks, top, left, size):
   return image, masks
 
 
+def map_examples(fn, rng, *arrays):
+  """Applies fn(key, *example) to every example, each with its own key from `rng`.
+
+  Args:
+    fn: per-example function of (key, *[...] slices).
+    rng: PRNG key, split into one key per example.
+    *arrays: [B, ...] arrays.
+
+  Returns:
+    fn's outputs stacked over the batch. When the data's batch axis is sharded over an
+    Explicit mesh axis, the map runs per device (shard_map), so nothing is gathered.
+  """
+  keys = jax.random.split(rng, arrays[0].shape[0])
+  sharding = jax.typeof(arrays[0]).sharding
+  spec = getattr(sharding, 'spec', None)
+  if not spec or spec[0] is None:
+    return jax.vmap(fn)(keys, *arrays)
+  batch_spec = PartitionSpec(spec[0])
+  keys = jax.sharding.reshard(keys, sharding.update(spec=batch_spec))
+  return jax.shard_map(jax.vmap(fn), mesh=sharding.mesh, in_specs=batch_spec,
+                       out_specs=batch_spec)(keys, *arrays)
+
+
 def _uniform(rng, low, high):
   return jax.random.uniform(rng, (), jnp.float32, low, high)
 
@@ -162,6 +187,7 @@ def augment_example(rng, image, masks, config: AugmentConfig):
   return jnp.clip(image, 0.0, 1.0), masks
 
 
+@functools.partial(jax.jit, static_argnames='config')
 def augment(rng, image, masks, config: AugmentConfig):
   """Augments a batch, each example with its own random transform.
 
@@ -177,10 +203,10 @@ def augment(rng, image, masks, config: AugmentConfig):
   if image.ndim != 4 or masks.ndim != 4 or image.shape[:3] != (masks.shape[0],) + masks.shape[2:]:
     raise ValueError(f'augment expects image [B,H,W,C] and masks [B,M,H,W] of the same B, H, W; '
                      f'got image {image.shape} and masks {masks.shape}.')
-  keys = jax.random.split(rng, image.shape[0])
-  return jax.vmap(lambda k, x, m: augment_example(k, x, m, config))(keys, image, masks)
+  return map_examples(lambda k, x, m: augment_example(k, x, m, config), rng, image, masks)
 
 
+@jax.jit
 def choose_annotation(rng, masks):
   """Picks one of the M annotations per example uniformly and encodes it.
 
@@ -191,8 +217,10 @@ def choose_annotation(rng, masks):
   Returns:
     x0 [B, H, W, 1] float32 in {-1, +1} (x0 = 2 m - 1).
   """
-  batch, num_masks = masks.shape[:2]
-  choice = jax.random.randint(rng, (batch,), 0, num_masks)
-  chosen = jnp.take_along_axis(masks, choice[:, None, None, None], axis=1)[:, 0]
-  return (2.0 * chosen.astype(jnp.float32) - 1.0)[..., None]
+  num_masks = masks.shape[1]
 
+  def choose(key, example_masks):
+    return example_masks[jax.random.randint(key, (), 0, num_masks)]
+
+  chosen = map_examples(choose, rng, masks)
+  return (2.0 * chosen.astype(jnp.float32) - 1.0)[..., None]

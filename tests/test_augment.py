@@ -1,5 +1,10 @@
 """Tests for diffseg_jax.augment against float64 numpy/scipy references."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +13,7 @@ import scipy.ndimage
 
 from diffseg_jax import augment as aug
 
+REPO = os.path.join(os.path.dirname(__file__), '..')
 _OFF = dict(dihedral=False, gamma_p=0.0, brightness_contrast_p=0.0, affine_p=0.0)
 
 
@@ -212,3 +218,33 @@ def test_choose_annotation_uniform_and_encoded():
   np.testing.assert_array_equal(x0[:, 0, :, 0], 2.0 * codes[chosen].astype(np.float64) - 1.0)
   freq = np.bincount(chosen, minlength=num) / batch
   np.testing.assert_allclose(freq, np.full(num, 1.0 / num), atol=0.03)
+
+
+def test_sharded_batches_give_the_unsharded_result():
+  """Explicit and Auto meshes over 2 CPU devices (subprocess: the device count is fixed at start)."""
+  script = textwrap.dedent("""
+      import jax, numpy as np
+      from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+      from diffseg_jax import augment as aug
+      config = aug.AugmentConfig(crop_size=16, affine_p=0.5)
+      rng = np.random.default_rng(0)
+      image = rng.random((4, 32, 32, 1), np.float32)
+      masks = rng.integers(0, 2, (4, 4, 32, 32), np.uint8)
+      ref_image, ref_masks = aug.augment(jax.random.key(0), image, masks, config)
+      ref_x0 = aug.choose_annotation(jax.random.key(1), ref_masks)
+      for axis_type in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((2,), ('data',), axis_types=(axis_type,))
+        sharding = NamedSharding(mesh, P('data'))
+        step = jax.jit(lambda r1, r2, x, m: (lambda o: (o[0], aug.choose_annotation(r2, o[1])))(
+            aug.augment(r1, x, m, config)))
+        out_image, x0 = step(jax.random.key(0), jax.random.key(1), jax.device_put(image, sharding),
+                             jax.device_put(masks, sharding))
+        np.testing.assert_array_equal(np.asarray(out_image), np.asarray(ref_image))
+        np.testing.assert_array_equal(np.asarray(x0), np.asarray(ref_x0))
+        assert out_image.sharding.spec[0] == 'data' and x0.sharding.spec[0] == 'data'
+      print('OK')
+  """)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]
