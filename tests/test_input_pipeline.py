@@ -190,3 +190,31 @@ def test_load_source_not_built_names_the_fix(tmp_path):
   assert 'python -m tfds_lidc.build --dataset=synthetic_lesions/32' in msg and str(tmp_path) in msg
   with pytest.raises(ValueError, match='NAME/CONFIG'):
     ip.load_source(name='synthetic_lesions', split='train', data_dir=str(tmp_path))
+
+
+def test_built_synthetic_set_through_the_pipeline(tmp_path):
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+  report = build.build('synthetic_lesions/32', str(tmp_path), log=lambda *a: None,
+                       overrides=dict(num_train=12, num_validation=5, num_test=3))
+  source = ip.load_source(name=report['dataset'], split='train', data_dir=str(tmp_path))
+  assert len(source) == 12
+  it = ip.train_batches(source, global_batch_size=4, seed=5, mesh=_mesh())
+  batches = [next(it) for _ in range(3)]
+  it.close()
+  order = _reference_stream(5, 12, 12)
+  direct = ip.read_examples(source, order)
+  image = np.concatenate([np.asarray(b['image']) for b in batches])
+  masks = np.concatenate([np.asarray(b['masks']) for b in batches])
+  assert image.shape == (12, 32, 32, 1) and masks.shape == (12, 4, 32, 32)
+  np.testing.assert_array_equal(image, direct['image'])
+  np.testing.assert_array_equal(masks, direct['masks'])
+  assert image.min() >= 0.0 and image.max() <= 1.0 and set(np.unique(masks)) <= {0, 1}
+  assert len(set(direct['id'])) == 12  # one epoch = every example once
+
+  val = ip.load_source(name=report['dataset'], split='validation', data_dir=str(tmp_path))
+  evals = list(ip.eval_batches(val, batch_size=2))
+  assert len(evals) == 3 and evals[-1]['valid'].tolist() == [True, False]
+  assert {'image', 'masks', 'modes', 'mode_probs', 'id', 'patient_id', 'valid'} == set(evals[0])
+  assert evals[0]['id'].dtype.kind == 'U' and evals[0]['modes'].shape == (2, 3, 32, 32)
+  with pytest.raises(ValueError, match='splits'):
+    ip.load_source(name=report['dataset'], split='training', data_dir=str(tmp_path))
