@@ -97,6 +97,25 @@ def test_read_dicom_hu():
   assert sl.spacing_mm == tuple(float(v) for v in ds.PixelSpacing)
 
 
+@needs_sample
+def test_read_dicom_unit():
+  path = sorted(glob.glob(os.path.join(_series_dirs()[0], '*.dcm')))[0]
+  ds = pydicom.dcmread(path)
+  hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+  spacing = float(ds.PixelSpacing[0])
+  out = preprocessing.read_dicom_unit(path)
+  n = int(round(hu.shape[0] * spacing / 0.5))
+  assert out.shape == (n, n) and out.dtype == np.float32
+  # Output pixel (i, j) centre lies at ((i, j) + 0.5) * 0.5 mm: bilinear in source pixels.
+  i, j = 300, 411
+  r, c = (i + 0.5) * 0.5 / spacing - 0.5, (j + 0.5) * 0.5 / spacing - 0.5
+  r0, c0 = int(np.floor(r)), int(np.floor(c))
+  fr, fc = r - r0, c - c0
+  ref_hu = ((1 - fr) * (1 - fc) * hu[r0, c0] + (1 - fr) * fc * hu[r0, c0 + 1]
+            + fr * (1 - fc) * hu[r0 + 1, c0] + fr * fc * hu[r0 + 1, c0 + 1])
+  np.testing.assert_allclose(out[i, j], np.clip((ref_hu + 1350.0) / 1500.0, 0, 1), atol=1e-5)
+
+
 # Parser pieces ----------------------------------------------------------------------------
 
 def test_rasterise_inclusion_and_exclusion():

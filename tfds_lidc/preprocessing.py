@@ -93,6 +93,24 @@ def read_dicom_hu(path) -> np.ndarray:
   return read_dicom_slice(path).hu
 
 
+def read_dicom_unit(path, *, target_spacing_mm=TARGET_SPACING_MM) -> np.ndarray:
+  """A whole CT slice as model input: resampled to 0.5 mm pixels and windowed to [0, 1].
+
+  Returns:
+    float32 [round(rows * row_mm / 0.5), round(cols * col_mm / 0.5)] in [0, 1]; the same
+    resampling and window as the tcia builder's examples (for predict mode).
+  """
+  ct = read_dicom_slice(path)
+  rows, cols = ct.hu.shape
+  out_r = int(round(rows * ct.spacing_mm[0] / target_spacing_mm))
+  out_c = int(round(cols * ct.spacing_mm[1] / target_spacing_mm))
+  r = (np.arange(out_r) + 0.5) * target_spacing_mm / ct.spacing_mm[0] - 0.5
+  c = (np.arange(out_c) + 0.5) * target_spacing_mm / ct.spacing_mm[1] - 0.5
+  grid = np.stack(np.meshgrid(r, c, indexing='ij'))
+  hu = ndimage.map_coordinates(ct.hu.astype(np.float64), grid, order=1, mode='nearest')
+  return hu_to_unit(hu)
+
+
 def resample_crop(array, *, spacing_mm, center_rc, size, order,
                   target_spacing_mm=TARGET_SPACING_MM, cval=0.0):
   """Resamples a 2-D array to `target_spacing_mm` pixels and crops size x size around a centre.
