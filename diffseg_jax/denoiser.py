@@ -4,12 +4,14 @@
 trainer, evaluation and prediction) is the one place that knows both.
 """
 
+import contextlib
 import dataclasses
 
 import jax.numpy as jnp
 import ml_collections
 
 from diffseg_jax import diffusion
+from diffseg_jax import errors
 from diffseg_jax.models import unet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,14 +41,16 @@ def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
 
 def diffusion_config(config: ml_collections.ConfigDict) -> diffusion.DiffusionConfig:
   d = config.diffusion
-  return diffusion.DiffusionConfig(
-      schedule=d.schedule, input_scale=d.input_scale, prediction=d.prediction,
-      weighting=d.weighting, decoupled=d.decoupled, conditioning=d.time_conditioning)
+  with _naming("config.diffusion"):
+    return diffusion.DiffusionConfig(
+        schedule=d.schedule, input_scale=d.input_scale, prediction=d.prediction,
+        weighting=d.weighting, decoupled=d.decoupled, conditioning=d.time_conditioning)
 
 
 def sampler_config(config: ml_collections.ConfigDict) -> diffusion.SamplerConfig:
   s = config.sampler
-  return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance)
+  with _naming("config.sampler"):
+    return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance)
 
 
 def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
@@ -56,13 +60,14 @@ def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
   kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in m.items() if k in fields}
   unknown = sorted(set(m.keys()) - fields)
   if unknown:
-    raise ValueError(f"config.model has keys the UNet does not know: {unknown}; valid: {sorted(fields)}")
-  return unet.UNetConfig(
-      **kwargs,
-      image_channels=image_channels(config.dataset.image_preprocessing),
-      out_channels=1,
-      output_activation="tanh" if config.diffusion.prediction == "x" else "identity",
-  )
+    raise errors.ConfigError(f"config.model has keys the UNet does not know: {unknown}; valid: {sorted(fields)}")
+  with _naming("config.model"):
+    return unet.UNetConfig(
+        **kwargs,
+        image_channels=image_channels(config.dataset.image_preprocessing),
+        out_channels=1,
+        output_activation="tanh" if config.diffusion.prediction == "x" else "identity",
+    )
 
 
 def make_denoise_fn(model, *, rngs=None):
@@ -77,6 +82,17 @@ def make_denoise_fn(model, *, rngs=None):
   return denoise_fn
 
 
+@contextlib.contextmanager
+def _naming(section: str):
+  """Re-raises a dataclass's ValueError as a ConfigError that names the config section."""
+  try:
+    yield
+  except errors.ConfigError:
+    raise
+  except ValueError as e:
+    raise errors.ConfigError(f"{section}: {e}") from e
+
+
 def _check_choice(key: str, value: str, choices) -> None:
   if value not in choices:
-    raise ValueError(f"config.{key}={value!r} is not one of {list(choices)}.")
+    raise errors.ConfigError(f"config.{key}={value!r} is not one of {list(choices)}.")

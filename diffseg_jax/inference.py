@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffseg_jax import checkpoint
+from diffseg_jax import errors
 from diffseg_jax import evaluation
 from diffseg_jax import input_pipeline
 from diffseg_jax import sampling
@@ -27,7 +28,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
   try:
     params, step = checkpoint.restore_params(directory, target, use_ema=config.eval.use_ema)
   except ValueError as e:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The checkpoint in {directory} does not fit the network of this config ({e}). Evaluate with "
         "the config it was trained with (saved as WORKDIR/config.json).") from e
   return graphdef, params, step
@@ -57,11 +58,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       first.update(image=np.asarray(image), samples=samples)
     return samples
 
-  with mesh:
-    results = evaluation.evaluate(
-        sample_fn, _remember_first(batches, first), num_samples_list=tuple(config.eval.num_samples_list),
-        out_dir=out_dir if is_main else None, rng=jax.random.PRNGKey(config.eval.seed),
-        split_name=split, log=logging.info)
+  results = evaluation.evaluate(
+      sample_fn, _remember_first(batches, first), num_samples_list=tuple(config.eval.num_samples_list),
+      out_dir=out_dir if is_main else None, rng=jax.random.PRNGKey(config.eval.seed),
+      split_name=split, log=logging.info)
   if is_main and first:
     k = config.num_grid_images
     visualize.save_grid(os.path.join(out_dir, "grid.png"), image=first["image"][:k],

@@ -36,21 +36,21 @@ def main(argv):
   runtime.initialize(coordinator_address=FLAGS.coordinator_address,
                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                      cpu_collectives=FLAGS.cpu_collectives)
-  from diffseg_jax import inference  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import train
 
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
-      if config.evaluate_after_training:
-        inference.evaluate_checkpoint(config, FLAGS.workdir)
-    elif FLAGS.mode == "evaluate":
+    if FLAGS.mode == "evaluate" or (FLAGS.mode == "train" and config.evaluate_after_training):
+      from diffseg_jax import inference
+
       inference.evaluate_checkpoint(config, FLAGS.workdir)
-    else:
+    if FLAGS.mode == "predict":
       if not FLAGS.input:
         raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
-      from diffseg_jax import predict  # pylint: disable=g-import-not-at-top
+      from diffseg_jax import predict
 
       predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output)
   except runtime.USER_ERRORS as e:

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from diffseg_jax import errors
 from diffseg_jax import inference
 from diffseg_jax import metrics
 from diffseg_jax import sampling
@@ -33,7 +34,7 @@ def list_inputs(path: str) -> list[str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--input {path} does not exist.")
   if not path.lower().endswith(SUFFIXES):
-    raise ValueError(f"--input {path}: expected a {', '.join(SUFFIXES)} file or a folder of them.")
+    raise errors.DataError(f"--input {path}: expected a {', '.join(SUFFIXES)} file or a folder of them.")
   return [path]
 
 
@@ -48,16 +49,16 @@ def read_image(path: str) -> np.ndarray:
       x = np.load(path).astype(np.float32)
       x = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
       if x.ndim != 2:
-        raise ValueError(f"{path}: expected an [H, W] array, got shape {x.shape}.")
+        raise errors.DataError(f"{path}: expected an [H, W] array, got shape {x.shape}.")
       if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(f"{path}: values must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g}); "
+        raise errors.DataError(f"{path}: values must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g}); "
                          "save the preprocessed image, or pass the DICOM file itself.")
       return x
     from tfds_lidc import preprocessing  # pylint: disable=g-import-not-at-top
 
     return np.asarray(preprocessing.hu_to_unit(preprocessing.read_dicom_hu(path)), np.float32)
   except (OSError, SyntaxError) as e:
-    raise ValueError(f"Cannot read {path}: {e}") from e
+    raise errors.DataError(f"Cannot read {path}: {e}") from e
 
 
 def _pad_to_multiple(x: np.ndarray, multiple: int):
@@ -79,9 +80,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, input_path: str, *,
   stems = []
   for i, path in enumerate(files):
     image, (h, w) = _pad_to_multiple(read_image(path), multiple)
-    with mesh:
-      samples = sampler(params, image[None, :, :, None], jax.random.fold_in(rng, i),
-                        config.predict.num_samples)[0, :, :h, :w]
+    samples = sampler(params, image[None, :, :, None], jax.random.fold_in(rng, i),
+                      config.predict.num_samples)[0, :, :h, :w]
     maps = {k: np.asarray(v) for k, v in metrics.uncertainty_map(samples).items()}
     mean = samples.mean(0)
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])

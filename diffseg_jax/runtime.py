@@ -6,13 +6,30 @@ from typing import Optional
 from absl import logging
 import jax
 
-from diffseg_jax import checkpoint
-from diffseg_jax import train
+from diffseg_jax import errors
+from tfds_lidc import errors as tfds_errors
 
 # Errors that carry their own fix in the message: main prints them and exits non-zero.
-USER_ERRORS = (FileNotFoundError, ValueError, train.NonFiniteLossError, checkpoint.CheckpointNotFoundError)
+# (Missing data, checkpoints and manual files are FileNotFoundErrors.)
+USER_ERRORS = (FileNotFoundError, errors.ConfigError, errors.DataError, errors.NonFiniteLossError,
+               tfds_errors.CorruptFileError)
 
 _ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+class _QuietLibraries:
+  """Drops INFO lines from Orbax and TFDS internals so progress lines stay readable."""
+
+  _NOISY = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record) -> bool:
+    if record.levelno > 20:  # WARNING and above always pass.
+      return True
+    return not any(part in record.pathname for part in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def initialize(*, coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -21,6 +38,7 @@ def initialize(*, coordinator_address: Optional[str] = None, num_processes: Opti
 
   One process with no such settings runs without the distributed runtime.
   """
+  quiet_library_logs()
   cpu_collectives = cpu_collectives or os.environ.get("DIFFSEG_CPU_COLLECTIVES")
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)

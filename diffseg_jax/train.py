@@ -28,6 +28,7 @@ from diffseg_jax import augment
 from diffseg_jax import checkpoint
 from diffseg_jax import denoiser
 from diffseg_jax import diffusion
+from diffseg_jax import errors
 from diffseg_jax import input_pipeline
 from diffseg_jax import metric_writers
 from diffseg_jax import metrics
@@ -37,10 +38,6 @@ from diffseg_jax.models import unet
 
 DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2**14
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
@@ -70,8 +67,9 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over `config.mesh.data` devices (-1: all devices of all hosts)."""
   n = jax.device_count() if config.mesh.data == -1 else config.mesh.data
   if n < 1 or n > jax.device_count():
-    raise ValueError(f"config.mesh.data={config.mesh.data} but {jax.device_count()} devices exist.")
-  return jax.make_mesh((n,), (DATA_AXIS,), devices=jax.devices()[:n])
+    raise errors.ConfigError(f"config.mesh.data={config.mesh.data} but {jax.device_count()} devices exist.")
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
 
 
 def param_sharding(mesh, abstract_params, mode: str):
@@ -80,7 +78,7 @@ def param_sharding(mesh, abstract_params, mode: str):
   if mode == "replicated":
     return jax.tree.map(lambda _: replicated, abstract_params)
   if mode != "fsdp":
-    raise ValueError(f"config.mesh.param_sharding={mode!r} is not one of ['replicated', 'fsdp'].")
+    raise errors.ConfigError(f"config.mesh.param_sharding={mode!r} is not one of ['replicated', 'fsdp'].")
   n = mesh.shape[DATA_AXIS]
 
   def rule(x):
@@ -215,7 +213,7 @@ def jit_train_step(step_fn, mesh, state_shardings):
 def _check_batch_size(config, mesh):
   n = mesh.shape[DATA_AXIS]
   if config.batch_size % n or config.batch_size % jax.process_count():
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.batch_size={config.batch_size} must divide evenly over {n} devices and "
         f"{jax.process_count()} processes; pick a multiple of {n}.")
 
@@ -300,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
   pending = []
   last_good_step = ckpt.latest_step()
   step = start_step
-  with _PreemptionFlag() as preempted, mesh:
+  with _PreemptionFlag() as preempted:
     while step < config.num_train_steps:
       batch = next(batches)
       state, step_metrics = train_step(state, batch)
@@ -345,7 +343,7 @@ def _log_train_metrics(writer, step, pending, last_good_step, workdir):
   finite = np.array([m["finite"] for m in stacked])
   if not finite.all():
     bad = step - len(stacked) + int(np.argmin(finite)) + 1
-    raise NonFiniteLossError(
+    raise errors.NonFiniteLossError(
         f"Non-finite loss or gradient at step {bad}. The state was not updated by that step and no "
         f"checkpoint was written after it; the last good checkpoint is step {last_good_step} in "
         f"{os.path.join(workdir, 'checkpoints')}. Lower config.optim.learning_rate, check the data, "
