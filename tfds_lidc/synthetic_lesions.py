@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import special
 import tensorflow_datasets as tfds
 
 NUM_ANNOTATORS = 4
@@ -57,7 +58,7 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
 
 
 def _sigmoid(x):
-  return 1.0 / (1.0 + np.exp(-x))
+  return special.expit(x)
 
 
 def _ellipse_distance(*, yy, xx, cy, cx, a, b, theta):
@@ -68,18 +69,23 @@ def _ellipse_distance(*, yy, xx, cy, cx, a, b, theta):
     cy, cx, a, b, theta: [...] centres, semi-axes and rotations.
 
   Returns:
-    [..., S, S] float64: (1 - r) / |grad r| with r the normalised elliptic radius;
+    [..., S, S] float32: (1 - r) / |grad r| with r the normalised elliptic radius;
     exact for circles and accurate to first order near any ellipse boundary.
   """
-  e = lambda v: v[..., None, None]
-  dy, dx = yy - e(cy), xx - e(cx)
-  cos, sin = np.cos(e(theta)), np.sin(e(theta))
-  u = (dx * cos + dy * sin) / e(a)
-  v = (-dx * sin + dy * cos) / e(b)
+  f32 = lambda v: np.asarray(v, np.float32)[..., None]
+  y, x = yy[:, 0], xx[0, :]  # The grid is separable: [S] row and column coordinates.
+  cos, sin = np.cos(f32(theta)), np.sin(f32(theta))
+  inv_a, inv_b = 1.0 / f32(a), 1.0 / f32(b)
+  dy, dx = y - f32(cy), x - f32(cx)  # [..., S]
+  u = (dx * cos * inv_a)[..., None, :] + (dy * sin * inv_a)[..., :, None]
+  v = (dy * cos * inv_b)[..., :, None] - (dx * sin * inv_b)[..., None, :]
   r = np.sqrt(u * u + v * v)
-  grad = np.sqrt((u / e(a)) ** 2 + (v / e(b)) ** 2) / np.maximum(r, 1e-9)
-  grad = np.where(r < 1e-9, 1.0 / e(np.sqrt(a * b)), grad)
-  return (1.0 - r) / grad
+  u *= inv_a[..., None]
+  v *= inv_b[..., None]
+  grad = np.sqrt(u * u + v * v)
+  # (1 - r) / (grad / r); at the centre grad / r tends to a value in [1/a, 1/b].
+  centre = np.sqrt(f32(a) * f32(b))[..., None]
+  return np.where(r > 1e-6, (1.0 - r) * r / np.maximum(grad, 1e-12), centre)
 
 
 def _smooth_texture(rng, *, n, size):
@@ -116,8 +122,9 @@ def _draw_geometry(rng, *, n, size):
 
 
 def _distances(geom, *, size):
-  """Signed distances [n, S, S] to core and lobe boundaries."""
-  yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing='ij')
+  """Signed distances [n, S, S] float32 to core and lobe boundaries."""
+  yy, xx = np.meshgrid(np.arange(size, dtype=np.float32) + 0.5,
+                       np.arange(size, dtype=np.float32) + 0.5, indexing='ij')
   d_core = _ellipse_distance(yy=yy, xx=xx, cy=geom['cy'], cx=geom['cx'],
                              a=geom['a'], b=geom['b'], theta=geom['theta'])
   d_lobe = _ellipse_distance(yy=yy, xx=xx, cy=geom['ly'], cx=geom['lx'],
@@ -125,9 +132,8 @@ def _distances(geom, *, size):
   return d_core, d_lobe
 
 
-def _valid_geometry(geom, *, size):
+def _valid_geometry(geom, d_core, d_lobe, *, size):
   """[n] bool: the lobe adds >= 30% of the core's area and stays inside the image."""
-  d_core, d_lobe = _distances(geom, size=size)
   core = d_core > 0
   added = (d_lobe > 0) & ~core
   core_area = core.sum(axis=(1, 2))
@@ -137,14 +143,22 @@ def _valid_geometry(geom, *, size):
 
 
 def _jitter_field(rng, *, shape, size):
-  """[*shape, S, S] smooth fields with |j| <= 1 pixel (annotator boundary jitter)."""
+  """[*shape, S, S] float32 smooth fields with |j| <= 1 pixel (annotator boundary jitter).
+
+  j(y, x) = o + A cos(k (cos(ang) x + sin(ang) y) + psi), evaluated separably.
+  """
   o = rng.uniform(-0.5, 0.5, shape)[..., None, None]
-  amp = rng.uniform(0.0, 0.5, shape)[..., None, None]
-  ang = rng.uniform(0, 2 * np.pi, shape)[..., None, None]
-  psi = rng.uniform(0, 2 * np.pi, shape)[..., None, None]
+  amp = rng.uniform(0.0, 0.5, shape)[..., None]
+  ang = rng.uniform(0, 2 * np.pi, shape)[..., None]
+  psi = rng.uniform(0, 2 * np.pi, shape)[..., None]
   k = 8 * np.pi / size
-  yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing='ij')
-  return o + amp * np.cos(k * (np.cos(ang) * xx + np.sin(ang) * yy) + psi)
+  t = np.arange(size) + 0.5
+  phase_x = k * np.cos(ang) * t                 # [..., S] along x
+  phase_y = k * np.sin(ang) * t + psi           # [..., S] along y
+  cy, sy = (amp * np.cos(phase_y)).astype(np.float32), (amp * np.sin(phase_y)).astype(np.float32)
+  cx, sx = np.cos(phase_x).astype(np.float32), np.sin(phase_x).astype(np.float32)
+  return (o.astype(np.float32) + cy[..., :, None] * cx[..., None, :]
+          - sy[..., :, None] * sx[..., None, :])
 
 
 def mode_probabilities(*, core_area_fraction, lobe_contrast):
@@ -163,14 +177,15 @@ def generate_chunk(*, seed, split, chunk, n, size):
   """
   rng = np.random.default_rng((seed, _SPLIT_INDEX[split], chunk))
   geom = _draw_geometry(rng, n=n, size=size)
-  ok = _valid_geometry(geom, size=size)
+  d_core, d_lobe = _distances(geom, size=size)
+  ok = _valid_geometry(geom, d_core, d_lobe, size=size)
   while not ok.all():
     redo = np.flatnonzero(~ok)
     new = _draw_geometry(rng, n=redo.size, size=size)
     for key in geom:
       geom[key][redo] = new[key]
-    ok[redo] = _valid_geometry(new, size=size)
-  d_core, d_lobe = _distances(geom, size=size)
+    d_core[redo], d_lobe[redo] = _distances(new, size=size)
+    ok[redo] = _valid_geometry(new, d_core[redo], d_lobe[redo], size=size)
   d_union = np.maximum(d_core, d_lobe)
   lobe_contrast = rng.uniform(0.0, CORE_CONTRAST, n)
 
@@ -189,9 +204,8 @@ def generate_chunk(*, seed, split, chunk, n, size):
   choice = (u > np.cumsum(probs, -1)[:, None, :]).sum(-1)  # [n, 4] in {0, 1, 2}
   choice = np.minimum(choice, NUM_MODES - 1)
   jitter = _jitter_field(rng, shape=(n, NUM_ANNOTATORS), size=size)
-  d_modes = np.stack([np.full_like(d_core, -np.inf), d_core, d_union], axis=1)
-  d_chosen = np.take_along_axis(d_modes, choice[:, :, None, None], axis=1)
-  masks = d_chosen + jitter > 0
+  c = choice[:, :, None, None]
+  masks = ((c == 1) & (d_core[:, None] + jitter > 0)) | ((c == 2) & (d_union[:, None] + jitter > 0))
   return dict(
       image=image[..., None].astype(np.float32),
       masks=masks.astype(np.uint8),
@@ -242,9 +256,10 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
+    # TFDS cannot write empty splits: a split of size 0 is left out.
     return {split: self._generate_examples(split=split, num=num)
             for split, num in (('train', c.num_train), ('validation', c.num_validation),
-                               ('test', c.num_test))}
+                               ('test', c.num_test)) if num > 0}
 
   def _generate_examples(self, *, split, num):
     c = self.builder_config
