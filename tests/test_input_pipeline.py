@@ -12,7 +12,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from diffseg_jax import input_pipeline as ip
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 REPO = os.path.join(os.path.dirname(__file__), '..')
 
 
