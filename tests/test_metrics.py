@@ -308,3 +308,11 @@ def test_bad_shapes_raise():
   with pytest.raises(ValueError, match='equal leading dims'):
     metrics.all_metrics(np.zeros((2, 3, 4, 4), bool), np.zeros((3, 3, 4, 4),
                                                                bool))
+
+
+def test_packed_and_matmul_gram_agree():
+  rng = np.random.default_rng(5)
+  flat = rng.random((2, 5, 1000)) < 0.4  # 1000 pixels: not a multiple of 32.
+  ref = np.einsum('bkp,blp->bkl', flat.astype(np.int64), flat.astype(np.int64))
+  np.testing.assert_array_equal(np.asarray(metrics._packed_gram(flat)), ref)
+  np.testing.assert_array_equal(np.asarray(metrics._matmul_gram(flat)), ref)
