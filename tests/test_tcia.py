@@ -299,3 +299,21 @@ def test_tcia_missing_series(tmp_path):
     (tmp_path / 'm').mkdir()
     (tmp_path / 'm' / 'readme.txt').write_text('x')
     build.build('lidc/tcia', str(tmp_path / 'o'), str(tmp_path / 'm'), **QUIET)
+
+
+@needs_sample
+def test_xml_found_by_series_uid(tmp_path):
+  manual = tmp_path / 'sample'
+  shutil.copytree(SAMPLE, manual)
+  xml_dir = manual / 'LIDC-XML-only' / 'tcia-lidc-xml' / '157'
+  xml_dir.mkdir(parents=True)
+  moved = {}
+  for xml in glob.glob(str(manual / 'LIDC-IDRI' / '**' / '*.xml'), recursive=True):
+    uid = os.path.basename(os.path.dirname(xml))  # The series folder is named by its UID.
+    moved[uid] = str(xml_dir / f'{len(moved)}.xml')
+    shutil.move(xml, moved[uid])
+  series = tcia.find_series(str(manual))
+  assert len(series) == 2
+  for s in series:
+    assert s.xml_path == moved[os.path.basename(s.directory)]
+    assert s.patient_id in s.directory

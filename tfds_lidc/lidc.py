@@ -70,12 +70,12 @@ lidc/deepmind_crops[_crop64] (LIDCv2):
 
 lidc/tcia[_crop64] (raw TCIA LIDC-IDRI):
   1. Download the CT series of LIDC-IDRI with the NBIA Data Retriever
-     (https://www.cancerimagingarchive.net/collection/lidc-idri/), "Descriptive Directory
-     Name" or "Classic Directory Name" layout, and the radiologists' XML annotations
-     (LIDC-XML-only.zip); put each series' XML file into that series' DICOM folder
-     (TCIA's "classic" download already does so).
-  2. Point --manual_dir at the folder that contains LIDC-IDRI/ (or at LIDC-IDRI/ itself).
-     Each series folder must hold the series' .dcm files and its .xml file.
+     (https://www.cancerimagingarchive.net/collection/lidc-idri/, "Classic Directory Name"
+     layout: LIDC-IDRI/LIDC-IDRI-NNNN/<study uid>/<series uid>/*.dcm + the series' .xml).
+  2. If your series folders lack the radiologists' .xml files, download the annotations
+     (LIDC-XML-only.zip from the same page) and unzip them anywhere under MANUAL_DIR:
+     each XML is matched to its series by SeriesInstanceUid.
+  3. Point --manual_dir at the folder that contains LIDC-IDRI/ (or at LIDC-IDRI/ itself).
 """
 
 
@@ -371,6 +371,7 @@ def _knegt_example(value, key, pid, path):
   ex = dict(image=image.reshape(image.shape + (1,) * (image.ndim == 2)),
             masks=(masks > 0.5).astype(np.uint8), id=str(key), patient_id=pid)
   _check_example(ex, where=where, size=SIZE)
+  ex['image'] = np.clip(ex['image'], 0.0, 1.0)  # Within the checked 1e-3 tolerance.
   return ex
 
 

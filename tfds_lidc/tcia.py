@@ -203,29 +203,63 @@ def group_lesions(readers, *, spacing_mm, shape, distance_mm=GROUP_DISTANCE_MM):
   return sorted(lesions, key=key)
 
 
-def find_series(root) -> list[Series]:
-  """Finds CT series folders (a CT `LidcReadMessage` XML beside .dcm files) under root.
+def xml_series_uid(path) -> str:
+  """SeriesInstanceUid from a LIDC XML's ResponseHeader ('' if absent or unreadable)."""
+  try:
+    for _, elem in ET.iterparse(path, events=('end',)):
+      if _local(elem.tag) == 'SeriesInstanceUid':
+        return (elem.text or '').strip()
+      if _local(elem.tag) == 'ResponseHeader':
+        break
+  except ET.ParseError:
+    pass
+  return ''
 
-  The patient id is the DICOM PatientID of the first slice, else the `LIDC-IDRI-NNNN`
-  folder name on the path.
+
+def _first_readable_header(paths):
+  for path in paths:
+    try:
+      return preprocessing.read_dicom_header(path)
+    except errors.CorruptFileError:
+      continue
+  return None
+
+
+def find_series(root) -> list[Series]:
+  """Finds the annotated CT series under root.
+
+  A series is a folder of .dcm files plus its CT `LidcReadMessage` XML: the XML in the
+  same folder, or anywhere under root with the series' SeriesInstanceUid (so TCIA's
+  separate LIDC-XML-only download can be unpacked beside the DICOM tree). Folders
+  without a matching XML are ignored. The patient id is the `LIDC-IDRI-NNNN` folder
+  name on the path, else the DICOM PatientID.
   """
-  out = []
+  dicom_dirs, xml_by_uid = [], {}
   for directory, dirs, files in os.walk(root):
     dirs.sort()
     dcms = sorted(f for f in files if f.lower().endswith('.dcm'))
-    xmls = sorted(f for f in files if f.lower().endswith('.xml'))
-    if not dcms or not xmls:
-      continue
-    xml_paths = [os.path.join(directory, x) for x in xmls]
-    xml_paths = [p for p in xml_paths if is_ct_reading_xml(p)]
-    if not xml_paths:
-      continue
+    xmls = [os.path.join(directory, f) for f in sorted(files) if f.lower().endswith('.xml')]
+    xmls = [p for p in xmls if is_ct_reading_xml(p)]
+    for p in xmls:
+      xml_by_uid.setdefault(xml_series_uid(p), p)
+    if dcms:
+      dicom_dirs.append((directory, tuple(os.path.join(directory, f) for f in dcms), xmls))
+  out = []
+  for directory, dicom_paths, local_xmls in dicom_dirs:
+    header = None
+    if local_xmls:
+      xml_path = local_xmls[0]
+    else:
+      header = _first_readable_header(dicom_paths)
+      xml_path = xml_by_uid.get(header.series_uid) if header and header.series_uid else None
+      if xml_path is None:
+        continue
     match = re.search(r'LIDC-IDRI-\d{4}', directory)
     patient = match.group(0) if match else ''
     if not patient:
-      patient = preprocessing.read_dicom_header(os.path.join(directory, dcms[0])).patient_id
-    out.append(Series(directory=directory, xml_path=xml_paths[0],
-                      dicom_paths=tuple(os.path.join(directory, f) for f in dcms),
+      header = header or _first_readable_header(dicom_paths)
+      patient = header.patient_id if header else os.path.basename(directory)
+    out.append(Series(directory=directory, xml_path=xml_path, dicom_paths=dicom_paths,
                       patient_id=patient))
   return out
 
