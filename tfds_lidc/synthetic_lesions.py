@@ -91,10 +91,10 @@ def _ellipse_distance(*, yy, xx, cy, cx, a, b, theta):
 def _smooth_texture(rng, *, n, size):
   """[n, S, S] Gaussian-low-passed white noise with unit standard deviation."""
   noise = rng.standard_normal((n, size, size))
-  f = np.fft.fftfreq(size)
+  fy, fx = np.fft.fftfreq(size), np.fft.rfftfreq(size)
   width = 1.0 / (size / 8.0)
-  kernel = np.exp(-0.5 * (f[:, None] ** 2 + f[None, :] ** 2) / width ** 2)
-  tex = np.real(np.fft.ifft2(np.fft.fft2(noise) * kernel))
+  kernel = np.exp(-0.5 * (fy[:, None] ** 2 + fx[None, :] ** 2) / width ** 2)
+  tex = np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=(size, size))
   tex -= tex.mean(axis=(1, 2), keepdims=True)
   return tex / (tex.std(axis=(1, 2), keepdims=True) + 1e-12)
 
@@ -191,8 +191,8 @@ def generate_chunk(*, seed, split, chunk, n, size):
 
   soft = lambda d: _sigmoid(d / 0.5)
   background = 0.3 + 0.06 * _smooth_texture(rng, n=n, size=size)
-  lesion = CORE_CONTRAST * soft(d_core) + lobe_contrast[:, None, None] * (
-      soft(d_union) - soft(d_core))
+  soft_core = soft(d_core)
+  lesion = CORE_CONTRAST * soft_core + lobe_contrast[:, None, None] * (soft(d_union) - soft_core)
   image = background + lesion + 0.03 * rng.standard_normal((n, size, size))
   image = np.clip(image, 0.0, 1.0)
 
