@@ -304,7 +304,7 @@ def get_weighting(name: str) -> Callable[[Array], Array]:
       k = float(key[len('sigmoid_'):])
     except ValueError:
       k = None
-    if k is not None:
+    if k is not None and math.isfinite(k):
       return lambda logsnr: WEIGHTINGS['sigmoid'](logsnr, k)
   raise ValueError(
       f'Unknown loss weighting {name!r}; choose uniform, snr, snr_plus1, '
