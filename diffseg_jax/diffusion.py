@@ -374,7 +374,7 @@ def loss_weight(*, t, config: DiffusionConfig):
   return w
 
 
-def stratified_time(rng, batch_size: int, dtype=jnp.float32):
+def stratified_time(rng, *, batch_size: int, dtype=jnp.float32):
   """Low-discrepancy uniform times t_i = (u + i) / B, u ~ U[0, 1): [B]."""
   u = jax.random.uniform(rng, (), dtype=dtype)
   return (u + jnp.arange(batch_size, dtype=dtype)) / batch_size
@@ -407,7 +407,7 @@ def loss(denoise_fn: DenoiseFn, *, x0, image, rng, config: DiffusionConfig,
   batch = x0.shape[0]
   t_rng, eps_rng = jax.random.split(rng)
   if t is None:
-    t = stratified_time(t_rng, batch)
+    t = stratified_time(t_rng, batch_size=batch)
   t = jnp.asarray(t, jnp.float32)
   if t.shape != (batch,):
     raise ValueError(f'loss: t must have shape [{batch}], got {t.shape}.')

@@ -305,11 +305,11 @@ def test_mse_identities():
 
 
 def test_stratified_time():
-  t = np.asarray(dfn.stratified_time(jax.random.key(0), 64))
+  t = np.asarray(dfn.stratified_time(jax.random.key(0), batch_size=64))
   assert t.shape == (64,) and t.dtype == np.float32
   idx = np.arange(64)
   assert np.all(t >= idx / 64) and np.all(t < (idx + 1) / 64)
-  t2 = np.asarray(dfn.stratified_time(jax.random.key(1), 64))
+  t2 = np.asarray(dfn.stratified_time(jax.random.key(1), batch_size=64))
   assert not np.allclose(t, t2)
 
 
