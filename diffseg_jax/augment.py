@@ -57,6 +57,13 @@ class AugmentConfig:
   shift_limit: float = 0.0625
   scale_limit: float = 0.1
 
+  def __post_init__(self):
+    # Hashable (a static jit argument) even when built from lists, e.g. config overrides.
+    object.__setattr__(self, 'gamma_range', tuple(float(g) for g in self.gamma_range))
+    for name in ('gamma_p', 'brightness_contrast_p', 'affine_p'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'AugmentConfig.{name}={getattr(self, name)} must be a probability in [0, 1].')
+
 
 def affine_matrix(*, angle_deg, scale):
   """Inverse 2x2 map (output -> input, centred coordinates) of rotation + zoom.

@@ -248,3 +248,10 @@ def test_sharded_batches_give_the_unsharded_result():
   out = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]
+
+
+def test_config_is_hashable_from_lists_and_checks_probabilities():
+  config = aug.AugmentConfig(gamma_range=[0.8, 1.2])
+  assert config.gamma_range == (0.8, 1.2) and hash(config) == hash(aug.AugmentConfig(gamma_range=(0.8, 1.2)))
+  with pytest.raises(ValueError, match='affine_p'):
+    aug.AugmentConfig(affine_p=1.5)
