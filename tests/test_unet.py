@@ -1,0 +1,267 @@
+"""Tests for diffseg_jax.models.layers and diffseg_jax.models.unet."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import numpy as np
+import pytest
+
+from diffseg_jax.models import layers
+from diffseg_jax.models import unet
+
+TINY = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1),
+            num_middle_blocks=2, attention_levels=(-1,), num_heads=2)
+
+
+def _np_conv(x, w, *, stride, pad):
+  """float64 NHWC/HWIO cross-correlation with symmetric zero padding."""
+  x = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  k = w.shape[0]
+  out_h = (x.shape[1] - k) // stride + 1
+  out_w = (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], out_h, out_w, w.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      window = x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+      out += np.einsum('bhwc,co->bhwo', window, w[i, j].astype(np.float64))
+  return out
+
+
+def _np_group_norm(x, scale, bias, groups, eps=1e-5):
+  x = x.astype(np.float64)
+  b, h, w, c = x.shape
+  g = x.reshape(b, h, w, groups, c // groups)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = g.var(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * scale + bias
+
+
+def test_default_config_has_paper_param_count():
+  n = unet.count_params(unet.UNetConfig())
+  assert abs(n - 6.9e6) <= 0.1 * 6.9e6, n
+
+
+@pytest.mark.parametrize('impl', ['xla', 'cpu_fast'])
+@pytest.mark.parametrize('size,stride', [(3, 1), (3, 2), (1, 1)])
+def test_conv2d_matches_float64_reference(impl, size, stride):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+  w = rng.normal(size=(size, size, 3, 5)).astype(np.float32)
+  got = layers.conv2d(jnp.asarray(x), jnp.asarray(w), stride=stride, impl=impl)
+  want = _np_conv(x, w, stride=stride, pad=size // 2)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+
+def test_stride2_conv_pads_symmetrically_not_same():
+  # With 'SAME' XLA pads (0, 1); PyTorch pads (1, 1): the first output row
+  # then sees a zero row above the image.
+  x = jnp.ones((1, 4, 4, 1))
+  w = jnp.zeros((3, 3, 1, 1)).at[0, 1, 0, 0].set(1.0)  # Reads the row above.
+  got = layers.conv2d(x, w, stride=2, impl='xla')
+  np.testing.assert_array_equal(np.asarray(got)[0, :, :, 0], [[0, 0], [1, 1]])
+
+
+def test_custom_conv_gradients_match_xla():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 7, 5, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=(2, 7, 5, 6)), jnp.float32)
+
+  def loss(impl):
+    return lambda x, w: jnp.sum(layers.conv2d(x, w, impl=impl) * cot)
+
+  got = jax.grad(loss('cpu_fast'), argnums=(0, 1))(x, w)
+  want = jax.grad(loss('xla'), argnums=(0, 1))(x, w)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4,
+                               rtol=1e-5)
+
+
+def test_resolve_conv_impl():
+  backend = jax.default_backend()
+  assert layers.resolve_conv_impl('auto') == (
+      'cpu_fast' if backend == 'cpu' else 'xla')
+  assert layers.resolve_conv_impl('xla') == 'xla'
+  with pytest.raises(ValueError, match='conv_impl'):
+    layers.resolve_conv_impl('cudnn')
+
+
+@pytest.mark.parametrize('channels,groups', [(64, 32), (24, 24)])
+def test_group_norm_matches_float64_reference(channels, groups):
+  assert layers.num_groups(channels) == groups
+  rng = np.random.default_rng(2)
+  x = (3.0 + 2.0 * rng.normal(size=(2, 5, 4, channels))).astype(np.float32)
+  scale = rng.normal(size=channels).astype(np.float32)
+  bias = rng.normal(size=channels).astype(np.float32)
+  got = layers.group_norm(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32),
+                          scale=jnp.asarray(scale), bias=jnp.asarray(bias),
+                          groups=groups)
+  want = _np_group_norm(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64),
+                        scale, bias, groups)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
+
+
+def test_group_norm_gradient_matches_reshape_formulation():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 64)), jnp.float32)
+  scale = jnp.asarray(rng.normal(size=64), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def reshape_gn(x, scale):
+    g = x.reshape(2, 4, 4, 32, 2)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) * jax.lax.rsqrt(var + 1e-5)).reshape(x.shape) * scale
+
+  def loss(fn):
+    return lambda x, s: jnp.sum(fn(x, s) * cot)
+
+  got = jax.grad(loss(lambda x, s: layers.group_norm(
+      x, scale=s, bias=jnp.zeros(64), groups=32)), argnums=(0, 1))(x, scale)
+  want = jax.grad(loss(reshape_gn), argnums=(0, 1))(x, scale)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4)
+
+
+def test_timestep_embedding_matches_numpy():
+  t = np.array([0.0, 0.25, 1.0], np.float32)
+  got = layers.timestep_embedding(jnp.asarray(t), dim=8, max_period=10.0)
+  f = np.exp(-math.log(10.0) * np.arange(4) / 4)
+  arg = t[:, None].astype(np.float64) * f
+  want = np.concatenate([np.cos(arg), np.sin(arg)], axis=1)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+
+
+def test_attention_uses_legacy_head_layout():
+  channels, heads, hw = 32, 4, 3
+  block = layers.AttentionBlock(channels, num_heads=heads, dtype=jnp.float32,
+                                impl='xla', rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(4)
+  block.proj_out.kernel.value = jnp.asarray(
+      rng.normal(size=(1, 1, channels, channels)) * 0.2, jnp.float32)
+  block.qkv.bias.value = jnp.asarray(rng.normal(size=3 * channels), jnp.float32)
+  x = rng.normal(size=(2, hw, hw, channels)).astype(np.float32)
+  got = block(jnp.asarray(x))
+
+  # PyTorch QKVAttentionLegacy in float64 on [B, C, T].
+  h = _np_group_norm(x, 1.0, 0.0, 32).reshape(2, hw * hw, channels)
+  wq = np.asarray(block.qkv.kernel.value, np.float64)[0, 0]
+  qkv = (h @ wq + np.asarray(block.qkv.bias.value)).transpose(0, 2, 1)
+  ch = channels // heads
+  qkv = qkv.reshape(2 * heads, 3 * ch, hw * hw)
+  q, k, v = qkv[:, :ch], qkv[:, ch:2 * ch], qkv[:, 2 * ch:]
+  s = ch ** -0.25
+  logits = np.einsum('bct,bcs->bts', q * s, k * s)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  a = np.einsum('bts,bcs->bct', weights, v).reshape(2, channels, hw * hw)
+  proj = a.transpose(0, 2, 1) @ np.asarray(block.proj_out.kernel.value,
+                                           np.float64)[0, 0]
+  want = x + proj.reshape(2, hw, hw, channels)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def _inputs(batch=2, size=8, image_channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(batch, size, size, 1)), jnp.float32),
+          jnp.asarray(rng.uniform(size=batch), jnp.float32),
+          jnp.asarray(rng.normal(size=(batch, size, size, image_channels)),
+                      jnp.float32))
+
+
+@nnx.jit
+def _apply(model, z, t, image):
+  return model(z, t, image)
+
+
+@nnx.jit
+def _grad(model, z, t, image):
+  return nnx.grad(lambda m: jnp.mean(m(z, t, image) ** 2))(model)
+
+
+def _make(config, seed=0):
+  """UNet(config) with all weights drawn from numpy (the zero-initialised
+  layers too, so that the whole network matters); no jax compute."""
+  abstract = nnx.eval_shape(lambda: unet.UNet(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+  state = jax.tree.map(
+      lambda p: jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), state)
+  return nnx.merge(graphdef, state)
+
+
+def test_tiny_unet_shapes_jit_and_impls_agree():
+  model = _make(unet.UNetConfig(**TINY, conv_impl='xla'))
+  fast = _make(unet.UNetConfig(**TINY, conv_impl='cpu_fast'))
+  z, t, image = _inputs()
+  out = model(z, t, image)  # Eager.
+  assert out.shape == (2, 8, 8, 1) and out.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(out))) <= 1.0  # tanh output.
+  jitted = _apply(model, z, t, image)
+  np.testing.assert_allclose(np.asarray(jitted), np.asarray(out), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(_apply(fast, z, t, image)),
+                             np.asarray(out), atol=1e-5)
+  g_xla = jax.tree.leaves(_grad(model, z, t, image))
+  g_fast = jax.tree.leaves(_grad(fast, z, t, image))
+  for a, b in zip(g_xla, g_fast):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_output_depends_on_time_and_image_and_identity_head():
+  config = unet.UNetConfig(**TINY, output_activation='identity',
+                           image_channels=3)
+  model = _make(config, seed=1)
+  z, t, image = _inputs(image_channels=3)
+  out = _apply(model, z, t, image)
+  with_tanh = _make(dataclasses.replace(config, output_activation='tanh'),
+                    seed=1)
+  np.testing.assert_allclose(np.asarray(_apply(with_tanh, z, t, image)),
+                             np.tanh(np.asarray(out)), atol=1e-5)
+  assert float(jnp.max(jnp.abs(out))) > 0.1
+  assert not np.allclose(out, _apply(model, z, t + 0.5, image))
+  assert not np.allclose(out, _apply(model, z, t, image + 1.0))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = unet.UNetConfig(**TINY, dtype='bfloat16')
+  model = _make(config)
+  for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+    assert leaf.dtype == jnp.float32
+  ref = _make(unet.UNetConfig(**TINY))
+  z, t, image = _inputs()
+  out = _apply(model, z, t, image)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), np.asarray(_apply(ref, z, t, image)),
+                             atol=0.1)
+
+
+def test_dropout_only_with_rngs():
+  model = _make(unet.UNetConfig(**TINY, dropout=0.5))
+  z, t, image = _inputs()
+  a, b = _apply(model, z, t, image), _apply(model, z, t, image)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c = nnx.jit(lambda m, r: m(z, t, image, rngs=r))(model, nnx.Rngs(dropout=3))
+  assert not np.allclose(a, c)
+
+
+def test_bad_inputs_and_configs_raise_clear_errors():
+  model = nnx.eval_shape(lambda: unet.UNet(unet.UNetConfig(**TINY),
+                                            rngs=nnx.Rngs(0)))
+  z, t, image = _inputs()
+  with pytest.raises(ValueError, match='image_channels'):
+    model(z, t, jnp.concatenate([image, image], -1))
+  with pytest.raises(ValueError, match='divide by 2'):
+    model(z[:, :7, :7], t, image[:, :7, :7])
+  with pytest.raises(ValueError, match='num_res_blocks'):
+    unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 2, 3))
+  with pytest.raises(ValueError, match='attention level'):
+    unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 1),
+                    attention_levels=(2,))
+  with pytest.raises(ValueError, match='dtype'):
+    unet.UNetConfig(dtype='float16')
