@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -310,9 +311,18 @@ def test_bad_shapes_raise():
                                                                bool))
 
 
-def test_packed_and_matmul_gram_agree():
-  rng = np.random.default_rng(5)
-  flat = rng.random((2, 5, 1000)) < 0.4  # 1000 pixels: not a multiple of 32.
-  ref = np.einsum('bkp,blp->bkl', flat.astype(np.int64), flat.astype(np.int64))
-  np.testing.assert_array_equal(np.asarray(metrics._packed_gram(flat)), ref)
-  np.testing.assert_array_equal(np.asarray(metrics._matmul_gram(flat)), ref)
+def test_accelerator_path_matches_cpu_path(monkeypatch):
+  """The vmap + bf16-matmul path used on GPU/TPU gives the same numbers."""
+  rng = np.random.default_rng(9)
+  s = np.stack([random_set(rng, 5, 10, 14) for _ in range(3)])
+  y = np.stack([random_set(rng, 4, 10, 14) for _ in range(3)])
+  cpu = metrics.all_metrics(s, y)
+  jax.clear_caches()
+  monkeypatch.setattr(metrics, '_on_cpu', lambda: False)
+  accelerator = metrics.all_metrics(s, y)
+  jax.clear_caches()
+  for key in metrics.METRIC_NAMES:
+    np.testing.assert_allclose(accelerator[key], cpu[key], atol=TOL,
+                               err_msg=key)
+  np.testing.assert_allclose(accelerator['ged'],
+                             [ref_ged(a, b) for a, b in zip(s, y)], atol=TOL)
