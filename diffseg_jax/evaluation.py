@@ -114,6 +114,11 @@ def _draw_modes(*, rng, modes, probs, num_samples) -> np.ndarray:
                             index[:, :, None, None], axis=1)
 
 
+def _unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  return np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(
+      bool)
+
+
 def _require(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
   if key not in batch:
     raise KeyError(
@@ -201,7 +206,8 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
     num_samples_list: the N to report; N_max = max(...) >= 4 samples are
       drawn per image once and every N uses the first N of them.
     out_dir: where metrics.json, per_image.jsonl and metrics.md go.
-    rng: jax PRNG key; batch i uses fold_in(rng, i).
+    rng: jax PRNG key. Batch i samples with split(fold_in(split(rng)[0], i))[0]
+      (the oracle with [1]); the blind baseline uses split(rng)[1].
     split_name: recorded in the reports.
     log: receives the Markdown table.
 
@@ -219,7 +225,9 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
   model_rng, blind_rng = jax.random.split(rng)
 
   per_image: list[dict[str, Any]] = []
-  stored = []  # (record index, masks, modes, probs) for the blind baseline.
+  # (record index, packed masks, shape, packed modes, shape, mode_probs) per
+  # image with modes, for the blind baseline that needs the data set average.
+  stored = []
   for batch_index, batch in enumerate(batches):
     image = _require(batch, 'image', batch_index)
     masks = _require(batch, 'masks', batch_index).astype(bool)
@@ -263,10 +271,8 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
     average = np.mean([s[5] for s in stored], axis=0)
     for start in range(0, len(stored), _BLIND_BATCH):
       chunk = stored[start:start + _BLIND_BATCH]
-      unpack = lambda packed, shape: np.unpackbits(
-          packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
-      masks = np.stack([unpack(c[1], c[2]) for c in chunk])
-      modes = np.stack([unpack(c[3], c[4]) for c in chunk])
+      masks = np.stack([_unpack(c[1], c[2]) for c in chunk])
+      modes = np.stack([_unpack(c[3], c[4]) for c in chunk])
       probs = np.broadcast_to(average, (len(chunk), average.size))
       blind = _draw_modes(rng=jax.random.fold_in(blind_rng, start),
                           modes=modes, probs=probs, num_samples=n_max)

@@ -1,7 +1,6 @@
 """Tests for diffseg_jax.evaluation on a tiny synthetic three-mode source."""
 
 import json
-import os
 
 import jax
 import numpy as np
