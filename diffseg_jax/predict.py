@@ -1,7 +1,7 @@
 """`--mode=predict`: segmentation samples, their mean and uncertainty for new images.
 
 Inputs: a PNG (grey, 0..255 -> [0, 1]), an NPY ([H, W] or [H, W, 1] float in [0, 1]) or a DICOM file
-(Hounsfield units through the same window as the LIDC builders), or a folder of them. Per input
+(resampled to 0.5 mm in-plane and windowed like the LIDC TCIA builder), or a folder of them. Per input
 `<name>` the output folder gets `<name>_samples.npy` (bool [N, H, W]), `<name>_mean.{npy,png}`,
 `<name>_variance.{npy,png}`, `<name>_entropy.{npy,png}` and `<name>_grid.png`.
 """
@@ -56,7 +56,7 @@ def read_image(path: str) -> np.ndarray:
       return x
     from tfds_lidc import preprocessing  # pylint: disable=g-import-not-at-top
 
-    return np.asarray(preprocessing.hu_to_unit(preprocessing.read_dicom_hu(path)), np.float32)
+    return np.asarray(preprocessing.read_dicom_unit(path), np.float32)
   except (OSError, SyntaxError) as e:
     raise errors.DataError(f"Cannot read {path}: {e}") from e
 

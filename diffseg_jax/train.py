@@ -273,10 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
       os.path.join(workdir, "checkpoints"), max_to_keep=config.max_checkpoints_to_keep,
       async_save=config.async_checkpointing)
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(checkpoint.abstract_like(state, shardings))
+    # The data position is the step itself: batches are a pure function of (seed, step).
+    state, _ = ckpt.restore(checkpoint.abstract_like(state, shardings))
     logging.info("Resumed from step %d (%s).", int(state["step"]), ckpt.directory)
-    if meta.get("data_step", int(state["step"])) != int(state["step"]):
-      raise RuntimeError(f"Checkpoint {ckpt.directory} has inconsistent step and data position: {meta}.")
   start_step = int(state["step"])
   if start_step == 0 and is_main:
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -298,33 +297,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
   pending = []
   last_good_step = ckpt.latest_step()
   step = start_step
-  with _PreemptionFlag() as preempted:
-    while step < config.num_train_steps:
-      batch = next(batches)
-      state, step_metrics = train_step(state, batch)
-      pending.append(step_metrics)
-      step += 1
-      report(step)
-      last = step == config.num_train_steps
-      if step % config.log_every_steps == 0 or last or preempted.set:
-        _log_train_metrics(writer, step, pending, last_good_step, workdir)
-        pending = []
-      if step % config.checkpoint_every_steps == 0 or last or preempted.set:
-        if pending:
+  try:
+    with _PreemptionFlag() as preempted:
+      while step < config.num_train_steps:
+        state, step_metrics = train_step(state, next(batches))
+        pending.append(step_metrics)
+        step += 1
+        report(step)
+        last = step == config.num_train_steps
+        stop = preempted.set  # Read once: SIGTERM may arrive at any moment.
+        save_now = step % config.checkpoint_every_steps == 0 or last or stop
+        if step % config.log_every_steps == 0 or save_now:
           _log_train_metrics(writer, step, pending, last_good_step, workdir)
           pending = []
-        save(step, force=preempted.set or last)
-        last_good_step = step
-      if config.eval_every_steps > 0 and (step % config.eval_every_steps == 0 or last):
-        validator(state, step)
-      if preempted.set:
-        logging.warning("SIGTERM received: saved step %d to %s; exiting.", step, ckpt.directory)
-        break
-  ckpt.close()
-  writer.flush()
-  writer.close()
-  if hasattr(batches, "close"):
-    batches.close()
+        if save_now:
+          save(step, force=True)
+          last_good_step = step
+        if config.eval_every_steps > 0 and (step % config.eval_every_steps == 0 or last):
+          validator(state, step)
+        if stop:
+          logging.warning("SIGTERM received: saved step %d to %s; exiting.", step, ckpt.directory)
+          break
+  finally:
+    # Whatever stops the loop, finish the checkpoint writes already started.
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    if hasattr(batches, "close"):
+      batches.close()
   return state
 
 

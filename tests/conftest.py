@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthetic data set and tiny training configs.
+
+A persistent XLA compilation cache (in .pytest_cache/) is shared by the test processes and the
+subprocesses they start, so the same tiny network is compiled once per machine.
+"""
+
+import collections
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(REPO, "..", "shared")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TinyData = collections.namedtuple("TinyData", ["data_dir", "name"])
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> TinyData:
+  """synthetic_lesions/32 with 64 train, 8 validation and 8 test examples, built once per session."""
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  report = build.build("synthetic_lesions/32", data_dir,
+                       overrides={"num_train": 64, "num_validation": 8, "num_test": 8},
+                       log=lambda *a: None)
+  return TinyData(data_dir, report["dataset"])
+
+
+def tiny_config(data: TinyData, **overrides):
+  """The quickstart's ':smoke' config on the tiny data set, with `overrides` ('a.b': value)."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+
+  config = quickstart.get_config("smoke")
+  config.dataset.name = data.name
+  config.dataset.data_dir = data.data_dir
+  config.batch_size = 4
+  config.eval_every_steps = 0
+  config.evaluate_after_training = False
+  config.async_checkpointing = False
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def config_flags(data: TinyData, **overrides) -> list[str]:
+  """Command-line flags giving the same config as `tiny_config(data, **overrides)`."""
+  values = {"dataset.name": data.name, "dataset.data_dir": data.data_dir, "batch_size": 4,
+            "eval_every_steps": 0, "evaluate_after_training": False, "async_checkpointing": False}
+  values.update(overrides)
+  return ["--config=" + os.path.join(REPO, "configs", "quickstart.py") + ":smoke"] + [
+      f"--config.{k}={v}" for k, v in values.items()]
