@@ -95,6 +95,7 @@ def get_config(arg=None):
   config.eval.batch_size = 16
   config.eval.use_ema = True
   config.eval.seed = 0
+  config.eval.output_name = ""  # Results go to WORKDIR/eval/<output_name or split>/.
 
   # --mode=predict.
   config.predict = ml_collections.ConfigDict()

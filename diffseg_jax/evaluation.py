@@ -194,7 +194,7 @@ def _jsonable(value):
 def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
              batches: Iterable[Mapping[str, Any]], *,
              num_samples_list: Iterable[int] = (4, 16, 32, 100),
-             out_dir: str, rng: jax.Array, split_name: str,
+             out_dir: str | None, rng: jax.Array, split_name: str,
              log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
   """Scores a sampler on a split and writes the reports (see module doc).
 
@@ -205,7 +205,8 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
       'modes' [B, K, H, W] and 'mode_probs' [B, K].
     num_samples_list: the N to report; N_max = max(...) >= 4 samples are
       drawn per image once and every N uses the first N of them.
-    out_dir: where metrics.json, per_image.jsonl and metrics.md go.
+    out_dir: where metrics.json, per_image.jsonl and metrics.md go (None: write nothing, as on
+      every process but the first of a multi-process run).
     rng: jax PRNG key. Batch i samples with split(fold_in(split(rng)[0], i))[0]
       (the oracle with [1]); the blind baseline uses split(rng)[1].
     split_name: recorded in the reports.
@@ -286,6 +287,18 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
 
   summary = _summary(per_image)
   table = render_table(summary)
+  header = (f'## {split_name}: {len(per_image)} images\n\n'
+            'Cells: mean ± standard error over images. N=n: the first n '
+            'samples; paper (4): 4 samples vs the annotations; paper pp: the '
+            'same after the area filter.\n\n')
+  if out_dir is not None:
+    _write_results(out_dir, split_name=split_name, num_samples=num_samples, summary=summary,
+                   per_image=per_image, markdown=header + table + '\n')
+  log(header + table)
+  return summary
+
+
+def _write_results(out_dir, *, split_name, num_samples, summary, per_image, markdown):
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
     json.dump({'split': split_name, 'num_images': len(per_image),
@@ -295,11 +308,5 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
   with open(os.path.join(out_dir, 'per_image.jsonl'), 'w') as f:
     for record in per_image:
       f.write(json.dumps(record, sort_keys=True) + '\n')
-  header = (f'## {split_name}: {len(per_image)} images\n\n'
-            'Cells: mean ± standard error over images. N=n: the first n '
-            'samples; paper (4): 4 samples vs the annotations; paper pp: the '
-            'same after the area filter.\n\n')
   with open(os.path.join(out_dir, 'metrics.md'), 'w') as f:
-    f.write(header + table + '\n')
-  log(header + table)
-  return summary
+    f.write(markdown)

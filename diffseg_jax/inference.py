@@ -37,7 +37,8 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples config.eval.num_samples_list[-1] masks per image of config.eval.split and scores them.
 
-  Writes WORKDIR/eval/<split>/{metrics.json, per_image.jsonl, metrics.md, grid.png}.
+  Writes WORKDIR/eval/<config.eval.output_name or split>/{metrics.json, per_image.jsonl, metrics.md,
+  grid.png}; a separate output_name per sampler setting lets one checkpoint be scored many ways.
   """
   train.prepare_dataset(config)
   mesh = train.make_mesh(config)
@@ -49,13 +50,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   batches = input_pipeline.eval_batches(source, batch_size=config.eval.batch_size, num_examples=num)
   sampler = sampling.Sampler(config, graphdef, mesh)
   is_main = jax.process_index() == 0
-  out_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "eval", split)
+  out_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "eval",
+                         config.eval.output_name or split)
   first = {}
 
   def sample_fn(image, rng, num_samples):
     samples = sampler(params, image, rng, num_samples)
-    if not first:
-      first.update(image=np.asarray(image), samples=samples)
+    first.setdefault("samples", samples)
     return samples
 
   results = evaluation.evaluate(
@@ -71,7 +72,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 def _remember_first(batches, first):
+  """Passes `batches` through, keeping the first one's images and masks for the picture."""
   for batch in batches:
     if "masks" not in first:
-      first["masks"] = batch["masks"].astype(bool)
+      first.update(image=batch["image"], masks=batch["masks"].astype(bool))
     yield batch
