@@ -1,0 +1,279 @@
+r"""Design-space study on the synthetic set: generate (and optionally run) the paper's ablations.
+
+Studies (issue 6; every run trains with the same step budget on configs/quickstart.py):
+  input_scale  b in {1.0, 0.3, 0.1, 0.03}, x-prediction (SNR_plus1 weighting);
+  prediction   x / v / eps at b = 0.1;
+  weighting    uniform / snr / snr_plus1 / snr_trunc / sigmoid_0, x-prediction, b = 0.1;
+  sampler      DDPM, DDIM and DPM-Solver++(2M) with {2, 5, 10, 25, 100} steps on one trained model
+               (x, b = 0.1, SNR_plus1) per seed: evaluate-only runs, each writing
+               WORKDIR/eval/<sampler>_<steps>/ through config.eval.output_name;
+  all          the union; identical trainings are run once (e.g. x, b = 0.1, SNR_plus1 serves all four).
+
+  python launch/sweep.py --study=all --seeds=0,1 --steps=3000 --workroot=~/runs/study          # print plan
+  python launch/sweep.py --study=all --seeds=0,1 --steps=3000 --workroot=~/runs/study --run    # run it
+  python launch/sweep.py --study=sampler --dry                                                   # print only
+  python benchmarks/design_study_report.py --workroot=~/runs/study                               # tables
+
+Without --dry the plan is written to WORKROOT/manifest.json (read by the report) and
+WORKROOT/commands.sh. With --run the runs go one after another (a run whose metrics.json exists
+is skipped, an interrupted training resumes from its checkpoint), each logging to
+WORKROOT/logs/<run>.log; a failed training skips the evaluations that need its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "quickstart.py")
+EVAL_SPLIT = "test"  # configs/quickstart.py: config.eval.split.
+
+# The reference training of every study: x-prediction, b = 0.1, SNR_plus1 (the paper's choice).
+REFERENCE = {"diffusion.input_scale": 0.1, "diffusion.prediction": "x",
+             "diffusion.weighting": "snr_plus1"}
+INPUT_SCALES = (1.0, 0.3, 0.1, 0.03)
+PREDICTIONS = ("x", "v", "eps")
+WEIGHTINGS = ("uniform", "snr", "snr_plus1", "snr_trunc", "sigmoid_0")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
+SAMPLER_STEPS = (2, 5, 10, 25, 100)
+STUDIES = ("input_scale", "prediction", "weighting", "sampler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One command of the sweep.
+
+  Attributes:
+    name: unique run name (also the log file's name).
+    mode: 'train' (trains, then evaluates with the config's sampler) or 'evaluate'.
+    workdir: the run's --workdir; evaluate runs share their training's workdir.
+    overrides: ((config key, value), ...) on top of the base config.
+    output_name: config.eval.output_name ('' = the split name).
+    requires: name of the training run whose checkpoint an evaluate run needs ('' for trainings).
+  """
+  name: str
+  mode: str
+  workdir: str
+  overrides: tuple[tuple[str, object], ...]
+  output_name: str = ""
+  requires: str = ""
+
+  @property
+  def metrics_path(self) -> str:
+    return os.path.join(self.workdir, "eval", self.output_name or EVAL_SPLIT, "metrics.json")
+
+  def command(self, *, config: str, python: str = sys.executable) -> list[str]:
+    flags = [f"--config={config}", f"--workdir={self.workdir}", f"--mode={self.mode}"]
+    flags += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
+    return [python, "-m", "diffseg_jax.main"] + flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A (study, setting, seed) cell of a report table and the run that produces it."""
+  study: str
+  setting: dict
+  seed: int
+  run: str
+  metrics: str
+
+
+def _flag_value(value) -> str:
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def _train_name(setting: dict, seed: int) -> str:
+  b = setting["diffusion.input_scale"]
+  return (f"train_b{b:g}_{setting['diffusion.prediction']}_{setting['diffusion.weighting']}"
+          f"_s{seed}")
+
+
+def _training_settings(study: str) -> list[dict]:
+  """The diffusion settings a study trains, each a full copy of REFERENCE with one factor changed."""
+  if study == "input_scale":
+    return [{**REFERENCE, "diffusion.input_scale": b} for b in INPUT_SCALES]
+  if study == "prediction":
+    return [{**REFERENCE, "diffusion.prediction": p} for p in PREDICTIONS]
+  if study == "weighting":
+    return [{**REFERENCE, "diffusion.weighting": w} for w in WEIGHTINGS]
+  if study == "sampler":
+    return [dict(REFERENCE)]
+  raise ValueError(f"--study={study!r} is not one of {list(STUDIES) + ['all']}.")
+
+
+def plan(*, studies: Sequence[str], seeds: Sequence[int], steps: int | None, workroot: str,
+         eval_overrides: Sequence[tuple[str, object]] = ()) -> tuple[list[Run], list[Entry]]:
+  """The runs (trainings first, deduplicated) and the report entries of `studies`.
+
+  Args:
+    studies: names from STUDIES.
+    seeds: training seeds (config.seed; the data order and initialisation follow it).
+    steps: config.num_train_steps for every training (None: the base config's).
+    workroot: directory holding one workdir per training.
+    eval_overrides: extra (key, value) pairs for every run (e.g. ('eval.num_examples', 200)).
+
+  Returns:
+    (runs in execution order, entries: one per study setting and seed).
+  """
+  workroot = os.path.abspath(os.path.expanduser(workroot))
+  trainings: dict[str, Run] = {}
+  evaluations: list[Run] = []
+  entries: list[Entry] = []
+  budget = () if steps is None else (("num_train_steps", int(steps)),)
+  for study in studies:
+    for seed in seeds:
+      for setting in _training_settings(study):
+        name = _train_name(setting, seed)
+        if name not in trainings:
+          trainings[name] = Run(
+              name=name, mode="train", workdir=os.path.join(workroot, name),
+              overrides=tuple(setting.items()) + (("seed", int(seed)),) + budget
+              + tuple(eval_overrides) + (("evaluate_after_training", True),))
+        train = trainings[name]
+        if study != "sampler":
+          entries.append(Entry(study=study, setting=_short(setting), seed=int(seed), run=name,
+                               metrics=train.metrics_path))
+          continue
+        for sampler in SAMPLERS:
+          for num_steps in SAMPLER_STEPS:
+            output_name = f"{sampler}_{num_steps}"
+            run = Run(name=f"{name}_eval_{output_name}", mode="evaluate", workdir=train.workdir,
+                      overrides=tuple(setting.items()) + (("seed", int(seed)),) + budget
+                      + tuple(eval_overrides)
+                      + (("sampler.name", sampler), ("sampler.num_steps", num_steps),
+                         ("eval.output_name", output_name)),
+                      output_name=output_name, requires=name)
+            evaluations.append(run)
+            entries.append(Entry(study=study, setting={"sampler": sampler, "steps": num_steps},
+                                 seed=int(seed), run=run.name, metrics=run.metrics_path))
+  return list(trainings.values()) + evaluations, entries
+
+
+def _short(setting: dict) -> dict:
+  return {"b": setting["diffusion.input_scale"], "prediction": setting["diffusion.prediction"],
+          "weighting": setting["diffusion.weighting"]}
+
+
+def write_plan(*, runs: Sequence[Run], entries: Sequence[Entry], workroot: str, config: str,
+               args: dict) -> str:
+  """Writes WORKROOT/manifest.json and WORKROOT/commands.sh; returns the manifest path."""
+  workroot = os.path.abspath(os.path.expanduser(workroot))
+  os.makedirs(workroot, exist_ok=True)
+  manifest = {
+      "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+      "config": config,
+      "args": args,
+      "runs": [{**dataclasses.asdict(r), "metrics": r.metrics_path,
+                "command": shlex.join(r.command(config=config, python="python"))} for r in runs],
+      "entries": [dataclasses.asdict(e) for e in entries],
+  }
+  path = os.path.join(workroot, "manifest.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1)
+  with open(os.path.join(workroot, "commands.sh"), "w", encoding="utf-8") as f:
+    f.write("#!/usr/bin/env bash\n# Generated by launch/sweep.py; run from the repository root.\n")
+    f.write("set -e\n")
+    for r in runs:
+      f.write(shlex.join(r.command(config=config, python="python")) + "\n")
+  return path
+
+
+def execute(runs: Sequence[Run], *, config: str, workroot: str, log=print) -> dict[str, str]:
+  """Runs `runs` in order from the repository root; returns {run name: status}.
+
+  Status: 'done' (metrics.json existed), 'ok', 'failed (rc N)' or 'skipped (needs NAME)'.
+  """
+  logs = os.path.join(os.path.abspath(os.path.expanduser(workroot)), "logs")
+  os.makedirs(logs, exist_ok=True)
+  status: dict[str, str] = {}
+  for i, run in enumerate(runs):
+    prefix = f"[{i + 1}/{len(runs)}] {run.name}"
+    if os.path.exists(run.metrics_path):
+      status[run.name] = "done"
+      log(f"{prefix}: done ({run.metrics_path})")
+      continue
+    if run.requires and status.get(run.requires) not in ("done", "ok"):
+      status[run.name] = f"skipped (needs {run.requires})"
+      log(f"{prefix}: skipped, {run.requires} did not finish")
+      continue
+    command = run.command(config=config)
+    log_path = os.path.join(logs, f"{run.name}.log")
+    log(f"{prefix}: {shlex.join(command)}  > {log_path}")
+    start = time.time()
+    with open(log_path, "a", encoding="utf-8") as f:
+      rc = subprocess.call(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    ok = rc == 0 and os.path.exists(run.metrics_path)
+    status[run.name] = "ok" if ok else f"failed (rc {rc})"
+    log(f"{prefix}: {status[run.name]} in {time.time() - start:.0f} s")
+  return status
+
+
+def _parse_eval_overrides(args) -> list[tuple[str, object]]:
+  out = []
+  if args.eval_examples is not None:
+    out.append(("eval.num_examples", args.eval_examples))
+  if args.num_samples_list:
+    out.append(("eval.num_samples_list",
+                "(" + ",".join(str(int(n)) for n in args.num_samples_list.split(",")) + ",)"))
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--study", required=True, choices=list(STUDIES) + ["all"])
+  parser.add_argument("--seeds", default="0", help="Comma-separated training seeds.")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="Training steps of every run (default: the config's num_train_steps).")
+  parser.add_argument("--workroot", default="~/runs/design_study")
+  parser.add_argument("--config", default=DEFAULT_CONFIG, help="Base config file.")
+  parser.add_argument("--eval_examples", type=int, default=None,
+                      help="config.eval.num_examples for every run (default: the config's).")
+  parser.add_argument("--num_samples_list", default="",
+                      help="config.eval.num_samples_list, e.g. '4,16' (default: the config's).")
+  parser.add_argument("--run", action="store_true", help="Run the commands one after another.")
+  parser.add_argument("--dry", action="store_true", help="Only print the commands; write nothing.")
+  args = parser.parse_args(argv)
+  if args.run and args.dry:
+    parser.error("--run and --dry exclude each other.")
+  if args.steps is not None and args.steps < 1:
+    parser.error(f"--steps={args.steps} must be at least 1.")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1.")
+  if not seeds:
+    parser.error("--seeds is empty.")
+  config = os.path.abspath(os.path.expanduser(args.config))
+  if not os.path.isfile(config):
+    parser.error(f"--config={args.config}: no such file.")
+  studies = list(STUDIES) if args.study == "all" else [args.study]
+  runs, entries = plan(studies=studies, seeds=seeds, steps=args.steps, workroot=args.workroot,
+                       eval_overrides=_parse_eval_overrides(args))
+  for run in runs:
+    print(shlex.join(run.command(config=config, python="python")))
+  trainings = sum(r.mode == "train" for r in runs)
+  print(f"# {len(runs)} runs: {trainings} trainings, {len(runs) - trainings} evaluations.")
+  if args.dry:
+    return 0
+  manifest = write_plan(runs=runs, entries=entries, workroot=args.workroot, config=config,
+                        args=vars(args))
+  print(f"# plan written to {manifest}")
+  if not args.run:
+    return 0
+  status = execute(runs, config=config, workroot=args.workroot)
+  bad = {k: v for k, v in status.items() if v not in ("done", "ok")}
+  print(f"# {len(status) - len(bad)} of {len(status)} runs have results"
+        + (f"; not finished: {bad}" if bad else "."))
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
