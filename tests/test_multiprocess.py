@@ -1,0 +1,119 @@
+"""Two `jax.distributed` CPU processes (gloo collectives) train to the same parameters as one process.
+
+Both runs execute `python -m diffseg_jax.main` with the same global batch; each of the two processes
+reads half of it and Orbax writes one checkpoint from both. The final parameters, read back from the
+checkpoints, must agree within float tolerance (the gradient mean is reduced in another order).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffseg_jax import checkpoint
+from diffseg_jax import train
+from tests.conftest import REPO, config_flags, tiny_config
+
+NUM_STEPS = 2
+TIMEOUT_S = 400
+OVERRIDES = {"num_train_steps": NUM_STEPS, "checkpoint_every_steps": NUM_STEPS}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_all(commands, *, log_dir, timeout_s):
+  """Runs the commands concurrently; fails with their stderr tails if one fails or times out."""
+  procs, logs = [], []
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  for i, cmd in enumerate(commands):
+    log = open(os.path.join(log_dir, f"process_{i}.log"), "w+", encoding="utf-8")
+    logs.append(log)
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True))
+  deadline = time.time() + timeout_s
+  try:
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+      if any(p.poll() not in (None, 0) for p in procs):
+        break  # One failed: the other would wait for it until the coordinator's timeout.
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+  tails = []
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    log.seek(0)
+    tails.append(f"--- process {i} (exit {p.returncode}) ---\n" + log.read()[-3000:])
+    log.close()
+  if any(p.returncode != 0 for p in procs):
+    pytest.fail(f"a process failed or ran past {timeout_s} s:\n" + "\n".join(tails))
+
+
+def _final_params(workdir, config):
+  """(params, ema_params, step) of the latest checkpoint, restored onto this process's first device.
+
+  The target carries its sharding: without one Orbax would restore into the saving run's topology.
+  """
+  _, abstract = train.abstract_model(config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+  params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract,
+                                           use_ema=False)
+  ema, _ = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract, use_ema=True)
+  return params, ema, step
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tiny_synthetic, tmp_path):
+  flags = config_flags(tiny_synthetic, **OVERRIDES)
+  main = [sys.executable, "-m", "diffseg_jax.main"]
+  two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
+  address = f"127.0.0.1:{_free_port()}"
+  two = [main + flags + [f"--workdir={two_dir}", f"--coordinator_address={address}",
+                         "--num_processes=2", f"--process_id={i}", "--cpu_collectives=gloo"]
+         for i in range(2)]
+  (tmp_path / "logs").mkdir()
+  start = time.time()
+  _run_all(two, log_dir=str(tmp_path / "logs"), timeout_s=TIMEOUT_S)
+  print(f"two processes: {time.time() - start:.0f} s")
+  log0 = (tmp_path / "logs" / "process_0.log").read_text()
+  assert "JAX process 0 of 2; 1 local / 2 global cpu devices" in log0, log0[-3000:]
+  assert "{'data': 2} mesh" in log0, log0[-3000:]
+  log1 = (tmp_path / "logs" / "process_1.log").read_text()
+  assert "JAX process 1 of 2" in log1, log1[-3000:]
+
+  one = [main + flags + [f"--workdir={one_dir}"]]
+  start = time.time()
+  _run_all(one, log_dir=str(tmp_path), timeout_s=TIMEOUT_S)
+  print(f"one process: {time.time() - start:.0f} s")
+
+  config = tiny_config(tiny_synthetic, **OVERRIDES)
+  params2, ema2, step2 = _final_params(str(two_dir), config)
+  params1, ema1, step1 = _final_params(str(one_dir), config)
+  assert step1 == step2 == NUM_STEPS
+  initial = train.init_params(config, jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(initial), strict=True))
+  assert moved > 1e-4, "the steps did not change the parameters: the comparison would be empty"
+  for one_tree, two_tree in ((params1, params2), (ema1, ema2)):
+    for path, a in jax.tree_util.tree_leaves_with_path(one_tree):
+      b = _get(two_tree, path)
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5,
+                                 err_msg=jax.tree_util.keystr(path))
+
+
+def _get(tree, path):
+  for entry in path:
+    tree = tree[getattr(entry, "key", getattr(entry, "idx", None))]
+  return tree
