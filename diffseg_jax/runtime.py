@@ -1,7 +1,7 @@
 """Process start-up: JAX's multi-process runtime, and the errors shown to users without a traceback."""
 
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 from absl import logging
 import jax
@@ -14,7 +14,15 @@ from tfds_lidc import errors as tfds_errors
 USER_ERRORS = (FileNotFoundError, errors.ConfigError, errors.DataError, errors.NonFiniteLossError,
                tfds_errors.CorruptFileError)
 
-_ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# JAX's own variables for an explicit multi-process set-up (the flags take precedence).
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+# 'auto': call jax.distributed.initialize() and let JAX detect the cluster (TPU pod: launch/tpu_pod.sh
+# sets it); 'off': never start the distributed runtime (e.g. one process inside a SLURM allocation).
+ENV_DISTRIBUTED = "DIFFSEG_DISTRIBUTED"
+# The variables with which JAX recognises a SLURM step (srun); see jax/_src/clusters/slurm_cluster.py.
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
 class _QuietLibraries:
@@ -32,29 +40,79 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def distributed_settings(*, coordinator_address: Optional[str], num_processes: Optional[int],
+                         process_id: Optional[int], environ: Mapping[str, str]) -> Optional[dict]:
+  """Arguments for `jax.distributed.initialize`, or None to run as a single process.
+
+  In order: flags, JAX's variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), then
+  JAX's cluster auto-detection (empty dict) for a SLURM step with several tasks, a TPU pod
+  (TPU_WORKER_HOSTNAMES or MEGASCALE_COORDINATOR_ADDRESS) or DIFFSEG_DISTRIBUTED=auto. Settings left
+  None are detected by JAX from the cluster. DIFFSEG_DISTRIBUTED=off turns all of it off.
+
+  Raises:
+    ValueError: DIFFSEG_DISTRIBUTED has another value, or explicit settings are incomplete outside
+      a cluster JAX can detect.
+  """
+  mode = environ.get(ENV_DISTRIBUTED, "").strip().lower()
+  if mode not in ("", "auto", "off"):
+    raise ValueError(f"{ENV_DISTRIBUTED}={environ[ENV_DISTRIBUTED]!r}: use 'auto', 'off' or leave it unset.")
+  if mode == "off":
+    return None
+  settings = {
+      "coordinator_address": coordinator_address or environ.get(ENV_COORDINATOR) or None,
+      "num_processes": num_processes if num_processes is not None else _int(environ, ENV_NUM_PROCESSES),
+      "process_id": process_id if process_id is not None else _int(environ, ENV_PROCESS_ID),
+  }
+  slurm = all(v in environ for v in _SLURM_VARS) and int(environ["SLURM_NTASKS"]) > 1
+  tpu_pod = ("," in environ.get("TPU_WORKER_HOSTNAMES", "")
+             or bool(environ.get("MEGASCALE_COORDINATOR_ADDRESS")))
+  cluster = slurm or tpu_pod or mode == "auto"
+  given = {k: v for k, v in settings.items() if v is not None}
+  if not given:
+    return {} if cluster else None
+  if not cluster and len(given) < len(settings):
+    missing = [f"--{k} (or {e})" for (k, v), e in zip(
+        settings.items(), (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)) if v is None]
+    raise ValueError(
+        f"Multi-process settings {given} are incomplete and no SLURM step or TPU pod was detected: "
+        f"also give {', '.join(missing)}, or set {ENV_DISTRIBUTED}=auto inside a cluster JAX knows.")
+  return given
+
+
 def initialize(*, coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, cpu_collectives: Optional[str] = None) -> None:
   """Starts `jax.distributed` when flags, JAX's env variables, SLURM or a TPU pod ask for it.
 
-  One process with no such settings runs without the distributed runtime.
+  See `distributed_settings` for the precedence. One process with no such settings runs without the
+  distributed runtime. `cpu_collectives` (or DIFFSEG_CPU_COLLECTIVES), e.g. 'gloo', picks the CPU
+  back end's cross-process collectives.
+
+  Raises:
+    errors.ConfigError: contradictory or incomplete multi-process settings.
   """
   quiet_library_logs()
   cpu_collectives = cpu_collectives or os.environ.get("DIFFSEG_CPU_COLLECTIVES")
   if cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-  explicit = coordinator_address is not None or any(v in os.environ for v in _ENV_VARS)
-  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  tpu_pod = int(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) > 0
-  if explicit or slurm or tpu_pod:
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
-        num_processes=num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
-        process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"))
+  try:
+    settings = distributed_settings(coordinator_address=coordinator_address,
+                                    num_processes=num_processes, process_id=process_id,
+                                    environ=os.environ)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
+  if settings is not None:
+    logging.info("Starting jax.distributed with %s.", settings or "auto-detected cluster settings")
+    jax.distributed.initialize(**settings)
   logging.info("JAX process %d of %d; %d local / %d global %s devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
 
 
-def _env_int(name):
-  value = os.environ.get(name)
-  return int(value) if value is not None else None
+def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
+  value = environ.get(name)
+  if value is None or value == "":
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name}={value!r} is not an integer.") from None

@@ -1,6 +1,7 @@
-"""Two `jax.distributed` CPU processes (gloo collectives) train to the same parameters as one process.
+"""Multi-process start-up: the settings chosen from flags and environment, and two real processes.
 
-Both runs execute `python -m diffseg_jax.main` with the same global batch; each of the two processes
+Two `jax.distributed` CPU processes (gloo collectives) train to the same parameters as one process:
+both runs execute `python -m diffseg_jax.main` with the same global batch; each of the two processes
 reads half of it and Orbax writes one checkpoint from both. The final parameters, read back from the
 checkpoints, must agree within float tolerance (the gradient mean is reduced in another order).
 """
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 
 from diffseg_jax import checkpoint
+from diffseg_jax import errors
+from diffseg_jax import runtime
 from diffseg_jax import train
 from tests.conftest import REPO, config_flags, tiny_config
 
@@ -119,3 +122,59 @@ def _get(tree, path):
   for entry in path:
     tree = tree[getattr(entry, "key", getattr(entry, "idx", None))]
   return tree
+
+
+SRUN_ENV = {"SLURM_JOB_ID": "1234", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "8",
+            "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}
+
+
+def _settings(environ, **flags):
+  flags = {"coordinator_address": None, "num_processes": None, "process_id": None, **flags}
+  return runtime.distributed_settings(environ=environ, **flags)
+
+
+def test_single_process_without_settings():
+  assert _settings({}) is None
+  assert _settings({"TPU_WORKER_HOSTNAMES": "host0"}) is None  # One TPU host.
+  assert _settings(dict(SRUN_ENV, SLURM_NTASKS="1")) is None  # A one-task SLURM step.
+  # An allocation's shell (no srun step) is not a multi-process launch.
+  assert _settings({k: v for k, v in SRUN_ENV.items() if k != "SLURM_STEP_NODELIST"}) is None
+
+
+def test_flags_then_jax_env_variables():
+  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+  assert _settings(env) == {"coordinator_address": "h0:1234", "num_processes": 4, "process_id": 2}
+  assert _settings(env, coordinator_address="h1:99", process_id=0) == {
+      "coordinator_address": "h1:99", "num_processes": 4, "process_id": 0}
+  assert _settings({}, coordinator_address="h1:99", num_processes=2, process_id=1) == {
+      "coordinator_address": "h1:99", "num_processes": 2, "process_id": 1}
+
+
+def test_clusters_are_left_to_jax_auto_detection():
+  assert _settings(SRUN_ENV) == {}
+  assert _settings({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}) == {}
+  assert _settings({"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"}) == {}
+  assert _settings({"DIFFSEG_DISTRIBUTED": "auto"}) == {}
+  # Partial explicit settings inside a cluster: JAX detects the rest.
+  assert _settings(dict(SRUN_ENV, JAX_COORDINATOR_ADDRESS="gpu01:5000")) == {
+      "coordinator_address": "gpu01:5000"}
+  assert _settings(dict(SRUN_ENV, DIFFSEG_DISTRIBUTED="off")) is None
+
+
+def test_bad_settings_name_the_fix():
+  with pytest.raises(ValueError, match=r"--num_processes \(or JAX_NUM_PROCESSES\), --process_id"):
+    _settings({}, coordinator_address="h0:1234")
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+    _settings({"JAX_NUM_PROCESSES": "two"})
+  with pytest.raises(ValueError, match="DIFFSEG_DISTRIBUTED='yes'"):
+    _settings({"DIFFSEG_DISTRIBUTED": "yes"})
+
+
+def test_initialize_rejects_incomplete_settings_before_starting_anything(monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+  for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "DIFFSEG_DISTRIBUTED", "SLURM_NTASKS",
+               "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  with pytest.raises(errors.ConfigError, match="JAX_NUM_PROCESSES"):
+    runtime.initialize()
+  assert jax.process_count() == 1
