@@ -12,6 +12,8 @@ Studies (issue 6; every run trains with the same step budget on configs/quicksta
   python launch/sweep.py --study=all --seeds=0,1 --steps=3000 --workroot=~/runs/study          # print plan
   python launch/sweep.py --study=all --seeds=0,1 --steps=3000 --workroot=~/runs/study --run    # run it
   python launch/sweep.py --study=sampler --dry                                                   # print only
+  python launch/sweep.py --study=sampler --eval_examples=200 --num_samples_list=4,16 \
+      --override=dataset.data_dir=/data/tfds --run                                              # cheaper evals
   python benchmarks/design_study_report.py --workroot=~/runs/study                               # tables
 
 Without --dry the plan is written to WORKROOT/manifest.json (read by the report) and
@@ -45,6 +47,8 @@ WEIGHTINGS = ("uniform", "snr", "snr_plus1", "snr_trunc", "sigmoid_0")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
 SAMPLER_STEPS = (2, 5, 10, 25, 100)
 STUDIES = ("input_scale", "prediction", "weighting", "sampler")
+CONTROLLED = tuple(REFERENCE) + ("seed", "num_train_steps", "evaluate_after_training",
+                                 "sampler.name", "sampler.num_steps", "eval.output_name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +122,16 @@ def plan(*, studies: Sequence[str], seeds: Sequence[int], steps: int | None, wor
     seeds: training seeds (config.seed; the data order and initialisation follow it).
     steps: config.num_train_steps for every training (None: the base config's).
     workroot: directory holding one workdir per training.
-    eval_overrides: extra (key, value) pairs for every run (e.g. ('eval.num_examples', 200)).
+    eval_overrides: extra (key, value) pairs for every run (e.g. ('eval.num_examples', 200));
+      keys the sweep itself sets (CONTROLLED) are refused.
 
   Returns:
     (runs in execution order, entries: one per study setting and seed).
   """
+  clash = sorted({k for k, _ in eval_overrides} & set(CONTROLLED))
+  if clash:
+    raise ValueError(f"overrides of {clash} would fight the sweep's own settings; the study sets "
+                     f"{list(CONTROLLED)} (use --steps / --seeds for the budget and seeds).")
   workroot = os.path.abspath(os.path.expanduser(workroot))
   trainings: dict[str, Run] = {}
   evaluations: list[Run] = []
@@ -218,6 +227,11 @@ def execute(runs: Sequence[Run], *, config: str, workroot: str, log=print) -> di
 
 def _parse_eval_overrides(args) -> list[tuple[str, object]]:
   out = []
+  for item in args.override:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--override={item!r} must look like KEY=VALUE, e.g. dataset.data_dir=/data.")
+    out.append((key, value))
   if args.eval_examples is not None:
     out.append(("eval.num_examples", args.eval_examples))
   if args.num_samples_list:
@@ -238,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="config.eval.num_examples for every run (default: the config's).")
   parser.add_argument("--num_samples_list", default="",
                       help="config.eval.num_samples_list, e.g. '4,16' (default: the config's).")
+  parser.add_argument("--override", action="append", default=[],
+                      help="Extra KEY=VALUE config override for every run (repeatable), "
+                      "e.g. dataset.data_dir=/data.")
   parser.add_argument("--run", action="store_true", help="Run the commands one after another.")
   parser.add_argument("--dry", action="store_true", help="Only print the commands; write nothing.")
   args = parser.parse_args(argv)
@@ -255,8 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not os.path.isfile(config):
     parser.error(f"--config={args.config}: no such file.")
   studies = list(STUDIES) if args.study == "all" else [args.study]
-  runs, entries = plan(studies=studies, seeds=seeds, steps=args.steps, workroot=args.workroot,
-                       eval_overrides=_parse_eval_overrides(args))
+  try:
+    runs, entries = plan(studies=studies, seeds=seeds, steps=args.steps, workroot=args.workroot,
+                         eval_overrides=_parse_eval_overrides(args))
+  except ValueError as e:
+    parser.error(str(e))
   for run in runs:
     print(shlex.join(run.command(config=config, python="python")))
   trainings = sum(r.mode == "train" for r in runs)

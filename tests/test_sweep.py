@@ -198,3 +198,19 @@ def test_report_rejects_foreign_json(tmp_path):
   path.write_text(json.dumps({"ged": 1.0}))
   with pytest.raises(ValueError, match="metrics.json has no 'metrics'"):
     report.load_metrics(str(path))
+
+
+def test_extra_overrides_reach_every_run_and_clashes_are_refused(tmp_path, capsys):
+  rc = sweep.main(["--study=sampler", "--dry", f"--workroot={tmp_path}",
+                   "--override=dataset.data_dir=/data/tfds", "--override=eval.batch_size=10"])
+  assert rc == 0
+  lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+  assert len(lines) == 16
+  assert all("--config.dataset.data_dir=/data/tfds" in l and "--config.eval.batch_size=10" in l
+             for l in lines)
+  with pytest.raises(ValueError, match="sampler.num_steps"):
+    sweep.plan(studies=["sampler"], seeds=[0], steps=1, workroot=str(tmp_path),
+               eval_overrides=[("sampler.num_steps", 3)])
+  for bad in ("--override=seed=3", "--override=no_equals_sign"):
+    with pytest.raises(SystemExit):
+      sweep.main(["--study=prediction", "--dry", bad])
