@@ -5,7 +5,7 @@
 #   TPU_NAME=diffseg ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 CREATE=1 \
 #     launch/tpu_pod.sh --config=configs/x_pred.py --workdir=/mnt/shared/runs/x_pred
 #   TPU_NAME=diffseg ZONE=us-central2-b SKIP_COPY=1 launch/tpu_pod.sh --config=... --mode=evaluate
-#   TPU_NAME=diffseg ZONE=us-central2-b SKIP_COPY=1 MODULE=tfds_lidc.build \
+#   TPU_NAME=diffseg ZONE=us-central2-b SKIP_COPY=1 MODULE=tfds_lidc.build WORKERS=0 \
 #     launch/tpu_pod.sh --dataset=lidc/knegt_pickle --data_dir=/mnt/shared/tfds --manual_dir=...
 #
 # Arguments go to `python3 -m $MODULE` on every worker. Each worker runs with DIFFSEG_DISTRIBUTED=auto,
@@ -26,6 +26,7 @@
 #   REMOTE_DIR        checkout folder on the workers, relative to the home folder (default diffseg_jax)
 #   SETUP             shell commands run on every worker before the install and the run
 #   MODULE            Python module to run (default diffseg_jax.main)
+#   WORKERS           workers that run it (default all; e.g. 0 to build a data set once into a share)
 # A preempted Spot TPU sends SIGTERM: the run saves a checkpoint and exits; running the same command
 # again (after recreating the TPU) resumes from it.
 set -euo pipefail
@@ -43,8 +44,8 @@ if [[ -n "${PROJECT:-}" ]]; then
   where+=(--project="${PROJECT}")
 fi
 
-on_all_workers() {
-  "${gcloud_tpu[@]}" ssh "${TPU_NAME}" "${where[@]}" --worker=all --command="$1"
+on_workers() {
+  "${gcloud_tpu[@]}" ssh "${TPU_NAME}" "${where[@]}" --worker="$2" --command="$1"
 }
 
 if [[ "${CREATE:-0}" == 1 ]]; then
@@ -66,8 +67,8 @@ if [[ "${SKIP_COPY:-0}" != 1 ]]; then
   (cd "${REPO}" && git ls-files -z --cached --others --exclude-standard \
       | tar czf "${archive}" --null -T -)
   "${gcloud_tpu[@]}" scp "${archive}" "${TPU_NAME}:diffseg_src.tar.gz" "${where[@]}" --worker=all
-  on_all_workers "set -e; ${SETUP}; mkdir -p ${REMOTE_DIR} && tar xzf diffseg_src.tar.gz -C ${REMOTE_DIR} \
-      && rm diffseg_src.tar.gz && cd ${REMOTE_DIR} && python3 -m pip install -q -e '.[tpu]'"
+  on_workers "set -e; ${SETUP}; mkdir -p ${REMOTE_DIR} && tar xzf diffseg_src.tar.gz -C ${REMOTE_DIR} \
+      && rm diffseg_src.tar.gz && cd ${REMOTE_DIR} && python3 -m pip install -q -e '.[tpu]'" all
 fi
 
 # The arguments, quoted for the workers' shell.
@@ -75,5 +76,5 @@ args=""
 if (($# > 0)); then
   printf -v args ' %q' "$@"
 fi
-on_all_workers "set -e; ${SETUP}; cd ${REMOTE_DIR} && \
-    DIFFSEG_DISTRIBUTED=auto exec python3 -m ${MODULE}${args}"
+on_workers "set -e; ${SETUP}; cd ${REMOTE_DIR} && \
+    DIFFSEG_DISTRIBUTED=auto exec python3 -m ${MODULE}${args}" "${WORKERS:-all}"
