@@ -17,12 +17,14 @@ from tests.conftest import REPO, TinyData, tiny_config
 
 NUM_DEVICES = 4
 NUM_STEPS = 3
-# Lower than train.FSDP_MIN_SIZE so that most kernels of the tiny U-Net get sharded.
-FSDP_MIN_SIZE = 4096
+# A one-level U-Net (with attention): the test time is mostly compilation, three times over.
+MODEL = {"model.channel_mult": (1,), "model.num_res_blocks": (1,), "model.num_middle_blocks": 1}
+# Lower than train.FSDP_MIN_SIZE so that the kernels of this U-Net get sharded.
+FSDP_MIN_SIZE = 1024
 VARIANTS = {
-    "one_device": {"mesh.data": 1},
-    "four_devices": {"mesh.data": NUM_DEVICES},
-    "four_devices_fsdp": {"mesh.data": NUM_DEVICES, "mesh.param_sharding": "fsdp"},
+    "one_device": {"mesh.data": 1, **MODEL},
+    "four_devices": {"mesh.data": NUM_DEVICES, **MODEL},
+    "four_devices_fsdp": {"mesh.data": NUM_DEVICES, "mesh.param_sharding": "fsdp", **MODEL},
 }
 
 
