@@ -5,7 +5,8 @@ r"""Runs every benchmark script and gathers their JSON into one table.
   python benchmarks/run_all.py --only=metrics_throughput,peak_memory
 
 Each script runs as a subprocess (its output goes to benchmarks/results[/quick]/<name>.log) with
-its own time limit; a failing script is recorded and the others still run. Writes
+its own time limit (under --quick all of them end by QUICK_TOTAL_S); a failing script is recorded
+and the others still run. Writes
 benchmarks/results/latest.json (machine, per-script status, seconds and results) and
 benchmarks/results/latest.md (the same as a Markdown table, also printed). Quick runs write their
 per-script JSON under quick/ so they never overwrite the full results that RESULTS.md cites.
@@ -27,11 +28,12 @@ RESULTS = os.path.join(HERE, "results")
 
 # name: (full-run arguments, quick-run arguments, full limit s, quick limit s). Every script takes --out.
 BENCHMARKS = {
-    "step_throughput": ([], ["--quick", "--sizes=64"], 3600, 330),
+    "step_throughput": ([], ["--quick"], 3600, 420),
     "metrics_throughput": ([], ["--images=64", "--repeats=1"], 1800, 120),
     "loader_throughput": ([], ["--num_build=1000", "--steps=20", "--batch_sizes=8"], 1800, 120),
     "peak_memory": ([], ["--quick"], 1800, 180),
 }
+QUICK_TOTAL_S = 570  # --quick stops every script by then, so it ends within 10 minutes.
 # Bookkeeping fields of the scripts' JSON that are not measurements.
 NOT_MEASURED = {"cpu_count", "runs", "batch", "num_samples", "images", "size", "chunk", "repeats",
                 "steps", "image_size", "num_build", "load_average_1min_at_start", "quick"}
@@ -77,9 +79,15 @@ def _mem_total_gib():
   return None
 
 
-def run_benchmark(name: str, *, quick: bool, out_dir: str) -> dict:
-  """Runs benchmarks/<name>.py; returns {status, seconds, json path, results (dict or None)}."""
+def run_benchmark(name: str, *, quick: bool, out_dir: str, limit_s: float | None = None) -> dict:
+  """Runs benchmarks/<name>.py; returns {status, seconds, json path, results (dict or None)}.
+
+  The script is stopped after its own limit (BENCHMARKS) or `limit_s`, whichever is sooner.
+  """
   full_args, quick_args, full_limit, quick_limit = BENCHMARKS[name]
+  limit = quick_limit if quick else full_limit
+  if limit_s is not None:
+    limit = max(1, int(min(limit, limit_s)))
   out = os.path.join(out_dir, f"{name}.json")
   log_path = os.path.join(out_dir, f"{name}.log")
   if os.path.exists(out):
@@ -92,10 +100,10 @@ def run_benchmark(name: str, *, quick: bool, out_dir: str) -> dict:
   with open(log_path, "w", encoding="utf-8") as log:
     try:
       rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
-                          timeout=quick_limit if quick else full_limit).returncode
+                          timeout=limit).returncode
       status = "ok" if rc == 0 else f"failed (rc {rc})"
     except subprocess.TimeoutExpired:
-      status = f"timed out after {quick_limit if quick else full_limit} s"
+      status = f"timed out after {limit} s"
   seconds = time.perf_counter() - start
   results = None
   if os.path.exists(out):
@@ -162,7 +170,9 @@ def main(argv=None) -> int:
   summary = {"quick": args.quick, "machine": machine_info(), "benchmarks": {}}
   for name in names:
     print(f"running {name} ...", flush=True)
-    summary["benchmarks"][name] = run_benchmark(name, quick=args.quick, out_dir=out_dir)
+    left = QUICK_TOTAL_S - (time.perf_counter() - start) if args.quick else None
+    summary["benchmarks"][name] = run_benchmark(name, quick=args.quick, out_dir=out_dir,
+                                                limit_s=left)
     r = summary["benchmarks"][name]
     print(f"  {r['status']} in {r['seconds']:.0f} s (log {r['log']})", flush=True)
   summary["seconds"] = time.perf_counter() - start
