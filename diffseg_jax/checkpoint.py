@@ -116,6 +116,12 @@ def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True
     raise CheckpointNotFoundError(
         f"No checkpoint steps in {directory}: train first (--mode=train) or convert weights.")
   item = "ema_params" if use_ema else "params"
+  # Without a sharding Orbax would restore into the saving run's device topology.
+  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("all",)),
+                                          jax.sharding.PartitionSpec())
+  abstract_params = jax.tree.map(
+      lambda x: x if getattr(x, "sharding", None) is not None
+      else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params)
   restored = manager.restore(step, args=ocp.args.Composite(
       **{item: ocp.args.StandardRestore(abstract_params)}))
   manager.close()

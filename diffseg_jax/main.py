@@ -33,14 +33,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
 
-  runtime.initialize(coordinator_address=FLAGS.coordinator_address,
-                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                     cpu_collectives=FLAGS.cpu_collectives)
-  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import train
-
   config = FLAGS.config
   try:
+    runtime.initialize(coordinator_address=FLAGS.coordinator_address,
+                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                       cpu_collectives=FLAGS.cpu_collectives)
+    # pylint: disable=g-import-not-at-top
+    from diffseg_jax import train
+
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     if FLAGS.mode == "evaluate" or (FLAGS.mode == "train" and config.evaluate_after_training):
