@@ -98,7 +98,6 @@ def two_and_one_process_runs(tiny_synthetic, tmp_path_factory):
           "config": tiny_config(tiny_synthetic, **OVERRIDES)}
 
 
-
 def test_two_processes_match_one_process(two_and_one_process_runs):
   runs = two_and_one_process_runs
   log0 = (runs["logs"] / "process_0.log").read_text()
@@ -122,7 +121,6 @@ def test_two_processes_match_one_process(two_and_one_process_runs):
       b = _get(two_tree, path)
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5,
                                  err_msg=jax.tree_util.keystr(path))
-
 
 
 def test_restore_params_without_shardings_reads_a_two_process_checkpoint(two_and_one_process_runs):
