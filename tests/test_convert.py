@@ -1,7 +1,6 @@
 """Tests for diffseg_jax.convert: parity with the authors' network and the CLI."""
 
 import os
-import sys
 
 from absl.testing import flagsaver
 import jax
