@@ -23,12 +23,12 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 def _manager(directory: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
              async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+  # A reader (evaluation while training runs) neither creates nor cleans up anything.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
+      max_to_keep=None if read_only else max_to_keep,
       save_interval_steps=save_interval_steps,
       enable_async_checkpointing=async_save,
       create=not read_only,
-      read_only=read_only,
       cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=TRAIN_ITEMS)
