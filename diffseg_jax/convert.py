@@ -7,19 +7,20 @@ of `UNet(config)` and returns them as an `nnx.State`.
 Command line (reading a .pt file needs torch: `pip install torch` or the
 extra `pip install -e ".[torch]"`):
 
-  python -m diffseg_jax.convert --torch_checkpoint=model.pt \
-      --config=configs/x_pred.py --out=/tmp/converted
-  python -m diffseg_jax.convert --npz=state_dict.npz --config=... --out=...
+  python -m diffseg_jax.convert --torch_checkpoint=model.pt --config=configs/x_pred.py \
+      --config.dataset.image_preprocessing=imagenet_rgb --out=/tmp/converted
+  python -m diffseg_jax.main --config=configs/x_pred.py \
+      --config.dataset.image_preprocessing=imagenet_rgb --workdir=/tmp/converted --mode=evaluate
 
-The authors feed a 3-channel ImageNet-normalised image, so their checkpoints
-need `image_channels=3`; when `config.model` does not set it, it is read off the
-checkpoint's first convolution. `output_activation` defaults to tanh for
-x-prediction (`config.diffusion.prediction`) and identity otherwise.
+The network is the config's (`denoiser.unet_config`: tanh output for x-prediction). The authors
+feed a 3-channel ImageNet-normalised image, so their checkpoints need
+`dataset.image_preprocessing=imagenet_rgb` (3 image channels); a mismatch is an error that says so.
+The parameters go to OUT/checkpoints, so OUT is a workdir for --mode=evaluate and --mode=predict.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import re
 from typing import Any, Mapping
 
@@ -30,6 +31,7 @@ from flax import nnx
 from ml_collections import config_flags
 import numpy as np
 
+from diffseg_jax import denoiser
 from diffseg_jax.models import unet
 
 _RES_BLOCK_PARTS = {
@@ -202,27 +204,17 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().cpu().float().numpy() for k, v in checkpoint.items()}
 
 
-def unet_config_from(config, state_dict: Mapping[str, np.ndarray]
-                     ) -> unet.UNetConfig:
-  """UNetConfig from `config.model` (+ defaults derived as the module doc says)."""
-  fields = {f.name for f in dataclasses.fields(unet.UNetConfig)}
-  model = dict(config.model)
-  ignored = sorted(set(model) - fields)
-  if ignored:
-    logging.warning('config.model keys not used by UNetConfig: %s', ignored)
-  kwargs = {k: v for k, v in model.items() if k in fields}
-  if 'image_channels' not in kwargs:
-    first = state_dict.get('input_blocks.0.0.weight')
-    if first is None:
-      raise ValueError('Cannot infer image_channels: the state dict has no '
-                       'input_blocks.0.0.weight; set config.model.image_channels.')
-    kwargs['image_channels'] = int(np.shape(first)[1]) - 1
-    logging.info('image_channels=%d (from the checkpoint)',
-                 kwargs['image_channels'])
-  if 'output_activation' not in kwargs:
-    prediction = config.get('diffusion', {}).get('prediction', 'x')
-    kwargs['output_activation'] = 'tanh' if prediction == 'x' else 'identity'
-  return unet.UNetConfig(**kwargs)
+def check_image_channels(state_dict: Mapping[str, np.ndarray], config: unet.UNetConfig) -> None:
+  """Fails, saying what to set, when the checkpoint's input width differs from the config's."""
+  first = state_dict.get('input_blocks.0.0.weight')
+  if first is None:
+    raise ValueError('The state dict has no input_blocks.0.0.weight (the first convolution).')
+  expected = int(np.shape(first)[1]) - 1
+  if expected != config.image_channels:
+    raise ValueError(
+        f'The checkpoint takes {expected} image channel(s) but the config gives '
+        f'{config.image_channels}. The authors\' checkpoints take their 3-channel ImageNet-normalised '
+        'input: pass --config.dataset.image_preprocessing=imagenet_rgb.')
 
 
 _TORCH_CHECKPOINT = flags.DEFINE_string(
@@ -233,7 +225,8 @@ _NPZ_PREFIX = flags.DEFINE_string(
     'npz_prefix', '', 'Key prefix of the state dict inside --npz, e.g. weights/.')
 _OUT = flags.DEFINE_string('out', None, 'Output checkpoint directory.')
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file whose config.model holds UNetConfig fields.')
+    'config', None, 'The config to evaluate with (configs/*.py); its model and '
+    'dataset.image_preprocessing must match the checkpoint.')
 
 
 def main(argv):
@@ -247,13 +240,16 @@ def main(argv):
     state_dict = load_npz_state_dict(_NPZ.value, prefix=_NPZ_PREFIX.value)
   else:
     state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value)
-  config = unet_config_from(_CONFIG.value, state_dict)
+  config = denoiser.unet_config(_CONFIG.value)
+  check_image_channels(state_dict, config)
   params = convert_state_dict(state_dict, config)
   out = checkpoint.save_params(
-      _OUT.value, nnx.to_pure_dict(params), step=0,
+      os.path.join(_OUT.value, 'checkpoints'), nnx.to_pure_dict(params), step=0,
       meta={'kind': 'converted_torch', 'unet_config': repr(config)})
   logging.info('Wrote %d tensors to %s', len(state_dict), out)
-  print(f'Converted {len(state_dict)} tensors for {config} -> {out}')
+  print(f'Converted {len(state_dict)} tensors for {config} -> {out}\n'
+        f'Evaluate: python -m diffseg_jax.main --config=CONFIG --workdir={_OUT.value} '
+        '--mode=evaluate (the same config and overrides)')
 
 
 if __name__ == '__main__':

@@ -118,14 +118,17 @@ def test_missing_torch_says_how_to_install(tmp_path):
 
 
 CONFIG_FILE = '''
-import ml_collections
+from configs import default
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
-      base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 1),
-      num_middle_blocks=2, attention_levels=(-1,), num_heads=4,
-      dtype='float32', conv_impl='auto'))
-  config.diffusion = ml_collections.ConfigDict(dict(prediction='v'))
+  config = default.get_config()
+  config.model.base_channels = 32
+  config.model.channel_mult = (1, 2, 2)
+  config.model.num_res_blocks = (1, 2, 1)
+  config.model.num_middle_blocks = 2
+  config.model.attention_levels = (-1,)
+  config.model.num_heads = 4
+  config.diffusion.prediction = 'v'
+  config.dataset.image_preprocessing = '%s'
   return config
 '''
 
@@ -136,7 +139,7 @@ def test_cli_converts_npz_and_saves_params(reference, tmp_path, monkeypatch):
   npz = tmp_path / 'sd.npz'
   np.savez(npz, **state_dict)
   config_path = tmp_path / 'config.py'
-  config_path.write_text(CONFIG_FILE)
+  config_path.write_text(CONFIG_FILE % 'imagenet_rgb')
   saved = {}
 
   def fake_save_params(directory, params, *, step=0, meta=None):
@@ -151,13 +154,27 @@ def test_cli_converts_npz_and_saves_params(reference, tmp_path, monkeypatch):
     convert.flags.FLAGS.unparse_flags()
     convert.flags.FLAGS(argv)
     convert.main(argv[:1])
-  assert saved['directory'] == str(tmp_path / 'out') and saved['step'] == 0
+  assert saved['directory'] == str(tmp_path / 'out' / 'checkpoints') and saved['step'] == 0
   params = saved['params']
   np.testing.assert_array_equal(
       params['input_blocks'][0][0]['kernel'],
       state_dict['input_blocks.0.0.weight'].transpose(2, 3, 1, 0))
-  assert 'image_channels=3' in saved['meta']['unet_config']  # Inferred.
+  assert 'image_channels=3' in saved['meta']['unet_config']
   assert "output_activation='identity'" in saved['meta']['unet_config']
+
+
+@needs_reference
+def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path):
+  npz = tmp_path / 'sd.npz'
+  np.savez(npz, **_state_dict(reference))
+  config_path = tmp_path / 'config.py'
+  config_path.write_text(CONFIG_FILE % 'grey')
+  argv = ['convert', f'--npz={npz}', f'--config={config_path}', f'--out={tmp_path / "out"}']
+  with flagsaver.flagsaver():
+    convert.flags.FLAGS.unparse_flags()
+    convert.flags.FLAGS(argv)
+    with pytest.raises(ValueError, match='image_preprocessing=imagenet_rgb'):
+      convert.main(argv[:1])
 
 
 @needs_reference
