@@ -98,3 +98,25 @@ def test_cli_missing_dataset_says_how_to_build_it(tmp_path):
   assert result.returncode == 2
   assert "lidc/knegt_pickle" in result.stderr and "python -m tfds_lidc.build" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_crop64_lidc_config_trains_and_evaluates(tmp_path):
+  """configs/crop64.py on a tiny LIDCv1 pickle: 128 px train crops to 64 on device, eval reads 64 px."""
+  from configs import crop64  # pylint: disable=g-import-not-at-top
+  from tests.test_tfds_lidc import _write_knegt  # pylint: disable=g-import-not-at-top
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+
+  _write_knegt(str(tmp_path / "manual"))
+  build.build("lidc/knegt_pickle_crop64", str(tmp_path / "data"), str(tmp_path / "manual"),
+              log=lambda *a: None)
+  config = crop64.get_config("smoke")
+  config.dataset.data_dir = str(tmp_path / "data")
+  config.batch_size = 4
+  config.num_train_steps = 2
+  config.eval_every_steps = 2
+  config.async_checkpointing = False
+  state = train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert int(state["step"]) == 2
+  inference.evaluate_checkpoint(config, str(tmp_path / "work"))
+  metrics = json.load(open(tmp_path / "work" / "eval" / "test" / "metrics.json"))
+  assert metrics["num_images"] == 4 and "ged_4" in metrics["metrics"]
