@@ -5,7 +5,6 @@ import os
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import types
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 

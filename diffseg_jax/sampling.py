@@ -1,6 +1,5 @@
 """Batched, sharded sampling of many segmentations per image with the trained network."""
 
-import functools
 
 from flax import nnx
 import jax

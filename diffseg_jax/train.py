@@ -6,8 +6,6 @@ order a pure function of (seed, step), so a run resumed from any checkpoint repe
 uninterrupted run would have done.
 """
 
-import functools
-import json
 import os
 import signal
 import time
