@@ -391,8 +391,9 @@ class _Validator:
                              self.config.eval_num_samples)
       annotations = batch["masks"].astype(bool)
       losses.append(np.asarray(loss)[valid])
-      geds.append(np.asarray(metrics.ged(samples, annotations))[valid])
-      hm_ious.append(np.asarray(metrics.hm_iou(samples, annotations))[valid])
+      scores = metrics.all_metrics(samples, annotations)
+      geds.append(scores["ged"][valid])
+      hm_ious.append(scores["hm_iou"][valid])
       if grid is None:
         grid = (batch["image"][valid], annotations[valid], samples[valid])
     scalars = {"val/loss": float(np.mean(np.concatenate(losses))),
