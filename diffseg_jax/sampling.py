@@ -49,10 +49,12 @@ class Sampler:
     if padded != batch:
       image = np.concatenate([image, np.repeat(image[-1:], padded - batch, axis=0)])
     global_image = jax.make_array_from_process_local_data(self._image_sharding, image, image.shape)
-    chunk = max(1, min(num_samples, self._max_batch * n_dev // padded))
+    # Equal chunks (the last one trimmed afterwards), so a call compiles one sampler shape only.
+    max_chunk = max(1, min(num_samples, self._max_batch * n_dev // padded))
+    num_chunks = -(-num_samples // max_chunk)
+    chunk = -(-num_samples // num_chunks)
     outputs = []
-    for i, start in enumerate(range(0, num_samples, chunk)):
-      n = min(chunk, num_samples - start)
-      out = self._sample(params, global_image, jax.random.fold_in(rng, i), n)
+    for i in range(num_chunks):
+      out = self._sample(params, global_image, jax.random.fold_in(rng, i), chunk)
       outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
-    return np.concatenate(outputs, axis=1)[:batch].astype(bool)
+    return np.concatenate(outputs, axis=1)[:batch, :num_samples].astype(bool)
