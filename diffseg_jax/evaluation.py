@@ -7,23 +7,34 @@ scores, per image (diffseg_jax.metrics.all_metrics):
   <metric>         the paper protocol: the first 4 samples vs the annotations;
   <metric>_pp      the paper protocol after the area filter (metrics.postprocess).
 
-Where the batches carry the true distribution ('modes' [B, K, H, W] and
-'mode_probs' [B, K], the synthetic set) it adds
+Where the batches carry the true distribution (the synthetic set: 'modes'
+[B, K, H, W], 'mode_probs' [B, K] and 'geometry' [B, 10]) it adds
 
   mode_tv_<N>          total variation between the model's mode frequencies
                        and mode_probs (see `mode_tv`), and mode_tv (4 samples);
-  oracle_<...>         the same metrics for draws from the true distribution;
-  blind_<...>          an image-blind baseline that draws the true modes of each
-                       image with the data set's average mode_probs.
+  oracle_<...>         the same metrics for fresh draws from the true
+                       annotation distribution (a mode drawn with mode_probs,
+                       traced with the annotators' boundary jitter:
+                       tfds_lidc.synthetic_lesions.draw_annotations);
+  mode_oracle_<...>    the same for the jitter-free modes drawn with mode_probs;
+  blind_<...>          with `blind_mode_probs` (the training split's average
+                       mode_probs, `average_mode_probs`): an image-blind
+                       baseline that draws the jitter-free modes of each image
+                       with those probabilities.
 
-Aggregates (mean, standard error of the mean, count of finite values) go to
+Every metric has a defined value on every image (diffseg_jax.metrics documents
+the degenerate cases), so every aggregate runs over the same images.
+Aggregates (mean, standard error of the mean, n = images counted) go to
 out_dir/metrics.json and a Markdown table (out_dir/metrics.md, also logged);
-per-image values go to out_dir/per_image.jsonl (NaN written as null).
-Padded examples (valid False) are skipped. The result is a deterministic
-function of rng and sample_fn.
+per-image values go to out_dir/per_image.jsonl. A non-finite per-image value
+is never dropped: it is written as null, the aggregate's mean and sem are null
+and its n counts only the finite values (a warning is logged). Padded examples
+(valid False) are skipped. The result is a deterministic function of rng,
+blind_mode_probs and sample_fn.
 """
 
 from collections.abc import Callable, Iterable, Mapping
+import functools
 import json
 import math
 import os
@@ -37,7 +48,12 @@ from diffseg_jax import metrics
 
 PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
-_BLIND_BATCH = 32
+# Row groups of the table: the model, then the yardsticks.
+PREFIXES = ('', 'oracle_', 'mode_oracle_', 'blind_')
+_YARDSTICKS = (' oracle: fresh draws from the true annotation distribution; '
+               'mode_oracle: its jitter-free modes drawn with the true '
+               "probabilities; blind: those modes drawn with the training "
+               "split's average probabilities.")
 
 
 def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
@@ -114,9 +130,41 @@ def _draw_modes(*, rng, modes, probs, num_samples) -> np.ndarray:
                             index[:, :, None, None], axis=1)
 
 
-def _unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  return np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(
-      bool)
+def _draw_true(*, rng, batch, index, size, num_samples) -> np.ndarray:
+  """Fresh annotations from the true distribution -> bool [B, N, H, W]."""
+  if 'geometry' not in batch:
+    raise KeyError(
+        f"evaluation batch {index} has 'modes' but lacks 'geometry', which "
+        'synthetic_lesions >= 1.1.0 stores to draw fresh annotations from the '
+        'true distribution (the data set was built by an older version). '
+        'Rebuild it: python -m tfds_lidc.build --dataset=synthetic_lesions/S '
+        '--data_dir=DIR --overwrite (or let --mode=train build it on first use).')
+  from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+  seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
+  return synthetic_lesions.draw_annotations(
+      geometry=np.asarray(batch['geometry'], np.float64),
+      mode_probs=np.asarray(batch['mode_probs'], np.float64), num=num_samples,
+      size=size, seed=seed)
+
+
+def average_mode_probs(source) -> np.ndarray | None:
+  """The mean 'mode_probs' over a source (e.g. the training split), float64 [K].
+
+  None when the source has no 'mode_probs' feature (data without a known
+  annotation distribution). Pass it to `evaluate` as blind_mode_probs.
+  """
+  if not len(source) or 'mode_probs' not in source[0]:
+    return None
+  total, chunk = 0.0, 1024
+  for start in range(0, len(source), chunk):
+    indices = list(range(start, min(start + chunk, len(source))))
+    if hasattr(source, '__getitems__'):
+      examples = source.__getitems__(indices)
+    else:
+      examples = [source[i] for i in indices]
+    total = total + np.sum([np.asarray(ex['mode_probs'], np.float64)
+                            for ex in examples], axis=0)
+  return total / len(source)
 
 
 def _require(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
@@ -127,14 +175,21 @@ def _require(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
   return np.asarray(batch[key])
 
 
-def _summary(per_image: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+def _summary(per_image: list[dict[str, float]],
+             log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
+  """{key: {'mean', 'sem', 'n'}} over all images; see the module doc."""
   keys = sorted({k for record in per_image for k in record
                  if k not in ('id', 'index')})
   out = {}
   for key in keys:
-    values = np.array([r.get(key, np.nan) for r in per_image], np.float64)
-    values = values[np.isfinite(values)]
-    count = int(values.size)
+    values = np.array([np.nan if r.get(key) is None else r[key]
+                       for r in per_image], np.float64)
+    count = int(np.isfinite(values).sum())
+    if count < values.size:
+      log(f'WARNING: {key} is not finite on {values.size - count} of '
+          f'{values.size} images; its mean is left empty.')
+      out[key] = {'mean': None, 'sem': None, 'n': count}
+      continue
     mean = float(values.mean()) if count else None
     sem = (float(values.std(ddof=1) / math.sqrt(count)) if count > 1 else None)
     out[key] = {'mean': mean, 'sem': sem, 'n': count}
@@ -147,9 +202,9 @@ _KEY = re.compile(r'^(?P<base>.+?)(?:_(?P<n>\d+))?(?P<pp>_pp)?$')
 def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
   """Markdown table of {key: {'mean', 'sem', ...}}.
 
-  Rows are metrics (model, then oracle_, then blind_); columns are the sample
-  counts N of `<metric>_<N>`, then 'paper (4)' for `<metric>` and 'paper pp'
-  for `<metric>_pp`. Cells read 'mean ± sem'.
+  Rows are metrics (model, then oracle_, mode_oracle_ and blind_); columns are
+  the sample counts N of `<metric>_<N>`, then 'paper (4)' for `<metric>` and
+  'paper pp' for `<metric>_pp`. Cells read 'mean ± sem'.
   """
   rows, columns, cells = [], [], {}
   for key, stats in summary.items():
@@ -168,9 +223,9 @@ def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
   columns.sort(key=order)
   names = metrics.METRIC_NAMES + ('mode_tv',)
   def row_order(base):
-    prefix = next(p for p in ('oracle_', 'blind_', '') if base.startswith(p))
+    prefix = max((p for p in PREFIXES if base.startswith(p)), key=len)
     name = base[len(prefix):]
-    return (('', 'oracle_', 'blind_').index(prefix),
+    return (PREFIXES.index(prefix),
             names.index(name) if name in names else len(names), name)
   rows.sort(key=row_order)
   def cell(stats):
@@ -195,6 +250,7 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
              batches: Iterable[Mapping[str, Any]], *,
              num_samples_list: Iterable[int] = (4, 16, 32, 100),
              out_dir: str | None, rng: jax.Array, split_name: str,
+             blind_mode_probs: np.ndarray | None = None,
              log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
   """Scores a sampler on a split and writes the reports (see module doc).
 
@@ -202,14 +258,18 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
     sample_fn: (image [B, H, W, C], rng, num_samples) -> bool [B, N, H, W].
     batches: iterable of host dicts with 'image' [B, H, W, C], 'masks'
       [B, M, H, W], optional 'valid' [B] (False = padding), 'id' [B],
-      'modes' [B, K, H, W] and 'mode_probs' [B, K].
+      'modes' [B, K, H, W], 'mode_probs' [B, K] and 'geometry' [B, 10].
     num_samples_list: the N to report; N_max = max(...) >= 4 samples are
       drawn per image once and every N uses the first N of them.
     out_dir: where metrics.json, per_image.jsonl and metrics.md go (None: write nothing, as on
       every process but the first of a multi-process run).
-    rng: jax PRNG key. Batch i samples with split(fold_in(split(rng)[0], i))[0]
-      (the oracle with [1]); the blind baseline uses split(rng)[1].
+    rng: jax PRNG key. Batch i samples with split(fold_in(split(rng)[0], i))[0];
+      the mode oracle uses [1] of that split, the true oracle fold_in([1], 1);
+      the blind baseline uses fold_in(split(rng)[1], i).
     split_name: recorded in the reports.
+    blind_mode_probs: [K] mode probabilities of the image-blind baseline,
+      normally the training split's average (`average_mode_probs`); None
+      leaves the baseline out.
     log: receives the Markdown table.
 
   Returns:
@@ -223,12 +283,11 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
   if n_max < PAPER_NUM_SAMPLES:
     raise ValueError(f'num_samples_list={num_samples_list}: the paper protocol '
                      f'needs at least {PAPER_NUM_SAMPLES} samples per image.')
+  if blind_mode_probs is not None:
+    blind_mode_probs = np.asarray(blind_mode_probs, np.float64)
   model_rng, blind_rng = jax.random.split(rng)
 
   per_image: list[dict[str, Any]] = []
-  # (record index, packed masks, shape, packed modes, shape, mode_probs) per
-  # image with modes, for the blind baseline that needs the data set average.
-  stored = []
   for batch_index, batch in enumerate(batches):
     image = _require(batch, 'image', batch_index)
     masks = _require(batch, 'masks', batch_index).astype(bool)
@@ -243,54 +302,48 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
       raise ValueError(f'sample_fn returned shape {samples.shape}, expected '
                        f'{expected} = [B, num_samples, H, W] (bool).')
     samples = samples.astype(bool)
-    has_modes = 'modes' in batch
     modes = probs = None
-    if has_modes:
+    if 'modes' in batch:
       modes = np.asarray(batch['modes'], bool)
       probs = _require(batch, 'mode_probs', batch_index).astype(np.float64)
-    values = _set_metrics(samples=samples, masks=masks,
-                          num_samples=num_samples, prefix='', modes=modes,
-                          mode_probs=probs)
-    if has_modes:
-      oracle = _draw_modes(rng=oracle_key, modes=modes, probs=probs,
-                           num_samples=n_max)
-      values.update(_set_metrics(samples=oracle, masks=masks,
-                                 num_samples=num_samples, prefix='oracle_',
-                                 modes=modes, mode_probs=probs))
+    scored = functools.partial(_set_metrics, masks=masks,
+                               num_samples=num_samples, modes=modes,
+                               mode_probs=probs)
+    values = scored(samples=samples, prefix='')
+    if modes is not None:
+      true = _draw_true(rng=jax.random.fold_in(oracle_key, 1), batch=batch,
+                        index=batch_index, size=masks.shape[-1],
+                        num_samples=n_max)
+      values.update(scored(samples=true, prefix='oracle_'))
+      drawn = _draw_modes(rng=oracle_key, modes=modes, probs=probs,
+                          num_samples=n_max)
+      values.update(scored(samples=drawn, prefix='mode_oracle_'))
+      if blind_mode_probs is not None:
+        if blind_mode_probs.shape != probs.shape[1:]:
+          raise ValueError(
+              f'blind_mode_probs has shape {blind_mode_probs.shape}; the '
+              f"batches' mode_probs are [B, {probs.shape[1]}].")
+        blind = _draw_modes(
+            rng=jax.random.fold_in(blind_rng, batch_index), modes=modes,
+            probs=np.broadcast_to(blind_mode_probs, probs.shape),
+            num_samples=n_max)
+        values.update(scored(samples=blind, prefix='blind_'))
     for row in np.flatnonzero(valid):
       identifier = ids[row]
       if isinstance(identifier, bytes):
         identifier = identifier.decode()
       record = {'index': len(per_image), 'id': str(identifier)}
       record.update({k: _jsonable(v[row]) for k, v in values.items()})
-      if has_modes:
-        stored.append((len(per_image), np.packbits(masks[row]), masks.shape[1:],
-                       np.packbits(modes[row]), modes.shape[1:], probs[row]))
       per_image.append(record)
 
-  if stored:
-    average = np.mean([s[5] for s in stored], axis=0)
-    for start in range(0, len(stored), _BLIND_BATCH):
-      chunk = stored[start:start + _BLIND_BATCH]
-      masks = np.stack([_unpack(c[1], c[2]) for c in chunk])
-      modes = np.stack([_unpack(c[3], c[4]) for c in chunk])
-      probs = np.broadcast_to(average, (len(chunk), average.size))
-      blind = _draw_modes(rng=jax.random.fold_in(blind_rng, start),
-                          modes=modes, probs=probs, num_samples=n_max)
-      values = _set_metrics(samples=blind, masks=masks,
-                            num_samples=num_samples, prefix='blind_',
-                            modes=modes,
-                            mode_probs=np.stack([c[5] for c in chunk]))
-      for row, c in enumerate(chunk):
-        per_image[c[0]].update({k: _jsonable(v[row])
-                                for k, v in values.items()})
-
-  summary = _summary(per_image)
+  summary = _summary(per_image, log)
   table = render_table(summary)
   header = (f'## {split_name}: {len(per_image)} images\n\n'
             'Cells: mean ± standard error over images. N=n: the first n '
             'samples; paper (4): 4 samples vs the annotations; paper pp: the '
-            'same after the area filter.\n\n')
+            'same after the area filter.'
+            + (_YARDSTICKS if any(k.startswith('oracle_') for k in summary)
+               else '') + '\n\n')
   if out_dir is not None:
     _write_results(out_dir, split_name=split_name, num_samples=num_samples, summary=summary,
                    per_image=per_image, markdown=header + table + '\n')

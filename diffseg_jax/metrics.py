@@ -162,10 +162,15 @@ def _ncc(p, a, w):
   """PHiSeg NCC from the sample mean p [P] and annotations bool [M, P]."""
   e_ss = 2 * p * (1 - p)
   e_sy = jnp.where(a, 1 - p[None, :], p[None, :])
+  # A constant map has no correlation: 0 (as the authors' code), not NaN.
+  constant = ((jnp.max(e_ss) == jnp.min(e_ss))
+              | (jnp.max(e_sy, axis=-1) == jnp.min(e_sy, axis=-1)))
   e_ss = e_ss - jnp.mean(e_ss)
   e_sy = e_sy - jnp.mean(e_sy, axis=-1, keepdims=True)
-  corr = jnp.sum(e_ss[None, :] * e_sy, axis=-1) / jnp.sqrt(
-      jnp.sum(e_ss * e_ss) * jnp.sum(e_sy * e_sy, axis=-1))
+  den = jnp.sqrt(jnp.sum(e_ss * e_ss) * jnp.sum(e_sy * e_sy, axis=-1))
+  constant = constant | (den <= 0)
+  corr = jnp.where(constant, 0.0, jnp.sum(e_ss[None, :] * e_sy, axis=-1)
+                   / jnp.where(constant, 1.0, den))
   return jnp.sum(jnp.where(w > 0, corr, 0.0) * w) / jnp.sum(w)
 
 
@@ -324,8 +329,9 @@ def ncc(samples: Array, annotations: Array,
   binary masks and PHiSeg's log(x + eps) these maps are, up to the common
   factor -log(eps) (which the correlation ignores) and O(eps) terms,
   E_ss = 2 p (1 - p) and E_sy_j = |Y_j - p| with p the sample mean; they are
-  computed in that closed form. NaN when a map is constant (e.g. identical
-  samples), as in PHiSeg.
+  computed in that closed form. The correlation with a constant map (e.g.
+  all samples identical, or an annotation equal to all of them) is 0, as in
+  the authors' code (PHiSeg's gives NaN).
   """
   return _device_metrics(samples, annotations, annotation_valid)['ncc']
 

@@ -41,20 +41,23 @@ FSDP_MIN_SIZE = 2**14
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
   """Builds the synthetic data set on first use (no download); LIDC sets must be built by the user.
 
-  Process 0 builds while the others wait at a barrier.
+  A build of an older version of the builder (which may lack features) is not reused: the current
+  version is built beside it. Process 0 builds while the others wait at a barrier.
   """
   name = config.dataset.name
   if not name.startswith("synthetic_lesions/"):
     return
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+  from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
+  current = name if ":" in name else f"{name}:{synthetic_lesions.SyntheticLesions.VERSION}"
   try:
-    input_pipeline.load_source(name=name, split=config.dataset.train_split,
+    input_pipeline.load_source(name=current, split=config.dataset.train_split,
                                data_dir=config.dataset.data_dir)
     return
   except FileNotFoundError:
     pass
   if jax.process_index() == 0:
-    from tfds_lidc import build  # pylint: disable=g-import-not-at-top
-
     logging.info("Building %s into %s (first use).", name, config.dataset.data_dir)
     build.build(name, os.path.expanduser(config.dataset.data_dir), log=logging.info)
   if jax.process_count() > 1:

@@ -9,29 +9,25 @@ import pytest
 from diffseg_jax import evaluation
 from diffseg_jax import metrics
 
-SIZE = 16
+from tfds_lidc import synthetic_lesions as syn
+
+SIZE = 32
 BATCH = 5
 
 
 def _tiny_source(seed=0, num_images=12):
-  """Images whose three modes (empty, core, core u lobe) and probs are known."""
-  rng = np.random.default_rng(seed)
-  images = []
-  for i in range(num_images):
-    core = np.zeros((SIZE, SIZE), bool)
-    r, c = rng.integers(2, 8, size=2)
-    core[r:r + 5, c:c + 5] = True
-    union = core.copy()
-    union[r:r + 5, c + 5:c + 8] = True
-    modes = np.stack([np.zeros_like(core), core, union])
-    probs = (np.array([0.05, 0.85, 0.10]) if i % 2 else
-             np.array([0.10, 0.10, 0.80]))
-    masks = modes[rng.choice(3, size=4, p=probs)]
-    image = (core.astype(np.float32) + 0.5 * union + 0.01 * i)[..., None]
-    images.append(dict(image=image, masks=masks.astype(np.uint8),
-                       modes=modes.astype(np.uint8),
-                       mode_probs=probs.astype(np.float32), id=f'img{i}'))
-  return images
+  """Synthetic-lesion test images whose annotation distribution is known."""
+  arrays = syn.generate_chunk(seed=seed, split='test', chunk=0, n=num_images,
+                              size=SIZE)
+  return [dict({k: v[i] for k, v in arrays.items()}, id=f'img{i}')
+          for i in range(num_images)]
+
+
+def _train_average(seed=0):
+  """The training split's average mode probabilities (the blind baseline's)."""
+  arrays = syn.generate_chunk(seed=seed, split='train', chunk=0, n=256,
+                              size=SIZE)
+  return arrays['mode_probs'].astype(np.float64).mean(0)
 
 
 def _batches(images):
@@ -67,20 +63,21 @@ def _mode_sampler(images, blind_probs=None):
   return sample_fn
 
 
-def _run(tmp_path, sample_fn, images, name):
+def _run(tmp_path, sample_fn, images, name, blind_mode_probs=None):
   lines = []
   summary = evaluation.evaluate(
       sample_fn, _batches(images), num_samples_list=(4, 32),
       out_dir=str(tmp_path / name), rng=jax.random.PRNGKey(0),
-      split_name='test', log=lines.append)
+      split_name='test', blind_mode_probs=blind_mode_probs, log=lines.append)
   return summary, lines
 
 
 def test_end_to_end_good_vs_blind(tmp_path):
   images = _tiny_source()
-  good, lines = _run(tmp_path, _mode_sampler(images), images, 'good')
-  blind, _ = _run(tmp_path, _mode_sampler(images, np.array([.075, .475, .45])),
-                  images, 'blind')
+  average = _train_average()
+  good, lines = _run(tmp_path, _mode_sampler(images), images, 'good',
+                     blind_mode_probs=average)
+  blind, _ = _run(tmp_path, _mode_sampler(images, average), images, 'blind')
 
   out = tmp_path / 'good'
   with open(out / 'metrics.json') as f:
@@ -93,21 +90,91 @@ def test_end_to_end_good_vs_blind(tmp_path):
   assert [r['id'] for r in records] == [f'img{i}' for i in range(len(images))]
   for key in ('ged_4', 'ged_32', 'hm_iou_32', 'ci', 's_c', 'd_max', 'd_a',
               'ncc', 'ged_pp', 'ci_pp', 'mode_tv_32', 'oracle_ged_32',
-              'oracle_mode_tv_32', 'blind_ged_32', 'blind_mode_tv_32'):
-    assert good[key]['n'] > 0, key
-    assert key in records[0], key
+              'oracle_mode_tv_32', 'mode_oracle_ged_32',
+              'mode_oracle_mode_tv_32', 'blind_ged_32', 'blind_mode_tv_32'):
+    assert key in good and key in records[0], key
+  # Every metric counts every image (no silent drops).
+  assert {v['n'] for v in good.values()} == {len(images)}
   assert (out / 'metrics.md').read_text().strip().endswith(lines[0].strip()
                                                            .splitlines()[-1])
-  assert '| ged |' in lines[0]
+  table = lines[0]
+  rows = [l.split(' |')[0] for l in table.splitlines() if l.startswith('| ')]
+  assert rows.index('| ged') < rows.index('| oracle_ged') < rows.index(
+      '| mode_oracle_ged') < rows.index('| blind_ged')
+  assert 'blind_ged_32' not in blind  # No blind_mode_probs, no baseline.
 
-  # A sampler of the true distribution scores like the oracle; an image-blind
-  # one (the data set's average probabilities) has a clearly larger mode TV.
+  # A sampler of the modes with the true probabilities scores like the mode
+  # oracle; the blind baseline is the same sampler with the training split's
+  # average probabilities.
   tv_good = good['mode_tv_32']['mean']
-  assert abs(tv_good - good['oracle_mode_tv_32']['mean']) < 0.08
-  assert blind['mode_tv_32']['mean'] > tv_good + 0.15
+  assert abs(tv_good - good['mode_oracle_mode_tv_32']['mean']) < 0.08
   assert abs(blind['mode_tv_32']['mean'] -
              good['blind_mode_tv_32']['mean']) < 0.08
-  assert good['oracle_mode_tv_32']['mean'] < good['blind_mode_tv_32']['mean']
+  assert blind['mode_tv_32']['mean'] > tv_good + 0.1
+  assert good['mode_oracle_mode_tv_32']['mean'] < (
+      good['blind_mode_tv_32']['mean'])
+
+
+def test_blind_baseline_uses_the_given_probabilities(tmp_path):
+  images = _tiny_source(seed=3, num_images=6)
+  # Always the core: the mode TV is exactly 1 - p_core of each image.
+  summary, _ = _run(tmp_path, _mode_sampler(images), images, 'core',
+                    blind_mode_probs=np.array([0.0, 1.0, 0.0]))
+  expected = np.mean([1 - x['mode_probs'][1].astype(np.float64)
+                      for x in images])
+  assert summary['blind_mode_tv_32']['mean'] == pytest.approx(expected,
+                                                              abs=1e-6)
+  with pytest.raises(ValueError, match='blind_mode_probs has shape'):
+    _run(tmp_path, _mode_sampler(images), images, 'bad',
+         blind_mode_probs=np.ones(4) / 4)
+
+
+def test_average_mode_probs():
+  images = _tiny_source(seed=4, num_images=9)
+  np.testing.assert_allclose(
+      evaluation.average_mode_probs(images),
+      np.mean([x['mode_probs'] for x in images], axis=0, dtype=np.float64))
+  no_probs = [{'image': x['image'], 'masks': x['masks']} for x in images]
+  assert evaluation.average_mode_probs(no_probs) is None
+
+
+def test_true_oracle_draws_fresh_annotations(tmp_path):
+  """oracle_ = mode + jitter like the stored annotations; below mode_oracle_."""
+  images = _tiny_source(seed=5, num_images=200)
+  summary = evaluation.evaluate(
+      _mode_sampler(images), _batches(images), num_samples_list=(4, 16),
+      out_dir=None, rng=jax.random.PRNGKey(1), split_name='test',
+      log=lambda *_: None)
+  true, mode = summary['oracle_ged_16'], summary['mode_oracle_ged_16']
+  assert true['mean'] < mode['mean'] - 2 * max(true['sem'], mode['sem'])
+  assert true['n'] == mode['n'] == 200
+
+
+def test_old_build_without_geometry_is_an_error(tmp_path):
+  images = [{k: v for k, v in x.items() if k != 'geometry'}
+            for x in _tiny_source(num_images=5)]
+  with pytest.raises(KeyError, match="lacks 'geometry'.*--overwrite"):
+    _run(tmp_path, _mode_sampler(images), images, 'old')
+
+
+@pytest.mark.parametrize('kind', ['identical', 'empty'])
+def test_degenerate_samples_count_every_image(tmp_path, kind):
+  """All samples identical (or all empty): every metric defined on every image."""
+  images = _tiny_source(seed=6, num_images=7)
+  table = _lookup(images)
+  def sample_fn(image, rng, num_samples):
+    del rng
+    core = np.stack([table[x.tobytes()]['modes'][1] for x in np.asarray(image)])
+    core = core.astype(bool) & (kind == 'identical')
+    return np.repeat(core[:, None], num_samples, axis=1)
+  summary, _ = _run(tmp_path, sample_fn, images, kind,
+                    blind_mode_probs=_train_average())
+  with open(tmp_path / kind / 'metrics.json') as f:
+    written = json.load(f)['metrics']
+  for key, stats in written.items():
+    assert stats['n'] == len(images), key
+    assert stats['mean'] is not None and np.isfinite(stats['mean']), key
+  assert summary['ncc_32']['mean'] == 0.0
 
 
 def test_aggregates_match_per_image_metrics(tmp_path):

@@ -28,7 +28,12 @@ build is a pure function of the config):
 
 Features: 'image' float32 [S, S, 1] in [0, 1]; 'masks' uint8 [4, S, S] in {0, 1};
 'modes' uint8 [3, S, S] (empty, core, core u lobe without jitter); 'mode_probs'
-float32 [3]; 'id' and 'patient_id' (the same string, e.g. 'synth32-train-000012').
+float32 [3]; 'geometry' float64 [10] (the core and lobe ellipses, GEOMETRY_KEYS);
+'id' and 'patient_id' (the same string, e.g. 'synth32-train-000012').
+
+The true annotation distribution of an example is known exactly: `draw_annotations`
+draws fresh annotations from its 'geometry' and 'mode_probs' with the code path that
+drew the stored ones (step 6).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ CHUNK = 256  # Examples drawn per random stream; part of the generative process.
 CORE_CONTRAST = 0.35
 MIN_LOBE_FRACTION = 0.3
 _SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
+# The 'geometry' feature: core centre, semi-axes and rotation, then the lobe's.
+GEOMETRY_KEYS = ('cy', 'cx', 'a', 'b', 'theta', 'ly', 'lx', 'la', 'lb', 'ltheta')
 
 
 @dataclasses.dataclass
@@ -168,12 +175,69 @@ def mode_probabilities(*, core_area_fraction, lobe_contrast):
   return np.stack([p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1)
 
 
+def _annotate(rng, *, d_core, d_union, mode_probs, num):
+  """Step 6: `num` annotators per example, each a mode traced with jitter.
+
+  Args:
+    rng: numpy Generator; draws the modes, then the jitter fields.
+    d_core, d_union: [n, S, S] signed distances to the core and core u lobe.
+    mode_probs: [n, 3] probabilities of (empty, core, core u lobe).
+    num: annotations per example.
+
+  Returns:
+    bool [n, num, S, S].
+  """
+  n, size = d_core.shape[0], d_core.shape[-1]
+  u = rng.uniform(size=(n, num, 1))
+  choice = (u > np.cumsum(mode_probs, -1)[:, None, :]).sum(-1)  # [n, num]
+  choice = np.minimum(choice, NUM_MODES - 1)
+  jitter = _jitter_field(rng, shape=(n, num), size=size)
+  c = choice[:, :, None, None]
+  return (((c == 1) & (d_core[:, None] + jitter > 0))
+          | ((c == 2) & (d_union[:, None] + jitter > 0)))
+
+
+def draw_annotations(*, geometry, mode_probs, num, size, seed):
+  """Fresh annotations from the true annotation distribution of examples.
+
+  The same process as the stored 'masks' (module doc, step 6): a mode drawn with
+  `mode_probs`, traced with a random boundary jitter of at most +-1 pixel.
+
+  Args:
+    geometry: float64 [..., 10], the examples' 'geometry' feature.
+    mode_probs: [..., 3], the examples' 'mode_probs' feature.
+    num: annotations per example.
+    size: the image size S.
+    seed: anything `np.random.default_rng` accepts; the draws are a pure
+      function of it and the inputs.
+
+  Returns:
+    bool [..., num, S, S].
+  """
+  geometry = np.asarray(geometry, np.float64)
+  probs = np.asarray(mode_probs, np.float64)
+  if geometry.shape[-1:] != (len(GEOMETRY_KEYS),) or (
+      probs.shape != geometry.shape[:-1] + (NUM_MODES,)):
+    raise ValueError(
+        f'geometry {geometry.shape} and mode_probs {probs.shape} must be '
+        f'[..., {len(GEOMETRY_KEYS)}] and [..., {NUM_MODES}] (the features '
+        "'geometry' and 'mode_probs' of synthetic_lesions >= 1.1.0).")
+  lead = geometry.shape[:-1]
+  flat = geometry.reshape(-1, len(GEOMETRY_KEYS))
+  d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, flat.T)), size=size)
+  masks = _annotate(np.random.default_rng(seed), d_core=d_core,
+                    d_union=np.maximum(d_core, d_lobe),
+                    mode_probs=probs.reshape(-1, NUM_MODES), num=num)
+  return masks.reshape(lead + (num, size, size))
+
+
 def generate_chunk(*, seed, split, chunk, n, size):
   """Generates `n` examples from the random stream (seed, split, chunk).
 
   Returns:
     dict of numpy arrays: image [n, S, S, 1] float32, masks [n, 4, S, S] uint8,
-    modes [n, 3, S, S] uint8, mode_probs [n, 3] float32.
+    modes [n, 3, S, S] uint8, mode_probs [n, 3] float32, geometry [n, 10]
+    float64.
   """
   rng = np.random.default_rng((seed, _SPLIT_INDEX[split], chunk))
   geom = _draw_geometry(rng, n=n, size=size)
@@ -200,17 +264,14 @@ def generate_chunk(*, seed, split, chunk, n, size):
   modes = np.stack([np.zeros_like(core), core, d_union > 0], axis=1)
   probs = mode_probabilities(core_area_fraction=core.sum(axis=(1, 2)) / size ** 2,
                              lobe_contrast=lobe_contrast)
-  u = rng.uniform(size=(n, NUM_ANNOTATORS, 1))
-  choice = (u > np.cumsum(probs, -1)[:, None, :]).sum(-1)  # [n, 4] in {0, 1, 2}
-  choice = np.minimum(choice, NUM_MODES - 1)
-  jitter = _jitter_field(rng, shape=(n, NUM_ANNOTATORS), size=size)
-  c = choice[:, :, None, None]
-  masks = ((c == 1) & (d_core[:, None] + jitter > 0)) | ((c == 2) & (d_union[:, None] + jitter > 0))
+  masks = _annotate(rng, d_core=d_core, d_union=d_union, mode_probs=probs,
+                    num=NUM_ANNOTATORS)
   return dict(
       image=image[..., None].astype(np.float32),
       masks=masks.astype(np.uint8),
       modes=modes.astype(np.uint8),
       mode_probs=probs.astype(np.float32),
+      geometry=np.stack([geom[k] for k in GEOMETRY_KEYS], -1).astype(np.float64),
   )
 
 
@@ -226,8 +287,13 @@ def generate_split(*, seed, split, num, size):
 class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   """Synthetic lesions with a known three-mode annotation distribution."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': "Adds 'geometry' (the core and lobe ellipses) so that fresh "
+               'annotations can be drawn from the true distribution '
+               '(draw_annotations); the other features are unchanged.',
+  }
   BUILDER_CONFIGS = [
       SyntheticLesionsConfig(name='32', size=32, num_train=8000),
       SyntheticLesionsConfig(name='64', size=64, num_train=4000),
@@ -248,6 +314,8 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
             'modes': tfds.features.Tensor(shape=(NUM_MODES, s, s), dtype=np.uint8,
                                           encoding=zlib),
             'mode_probs': tfds.features.Tensor(shape=(NUM_MODES,), dtype=np.float32),
+            'geometry': tfds.features.Tensor(shape=(len(GEOMETRY_KEYS),),
+                                             dtype=np.float64),
             'id': tfds.features.Text(),
             'patient_id': tfds.features.Text(),
         }),
