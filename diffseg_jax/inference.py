@@ -45,6 +45,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   split = config.eval.split
   source = input_pipeline.load_source(name=config.dataset.name, split=split,
                                       data_dir=config.dataset.data_dir)
+  # The image-blind baseline draws with the training split's average mode probabilities.
+  blind_mode_probs = evaluation.average_mode_probs(input_pipeline.load_source(
+      name=config.dataset.name, split=config.dataset.train_split, data_dir=config.dataset.data_dir))
   num = None if config.eval.num_examples < 0 else min(config.eval.num_examples, len(source))
   batches = input_pipeline.eval_batches(source, batch_size=config.eval.batch_size, num_examples=num)
   sampler = sampling.Sampler(config, graphdef, mesh)
@@ -61,7 +64,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   results = evaluation.evaluate(
       sample_fn, _remember_first(batches, first), num_samples_list=tuple(config.eval.num_samples_list),
       out_dir=out_dir if is_main else None, rng=jax.random.PRNGKey(config.eval.seed),
-      split_name=split, log=logging.info)
+      split_name=split, blind_mode_probs=blind_mode_probs, log=logging.info)
   if is_main and first:
     k = config.num_grid_images
     visualize.save_grid(os.path.join(out_dir, "grid.png"), image=first["image"][:k],

@@ -45,10 +45,14 @@ def test_build_and_read_without_tensorflow(built):
     ex = source[n - 1]
     assert ex['image'].shape == (32, 32, 1) and ex['image'].dtype == np.float32
     assert 0.0 <= ex['image'].min() and ex['image'].max() <= 1.0
-    assert ex['masks'].shape == (4, 32, 32) and ex['masks'].dtype == np.uint8
+    assert ex['masks'].shape == (syn.NUM_ANNOTATORS, 32, 32)
+    assert ex['masks'].dtype == np.uint8
     assert set(np.unique(ex['masks'])) <= {0, 1}
-    assert ex['modes'].shape == (3, 32, 32) and ex['modes'].dtype == np.uint8
+    assert ex['modes'].shape == (syn.NUM_MODES, 32, 32)
+    assert ex['modes'].dtype == np.uint8
     np.testing.assert_allclose(ex['mode_probs'].sum(), 1.0, atol=1e-5)
+    assert ex['geometry'].shape == (len(syn.GEOMETRY_KEYS),)
+    assert ex['geometry'].dtype == np.float64
     assert ex['id'] == f'synth32-{split}-{n - 1:06d}'.encode()
     ids[split] = {source[i]['id'] for i in range(n)}
   assert not ids['train'] & ids['validation'] and not ids['train'] & ids['test']
@@ -63,7 +67,7 @@ def test_two_builds_identical(built, tmp_path):
     a = tfds.data_source(report['dataset'], split=split, data_dir=data_dir)
     b = tfds.data_source(report2['dataset'], split=split, data_dir=str(tmp_path))
     for i in range(len(a)):
-      for key in ('image', 'masks', 'modes', 'mode_probs', 'id'):
+      for key in ('image', 'masks', 'modes', 'mode_probs', 'geometry', 'id'):
         np.testing.assert_array_equal(a[i][key], b[i][key])
   other = syn.generate_chunk(seed=4, split='train', chunk=0, n=4, size=32)
   same = syn.generate_chunk(seed=0, split='train', chunk=0, n=4, size=32)
@@ -76,14 +80,16 @@ def test_train_split_matches_generator(built):
   source = tfds.data_source(report['dataset'], split='train', data_dir=data_dir)
   np.testing.assert_array_equal(source[7]['masks'], ref['masks'][7])
   np.testing.assert_array_equal(source[7]['image'], ref['image'][7])
+  np.testing.assert_array_equal(source[7]['geometry'], ref['geometry'][7])
 
 
 def test_mode_probability_formula():
   area = np.linspace(0.0, 0.15, 301)
-  contrast = np.linspace(0.0, 0.35, 301)
+  contrast = np.linspace(0.0, syn.CORE_CONTRAST, 301)
   p = syn.mode_probabilities(core_area_fraction=area, lobe_contrast=contrast)
-  p_empty = _sigmoid64(-(area - 0.035) / 0.008)
-  p_lobe = _sigmoid64((contrast - 0.15) / 0.04)
+  p_empty = _sigmoid64(-(area - syn.EMPTY_AREA_CENTRE) / syn.EMPTY_AREA_WIDTH)
+  p_lobe = _sigmoid64(
+      (contrast - syn.LOBE_CONTRAST_CENTRE) / syn.LOBE_CONTRAST_WIDTH)
   np.testing.assert_allclose(p[:, 0], p_empty, rtol=1e-12)
   np.testing.assert_allclose(p[:, 2], (1 - p_empty) * p_lobe, rtol=1e-12)
   np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
@@ -98,7 +104,7 @@ def test_modes_geometry(chunk):
   core, union = modes[:, 1], modes[:, 2]
   assert np.all(core <= union)
   added = (union & ~core).sum((1, 2))
-  assert np.all(added >= 0.3 * core.sum((1, 2)))
+  assert np.all(added >= syn.MIN_LOBE_FRACTION * core.sum((1, 2)))
   assert np.all(core.sum((1, 2)) > 0)
   p = chunk['mode_probs'].astype(np.float64)
   # All three modes occur with substantial probability across the data set.
@@ -133,19 +139,19 @@ def _annotation_modes(masks, modes):
 def test_annotation_frequencies_match_probabilities(chunk):
   chosen = _annotation_modes(chunk['masks'], chunk['modes'])
   p = chunk['mode_probs'].astype(np.float64)
-  observed = np.stack([(chosen == k).sum(1) for k in range(3)], -1)  # [n, 3]
+  observed = np.stack([(chosen == k).sum(1) for k in range(syn.NUM_MODES)], -1)
   # Chi-square over all annotations: counts per mode vs the stored probabilities.
-  expected = 4 * p.sum(0)
+  expected = syn.NUM_ANNOTATORS * p.sum(0)
   chi2 = np.sum((observed.sum(0) - expected) ** 2 / expected)
   assert stats.chi2.sf(chi2, df=2) > 1e-3, (observed.sum(0), expected)
   # Calibration within probability bins of each mode (z-scores from binomial variances).
-  for k in range(3):
+  for k in range(syn.NUM_MODES):
     for lo, hi in ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0)):
       sel = (p[:, k] >= lo) & (p[:, k] < hi)
       if sel.sum() < 30:
         continue
-      mean = 4 * p[sel, k].sum()
-      var = 4 * (p[sel, k] * (1 - p[sel, k])).sum()
+      mean = syn.NUM_ANNOTATORS * p[sel, k].sum()
+      var = syn.NUM_ANNOTATORS * (p[sel, k] * (1 - p[sel, k])).sum()
       z = (observed[sel, k].sum() - mean) / np.sqrt(var)
       assert abs(z) < 4.5, (k, lo, hi, z)
 
@@ -153,7 +159,7 @@ def test_annotation_frequencies_match_probabilities(chunk):
 def test_annotator_jitter_is_small(chunk):
   chosen = _annotation_modes(chunk['masks'], chunk['modes'])
   for i in range(0, 2048, 64):
-    for k in range(4):
+    for k in range(syn.NUM_ANNOTATORS):
       mask = chunk['masks'][i, k].astype(bool)
       mode = chunk['modes'][i, chosen[i, k]].astype(bool)
       if not mode.any():
@@ -165,6 +171,87 @@ def test_annotator_jitter_is_small(chunk):
       assert np.all(ndimage.binary_erosion(mode, iterations=3) <= mask)
   # Jitter is real: annotations of the same mode differ somewhere.
   assert np.any(chunk['masks'][:, 0] != chunk['modes'][np.arange(2048), chosen[:, 0]])
+
+
+def test_geometry_reproduces_the_modes(chunk):
+  geom = dict(zip(syn.GEOMETRY_KEYS, chunk['geometry'].T))
+  d_core, d_lobe = syn._distances(geom, size=32)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(d_core > 0, chunk['modes'][:, 1].astype(bool))
+  np.testing.assert_array_equal(np.maximum(d_core, d_lobe) > 0,
+                                chunk['modes'][:, 2].astype(bool))
+
+
+def _welch_z(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / a.size
+                                         + b.var(ddof=1) / b.size)
+
+
+def test_fresh_draws_match_the_stored_annotations(chunk):
+  """draw_annotations is the stored annotations' distribution: modes and jitter."""
+  p = chunk['mode_probs'].astype(np.float64)
+  fresh = syn.draw_annotations(geometry=chunk['geometry'], mode_probs=p,
+                               num=syn.NUM_ANNOTATORS, size=32, seed=11)
+  assert fresh.shape == chunk['masks'].shape and fresh.dtype == bool
+  stored_modes = _annotation_modes(chunk['masks'], chunk['modes'])
+  fresh_modes = _annotation_modes(fresh, chunk['modes'])
+  # Mode counts: both are independent draws with the same p per annotation.
+  sd = np.sqrt(2 * syn.NUM_ANNOTATORS * (p * (1 - p)).sum(0))
+  for k in range(syn.NUM_MODES):
+    diff = (fresh_modes == k).sum() - (stored_modes == k).sum()
+    assert abs(diff) < 4.5 * sd[k], (k, diff, sd[k])
+  # Jitter: pixels where an annotation differs from its mode, per mode.
+  index = np.arange(len(p))[:, None]
+  def jitter_pixels(masks, chosen, k):
+    modes = chunk['modes'][index, chosen].astype(bool)
+    counts = (masks.astype(bool) != modes).sum((-1, -2))
+    return counts[chosen == k]
+  for k in (1, 2):
+    a = jitter_pixels(fresh, fresh_modes, k)
+    b = jitter_pixels(chunk['masks'], stored_modes, k)
+    assert a.mean() > 5 and b.mean() > 5  # The jitter is there in both.
+    assert abs(_welch_z(a, b)) < 4.5, (k, a.mean(), b.mean())
+    assert stats.ks_2samp(a, b).pvalue > 1e-4, k
+    areas = lambda m, c: m.astype(bool).sum((-1, -2))[c == k]
+    assert abs(_welch_z(areas(fresh, fresh_modes),
+                        areas(chunk['masks'], stored_modes))) < 4.5
+
+
+def test_draw_annotations_is_a_seeded_pure_function(chunk):
+  geometry = chunk['geometry'][:6].reshape(2, 3, -1)
+  probs = chunk['mode_probs'][:6].reshape(2, 3, -1)
+  a = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
+                           size=32, seed=(1, 2))
+  b = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
+                           size=32, seed=(1, 2))
+  c = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
+                           size=32, seed=(1, 3))
+  assert a.shape == (2, 3, 5, 32, 32)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  with pytest.raises(ValueError, match="'geometry' and 'mode_probs'"):
+    syn.draw_annotations(geometry=geometry[..., :9], mode_probs=probs, num=5,
+                         size=32, seed=0)
+
+
+def test_prepare_dataset_does_not_reuse_an_older_version(tmp_path, monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
+
+  data_dir = str(tmp_path)
+  name = build.build('synthetic_lesions/32', data_dir, overrides=TINY,
+                     log=lambda *_: None)['dataset']
+  config = ml_collections.ConfigDict({'dataset': {
+      'name': name, 'data_dir': data_dir, 'train_split': 'train'}})
+  calls = []
+  monkeypatch.setattr(build, 'build', lambda name, *a, **k: calls.append(name))
+  train.prepare_dataset(config)
+  assert not calls  # The current version is built: reused.
+  base = os.path.join(data_dir, name)
+  os.rename(os.path.join(base, str(syn.SyntheticLesions.VERSION)),
+            os.path.join(base, '1.0.0'))
+  train.prepare_dataset(config)
+  assert calls == [name]  # Only an older version: rebuilt.
 
 
 def test_cli_errors(capsys, tmp_path):

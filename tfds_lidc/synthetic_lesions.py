@@ -49,6 +49,9 @@ NUM_MODES = 3
 CHUNK = 256  # Examples drawn per random stream; part of the generative process.
 CORE_CONTRAST = 0.35
 MIN_LOBE_FRACTION = 0.3
+# Centres and widths of the logistic mode probabilities (module doc, step 5).
+EMPTY_AREA_CENTRE, EMPTY_AREA_WIDTH = 0.035, 0.008
+LOBE_CONTRAST_CENTRE, LOBE_CONTRAST_WIDTH = 0.15, 0.04
 _SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
 # The 'geometry' feature: core centre, semi-axes and rotation, then the lobe's.
 GEOMETRY_KEYS = ('cy', 'cx', 'a', 'b', 'theta', 'ly', 'lx', 'la', 'lb', 'ltheta')
@@ -170,8 +173,8 @@ def _jitter_field(rng, *, shape, size):
 
 def mode_probabilities(*, core_area_fraction, lobe_contrast):
   """True mode probabilities [..., 3] (empty, core, core u lobe); see module doc."""
-  p_empty = _sigmoid(-(core_area_fraction - 0.035) / 0.008)
-  p_lobe = _sigmoid((lobe_contrast - 0.15) / 0.04)
+  p_empty = _sigmoid(-(core_area_fraction - EMPTY_AREA_CENTRE) / EMPTY_AREA_WIDTH)
+  p_lobe = _sigmoid((lobe_contrast - LOBE_CONTRAST_CENTRE) / LOBE_CONTRAST_WIDTH)
   return np.stack([p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1)
 
 
@@ -314,8 +317,10 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
             'modes': tfds.features.Tensor(shape=(NUM_MODES, s, s), dtype=np.uint8,
                                           encoding=zlib),
             'mode_probs': tfds.features.Tensor(shape=(NUM_MODES,), dtype=np.float32),
+            # Raw bytes: a plain float feature would be stored as float32.
             'geometry': tfds.features.Tensor(shape=(len(GEOMETRY_KEYS),),
-                                             dtype=np.float64),
+                                             dtype=np.float64,
+                                             encoding=tfds.features.Encoding.BYTES),
             'id': tfds.features.Text(),
             'patient_id': tfds.features.Text(),
         }),
