@@ -213,7 +213,8 @@ def test_built_synthetic_set_through_the_pipeline(tmp_path):
   val = ip.load_source(name=report['dataset'], split='validation', data_dir=str(tmp_path))
   evals = list(ip.eval_batches(val, batch_size=2))
   assert len(evals) == 3 and evals[-1]['valid'].tolist() == [True, False]
-  assert {'image', 'masks', 'modes', 'mode_probs', 'id', 'patient_id', 'valid'} == set(evals[0])
+  assert {'image', 'masks', 'modes', 'mode_probs', 'geometry', 'id', 'patient_id',
+          'valid'} == set(evals[0])
   assert evals[0]['id'].dtype.kind == 'U' and evals[0]['modes'].shape == (2, 3, 32, 32)
   with pytest.raises(ValueError, match='splits'):
     ip.load_source(name=report['dataset'], split='training', data_dir=str(tmp_path))
