@@ -19,6 +19,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, pictures 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to run.")
 flags.DEFINE_string("input", None, "--mode=predict: a PNG, NPY or DICOM file, or a folder of them.")
 flags.DEFINE_string("output", None, "--mode=predict: output folder (default WORKDIR/predict).")
+flags.DEFINE_string("center", None, "--mode=predict: ROW,COL (input pixels) of the window to segment "
+                    "in inputs larger than the model's training window.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -52,7 +54,7 @@ def main(argv):
         raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
       from diffseg_jax import predict
 
-      predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output)
+      predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output, center=FLAGS.center)
   except runtime.USER_ERRORS as e:
     logging.error("%s", e)
     print(f"ERROR: {e}", file=sys.stderr)
