@@ -2,7 +2,8 @@ r"""Train, evaluate or predict with a diffusion segmentation model.
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
   python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=evaluate
-  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=predict --input=scan.dcm
+  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=predict --input=scan.dcm \
+      --center=ROW,COL
 
 Several processes (TPU pod, SLURM, local): pass --coordinator_address/--num_processes/--process_id,
 or set JAX's environment variables (see launch/); each process runs this same command.

@@ -1,8 +1,8 @@
-"""--mode=predict input handling: bit depths, the training window, --center, bad files.
+"""--mode=predict inputs: bit depths, the training window, --center, bad files.
 
-The model is replaced by a recording stand-in (`fake_model`), so these tests check
-what predict feeds the sampler and when, not the network (test_main.py runs a real
-one end to end).
+The model is replaced by a recording stand-in (`fake_model`), so these tests
+check what predict feeds the sampler and when, not the network (test_main.py
+runs a real one end to end).
 """
 
 import os
@@ -45,13 +45,15 @@ class _Recorder:
     del params, rng
     self.images.append(np.array(image))
     b, h, w, _ = image.shape
-    return np.broadcast_to(image[:, None, :, :, 0] > 0.5, (b, num_samples, h, w))
+    return np.broadcast_to(image[:, None, :, :, 0] > 0.5,
+                           (b, num_samples, h, w))
 
 
 @pytest.fixture
 def fake_model(monkeypatch):
   recorder = _Recorder()
-  monkeypatch.setattr(inference, 'load_params', lambda config, workdir, mesh: (None, None, 0))
+  monkeypatch.setattr(inference, 'load_params',
+                      lambda config, workdir, mesh: (None, None, 0))
   monkeypatch.setattr(sampling, 'Sampler', recorder)
   return recorder
 
@@ -61,7 +63,7 @@ def no_compute(monkeypatch):
   """Fails the test if predict gets as far as loading or running the model."""
 
   def fail(*args, **kwargs):
-    raise AssertionError('predict started loading/sampling before refusing the input')
+    raise AssertionError('predict loaded or sampled before refusing the input')
 
   monkeypatch.setattr(inference, 'load_params', fail)
   monkeypatch.setattr(sampling, 'Sampler', fail)
@@ -76,9 +78,10 @@ def _ramp(h, w, high):
   return np.linspace(0, high, h * w).reshape(h, w)
 
 
-@pytest.mark.parametrize('kind', ['16bit', 'L', 'RGB', 'RGBA', 'P', 'LA', '1bit'])
+@pytest.mark.parametrize('kind',
+                         ['16bit', 'L', 'RGB', 'RGBA', 'P', 'LA', '1bit'])
 def test_png_read_at_its_bit_depth(tmp_path, kind):
-  """16-bit PNGs fail today (they become white); the 8-bit modes are regression cases."""
+  """16-bit PNGs became white; the 8-bit modes are regression cases."""
   if kind == '16bit':
     raw = _ramp(40, 40, 65535).astype(np.uint16)
     path = _png(tmp_path / 'x.png', raw)
@@ -104,11 +107,12 @@ def test_png_read_at_its_bit_depth(tmp_path, kind):
 
 
 def test_npy_must_be_a_float_image_in_range(tmp_path):
-  """NaN and integer arrays were accepted; out of range is refused, not clipped."""
+  """NaN and integer arrays were accepted; out of range is refused."""
   cases = {
       'nan.npy': (np.full((32, 32), np.nan, np.float32), 'NaN'),
       'mask.npy': (np.ones((32, 32), np.uint8), 'float array'),
-      'hu.npy': (np.full((32, 32), 1.5, np.float32), r'values must lie in \[0, 1\]'),
+      'hu.npy': (np.full((32, 32), 1.5, np.float32),
+                 r'values must lie in \[0, 1\]'),
       'stack.npy': (np.zeros((2, 32, 32), np.float32), r'\[H, W\]'),
   }
   for name, (array, message) in cases.items():
@@ -126,7 +130,7 @@ def test_training_window_comes_from_the_config(tiny_synthetic, tmp_path):
   assert predict.training_window(_config(tmp_path)) == 32
   assert predict.training_window(default.get_config('smoke')) == 128
   assert predict.training_window(crop64.get_config('smoke')) == 64
-  # A built data set (here with a config name carrying overrides) is read as built.
+  # A built data set (here a config name with overrides) is read as built.
   assert predict.training_window(tiny_config(tiny_synthetic)) == 32
   config = _config(tmp_path)
   config.dataset.name = 'synthetic_lesions/mine'
@@ -136,21 +140,25 @@ def test_training_window_comes_from_the_config(tiny_synthetic, tmp_path):
 
 def test_one_pixel_png_is_refused_before_compute(tmp_path, no_compute):
   path = _png(tmp_path / 'dot.png', np.full((1, 1), 128, np.uint8))
-  with pytest.raises(errors.DataError, match=r'dot.png: the image is 1x1 pixels, smaller than the 32x32'):
+  with pytest.raises(errors.DataError, match=r'dot.png: the image is 1x1 '
+                     'pixels, smaller than the 32x32'):
     predict.predict(_config(tmp_path), str(tmp_path), path)
 
 
 def test_large_png_without_center_fails_before_compute(tmp_path, no_compute):
   path = _png(tmp_path / 'big.png', _ramp(256, 200, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError, match=r'big.png: the image is 256x200 .* --center=ROW,COL'):
+  with pytest.raises(errors.DataError,
+                     match=r'big.png: the image is 256x200 .* --center=ROW,'):
     predict.predict(_config(tmp_path), str(tmp_path), path)
 
 
 def test_center_cuts_that_window(tmp_path, fake_model):
-  pixels = np.random.default_rng(0).integers(0, 256, (100, 120)).astype(np.uint8)
+  pixels = np.random.default_rng(0).integers(0, 256, (100, 120))
+  pixels = pixels.astype(np.uint8)
   path = _png(tmp_path / 'big.png', pixels)
   out = tmp_path / 'out'
-  stems = predict.predict(_config(tmp_path), str(tmp_path), path, output_dir=str(out), center='40,70')
+  stems = predict.predict(_config(tmp_path), str(tmp_path), path,
+                          output_dir=str(out), center='40,70')
   assert stems == [str(out / 'big')]
   (fed,) = fake_model.images
   crop = pixels[40 - 16:40 + 16, 70 - 16:70 + 16] / 255.0
@@ -162,8 +170,10 @@ def test_center_cuts_that_window(tmp_path, fake_model):
 
 def test_center_window_must_lie_inside_the_image(tmp_path, no_compute):
   path = _png(tmp_path / 'big.png', _ramp(100, 120, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError, match=r'window around --center=10,70 leaves the 100x120 image; '
-                     r'the centre must lie in rows 16..84 and columns 16..104'):
+  with pytest.raises(errors.DataError,
+                     match=r'window around --center=10,70 leaves the 100x120 '
+                     r'image; the centre must lie in rows 16..84 and columns '
+                     r'16..104'):
     predict.predict(_config(tmp_path), str(tmp_path), path, center=(10, 70))
   with pytest.raises(errors.ConfigError, match='ROW,COL'):
     predict.predict(_config(tmp_path), str(tmp_path), path, center='10')
@@ -182,7 +192,8 @@ def _write_ct(path, hu, *, spacing_mm, slope=0.5, intercept=-1024.0):
   ds.ImagePositionPatient = [0.0, 0.0, -10.0]
   ds.SamplesPerPixel = 1
   ds.PhotometricInterpretation = 'MONOCHROME2'
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+  ds.PixelRepresentation = 1
   ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
   ds.PixelData = np.round((hu - intercept) / slope).astype(np.int16).tobytes()
   ds.save_as(str(path), enforce_file_format=True)
@@ -190,18 +201,25 @@ def _write_ct(path, hu, *, spacing_mm, slope=0.5, intercept=-1024.0):
 
 
 def test_dicom_window_is_resampled_around_the_center(tmp_path, no_compute):
-  # HU linear in (row, col): bilinear resampling is exact, so the reference is analytic.
+  # HU linear in (row, col): bilinear resampling is exact, so the reference
+  # is analytic.
   rows, cols = np.meshgrid(np.arange(100.0), np.arange(100.0), indexing='ij')
-  path = _write_ct(tmp_path / 'slice.dcm', -1000.0 + 10.0 * rows + 5.0 * cols, spacing_mm=1.0)
+  path = _write_ct(tmp_path / 'slice.dcm', -1000.0 + 10.0 * rows + 5.0 * cols,
+                   spacing_mm=1.0)
   assert pydicom.dcmread(path).pixel_array.max() > 2000  # The slope matters.
-  with pytest.raises(errors.DataError, match=r'slice.dcm .*200x200 pixels at 0.5 mm, larger .* --center'):
+  with pytest.raises(errors.DataError,
+                     match=r'slice.dcm .*200x200 pixels at 0.5 mm, larger .* '
+                     r'--center'):
     predict.predict(_config(tmp_path), str(tmp_path), path)
   window = predict.read_window(path, size=WINDOW, center=(40, 60))
-  offs = (np.arange(WINDOW) - (WINDOW - 1) / 2.0) * 0.5  # 0.5 mm steps in 1 mm pixels.
+  # 0.5 mm steps in 1 mm pixels.
+  offs = (np.arange(WINDOW) - (WINDOW - 1) / 2.0) * 0.5
   hu = -1000.0 + 10.0 * (40 + offs[:, None]) + 5.0 * (60 + offs[None, :])
-  np.testing.assert_allclose(window, np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=1e-5)
+  np.testing.assert_allclose(window, np.clip((hu + 1350.0) / 1500.0, 0, 1),
+                             atol=1e-5)
   small = _write_ct(tmp_path / 'small.dcm', np.zeros((10, 10)), spacing_mm=1.0)
-  with pytest.raises(errors.DataError, match=r'small.dcm .*20x20 pixels at 0.5 mm, smaller'):
+  with pytest.raises(errors.DataError,
+                     match=r'small.dcm .*20x20 pixels at 0.5 mm, smaller'):
     predict.read_window(small, size=WINDOW)
 
 
@@ -215,22 +233,26 @@ def test_folder_with_bad_files_processes_the_good_ones(tmp_path, fake_model):
   np.save(inputs / 'e_hu.npy', np.full((32, 32), -1000.0, np.float32))
   out = tmp_path / 'out'
   with pytest.raises(errors.DataError) as info:
-    predict.predict(_config(tmp_path), str(tmp_path), str(inputs), output_dir=str(out))
+    predict.predict(_config(tmp_path), str(tmp_path), str(inputs),
+                    output_dir=str(out))
   lines = str(info.value).splitlines()
   assert lines[0].startswith('3 of 5 inputs were skipped (the other 2 are in')
   assert len(lines) == 4
-  for line, (name, cause) in zip(lines[1:], [('b_corrupt.png', 'Cannot read'), ('c_dot.png', 'smaller'),
-                                             ('e_hu.npy', 'values must lie in')]):
+  expected = [('b_corrupt.png', 'Cannot read'), ('c_dot.png', 'smaller'),
+              ('e_hu.npy', 'values must lie in')]
+  for line, (name, cause) in zip(lines[1:], expected):
     assert name in line and cause in line, line
   assert len(fake_model.images) == 2
   for stem in ('a_good', 'd_good'):
-    assert (out / f'{stem}_samples.npy').exists() and (out / f'{stem}_grid.png').exists()
+    assert (out / f'{stem}_samples.npy').exists()
+    assert (out / f'{stem}_grid.png').exists()
 
 
 def test_folder_of_only_bad_files_fails_before_compute(tmp_path, no_compute):
   (tmp_path / 'x.png').write_bytes(b'not a png')
   _png(tmp_path / 'y.png', _ramp(64, 64, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError, match=r'No usable input .*\n.*x.png.*\n.*y.png.*--center'):
+  with pytest.raises(errors.DataError,
+                     match=r'No usable input .*\n.*x.png.*\n.*y.png.*--center'):
     predict.predict(_config(tmp_path), str(tmp_path), str(tmp_path))
 
 
@@ -238,10 +260,14 @@ def test_cli_center_flag(tmp_path):
   from tests.test_main import _main  # pylint: disable=g-import-not-at-top
 
   path = _png(tmp_path / 'big.png', _ramp(64, 64, 255).astype(np.uint8))
-  flags = [f'--workdir={tmp_path}', '--config=' + os.path.join(REPO, 'configs', 'quickstart.py') + ':smoke',
-           f'--config.dataset.data_dir={tmp_path}', '--mode=predict', f'--input={path}']
+  config = os.path.join(REPO, 'configs', 'quickstart.py') + ':smoke'
+  flags = [f'--workdir={tmp_path}', f'--config={config}',
+           f'--config.dataset.data_dir={tmp_path}', '--mode=predict',
+           f'--input={path}']
   result = _main(*flags)
-  assert result.returncode == 2 and '--center=ROW,COL' in result.stderr, result.stderr
+  assert result.returncode == 2, result.stderr
+  assert '--center=ROW,COL' in result.stderr
   # With a centre the input passes; then the missing checkpoint is the error.
   result = _main(*flags, '--center=32,32')
-  assert result.returncode == 2 and 'train first' in result.stderr, result.stderr
+  assert result.returncode == 2, result.stderr
+  assert 'train first' in result.stderr
