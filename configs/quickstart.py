@@ -6,7 +6,7 @@ in about 10 minutes on 2 CPU cores:
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart --mode=evaluate
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart --mode=predict \
-      --input=/tmp/quickstart/eval/test/grid.png
+      --input=lesion.png  # 32x32 grey (the training window); larger images need --center=ROW,COL
 
 Results land in /tmp/quickstart/eval/test/metrics.md (GED, HM-IoU, CI, mode TV vs oracle and blind).
 """

@@ -2,7 +2,8 @@ r"""Train, evaluate or predict with a diffusion segmentation model.
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
   python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=evaluate
-  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=predict --input=scan.dcm
+  python -m diffseg_jax.main --config=configs/x_pred.py --workdir=DIR --mode=predict --input=scan.dcm \
+      --center=ROW,COL
 
 Several processes (TPU pod, SLURM, local): pass --coordinator_address/--num_processes/--process_id,
 or set JAX's environment variables (see launch/); each process runs this same command.
@@ -19,6 +20,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, pictures 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to run.")
 flags.DEFINE_string("input", None, "--mode=predict: a PNG, NPY or DICOM file, or a folder of them.")
 flags.DEFINE_string("output", None, "--mode=predict: output folder (default WORKDIR/predict).")
+flags.DEFINE_string("center", None, "--mode=predict: ROW,COL (input pixels) of the window to segment "
+                    "in inputs larger than the model's training window.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -52,7 +55,7 @@ def main(argv):
         raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
       from diffseg_jax import predict
 
-      predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output)
+      predict.predict(config, FLAGS.workdir, FLAGS.input, output_dir=FLAGS.output, center=FLAGS.center)
   except runtime.USER_ERRORS as e:
     logging.error("%s", e)
     print(f"ERROR: {e}", file=sys.stderr)

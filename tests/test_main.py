@@ -39,12 +39,13 @@ def test_train_evaluate_predict_end_to_end(tiny_synthetic, tmp_path):
 
   inputs = tmp_path / "inputs"
   inputs.mkdir()
-  Image.fromarray((np.linspace(0, 255, 30 * 30).reshape(30, 30)).astype(np.uint8)).save(inputs / "a.png")
+  Image.fromarray((np.linspace(0, 65535, 32 * 32).reshape(32, 32)).astype(np.uint16)).save(inputs / "a.png")
   np.save(inputs / "b.npy", np.random.default_rng(0).uniform(size=(32, 32)).astype(np.float32))
-  stems = predict.predict(config, str(tmp_path), str(inputs), output_dir=str(tmp_path / "pred"))
-  assert len(stems) == 2
+  (inputs / "c.png").write_bytes(b"not a png")
+  with pytest.raises(errors.DataError, match=r"1 of 3 inputs were skipped .*\n.*c.png"):
+    predict.predict(config, str(tmp_path), str(inputs), output_dir=str(tmp_path / "pred"))
   samples = np.load(str(tmp_path / "pred" / "a_samples.npy"))
-  assert samples.shape == (config.predict.num_samples, 30, 30) and samples.dtype == bool
+  assert samples.shape == (config.predict.num_samples, 32, 32) and samples.dtype == bool
   variance = np.load(str(tmp_path / "pred" / "a_variance.npy"))
   np.testing.assert_allclose(variance, samples.mean(0) * (1 - samples.mean(0)), atol=1e-6)
   for suffix in ("mean.png", "variance.png", "entropy.png", "grid.png"):
