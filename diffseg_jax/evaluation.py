@@ -5,7 +5,12 @@ scores, per image (diffseg_jax.metrics.all_metrics):
 
   <metric>_<N>     the first N samples, for every N in num_samples_list;
   <metric>         the paper protocol: the first 4 samples vs the annotations;
-  <metric>_pp      the paper protocol after the area filter (metrics.postprocess).
+  <metric>_pp      the paper protocol after the area filter (metrics.postprocess);
+  authors_<key>_<N>, authors_<key>_<N>_pp
+                   the authors' own metric code (metrics.authors_metrics, keys
+                   GED, CI, S_c, D_max, D_a, iou, dice, ncc) on the model's
+                   first N samples, without and with their area filter, for
+                   direct comparison with the paper's tables.
 
 Where the batches carry the true distribution ('modes' [B, K, H, W] and
 'mode_probs' [B, K], the synthetic set) it adds
@@ -84,8 +89,11 @@ def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
 
 
 def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
-                 mode_probs=None) -> dict[str, np.ndarray]:
-  """Per-image metrics of one sample set [B, N_max, H, W] for every N."""
+                 mode_probs=None, authors=False) -> dict[str, np.ndarray]:
+  """Per-image metrics of one sample set [B, N_max, H, W] for every N.
+
+  With `authors`, also `<prefix>authors_<key>_<N>[_pp]` (module doc).
+  """
   out = {}
   def add(values, suffix):
     for name, value in values.items():
@@ -96,6 +104,12 @@ def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
   paper = samples[:, :PAPER_NUM_SAMPLES]
   add(by_n.get(PAPER_NUM_SAMPLES) or metrics.all_metrics(paper, masks), '')
   add(metrics.all_metrics(np.asarray(metrics.postprocess(paper)), masks), '_pp')
+  if authors:
+    for n in num_samples:
+      for pp, suffix in ((False, ''), (True, '_pp')):
+        values = metrics.authors_metrics(samples[:, :n], masks, postprocess=pp)
+        for key, value in values.items():
+          out[f'{prefix}authors_{key}_{n}{suffix}'] = np.asarray(value)
   if modes is not None:
     for n in num_samples:
       out[f'{prefix}mode_tv_{n}'] = mode_tv(
@@ -155,6 +169,8 @@ def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
   for key, stats in summary.items():
     match = _KEY.match(key)
     base, n, pp = match['base'], match['n'], match['pp']
+    if n and pp:  # authors_<key>_<N>_pp: its own row, in the N columns.
+      base, pp = base + '_pp', None
     column = 'paper pp' if pp else (f'N={n}' if n else 'paper (4)')
     if base not in rows:
       rows.append(base)
@@ -250,7 +266,7 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
       probs = _require(batch, 'mode_probs', batch_index).astype(np.float64)
     values = _set_metrics(samples=samples, masks=masks,
                           num_samples=num_samples, prefix='', modes=modes,
-                          mode_probs=probs)
+                          mode_probs=probs, authors=True)
     if has_modes:
       oracle = _draw_modes(rng=oracle_key, modes=modes, probs=probs,
                            num_samples=n_max)
