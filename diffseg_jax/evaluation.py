@@ -5,7 +5,8 @@ scores, per image (diffseg_jax.metrics.all_metrics):
 
   <metric>_<N>     the first N samples, for every N in num_samples_list;
   <metric>         the paper protocol: the first 4 samples vs the annotations;
-  <metric>_pp      the paper protocol after the area filter (metrics.postprocess);
+  <metric>_pp      the paper protocol after the area filter
+                   (metrics.postprocess);
   authors_<key>_<N>, authors_<key>_<N>_pp
                    the authors' own metric code (metrics.authors_metrics, keys
                    GED, CI, S_c, D_max, D_a, iou, dice, ncc) on the model's

@@ -495,8 +495,8 @@ def all_metrics(samples: Array, annotations: Array,
 
   Keys (METRIC_NAMES): ged, hm_iou, ci, s_c, d_max, d_a (SPEC definition),
   ci_compat, s_c_compat, d_a_compat (the authors' code; d_max is shared),
-  ncc, ece, dice_of_mean, iou_of_mean. Each value equals that of the single-metric function
-  of the same name with the same arguments.
+  ncc, ece, dice_of_mean, iou_of_mean. Each value equals that of the
+  single-metric function of the same name with the same arguments.
   """
   _check(samples, annotations)
   if annotation_valid is None:

@@ -239,8 +239,10 @@ def test_single_functions_match_all_metrics():
                              atol=TOL)
   np.testing.assert_allclose(metrics.ncc(s, y, valid), out['ncc'], atol=TOL)
   np.testing.assert_allclose(metrics.ece(s, y, valid), out['ece'], atol=TOL)
-  np.testing.assert_allclose(metrics.dice_of_mean(s, y, valid), out['dice_of_mean'], atol=TOL)
-  np.testing.assert_allclose(metrics.iou_of_mean(s, y, valid), out['iou_of_mean'], atol=TOL)
+  np.testing.assert_allclose(metrics.dice_of_mean(s, y, valid),
+                             out['dice_of_mean'], atol=TOL)
+  np.testing.assert_allclose(metrics.iou_of_mean(s, y, valid),
+                             out['iou_of_mean'], atol=TOL)
   for compat, suffix in ((False, ''), (True, '_compat')):
     ci = metrics.collective_insight(s, y, valid, compat=compat)
     np.testing.assert_allclose(ci['ci'], out['ci' + suffix], atol=TOL)
