@@ -47,6 +47,7 @@ def get_config(arg=None):
   config.sampler.name = "ddpm"  # ddpm | ddim | dpm_solver_pp_2m
   config.sampler.num_steps = 10
   config.sampler.variance = "large"  # large | small (DDPM only)
+  config.sampler.ddim_eps = "clipped"  # clipped | authors: DDIM's eps from the clipped or unclipped x0_hat
 
   config.augment = ml_collections.ConfigDict()
   config.augment.dihedral = True

@@ -50,7 +50,8 @@ def diffusion_config(config: ml_collections.ConfigDict) -> diffusion.DiffusionCo
 def sampler_config(config: ml_collections.ConfigDict) -> diffusion.SamplerConfig:
   s = config.sampler
   with _naming("config.sampler"):
-    return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance)
+    return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance,
+                                   ddim_eps=s.ddim_eps)
 
 
 def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,13 +124,6 @@ def scaled_gamma(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
   return b2 * gamma / denom, one_minus_gamma / denom
 
 
-def unmapped_logsnr(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
-  """log(gamma_b / (1 - gamma_b)): input-scaled logSNR without endpoint map."""
-  gamma_b, one_minus_gamma_b = scaled_gamma(
-      t, schedule=schedule, input_scale=input_scale)
-  return jnp.log(gamma_b) - jnp.log(one_minus_gamma_b)
-
-
 def logsnr_schedule(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
                     logsnr_min: float = -20.0, logsnr_max: float = 20.0):
   """logSNR(t) of the endpoint-mapped, input-scaled schedule (SPEC 2).
@@ -194,10 +187,6 @@ def alpha_sigma(logsnr):
           jnp.sqrt(jax.nn.sigmoid(-logsnr)))
 
 
-def snr(logsnr):
-  return jnp.exp(logsnr)
-
-
 # --------------------------------------------------------------------------
 # Forward process and parameterisation conversions.
 # --------------------------------------------------------------------------
@@ -234,24 +223,9 @@ def predict_x_from_v(*, z, v, logsnr):
   return alpha * z - sigma * v
 
 
-def predict_eps_from_v(*, z, v, logsnr):
-  alpha, sigma = _alpha_sigma_like(logsnr, z)
-  return sigma * z + alpha * v
-
-
 def predict_v_from_x_and_eps(*, x, eps, logsnr):
   alpha, sigma = _alpha_sigma_like(logsnr, x)
   return alpha * eps - sigma * x
-
-
-def predict_v_from_x(*, z, x, logsnr):
-  alpha, sigma = _alpha_sigma_like(logsnr, z)
-  return (alpha * z - x) / sigma
-
-
-def predict_v_from_eps(*, z, eps, logsnr):
-  alpha, sigma = _alpha_sigma_like(logsnr, z)
-  return (eps - sigma * z) / alpha
 
 
 # Prediction types: name -> f(z=, output=, logsnr=) -> x0 estimate.
@@ -438,16 +412,22 @@ class SamplerConfig:
   """Sampler (SPEC 2). Steps run from t = 1 to t = 0 on the grid i / N.
 
   Attributes:
-    name: 'ddpm' (ancestral), 'ddim' (deterministic) or 'dpm_solver_pp_2m'.
+    name: a key of SAMPLERS: 'ddpm' (ancestral), 'ddim' (deterministic) or
+      'dpm_solver_pp_2m'.
     num_steps: N >= 1 network evaluations; the last one returns x0_hat.
     variance: DDPM variance, 'large' (1 - SNR_t/SNR_s) sigmoid(-logSNR_t) or
       'small' (1 - SNR_t/SNR_s) sigmoid(-logSNR_s).
     clip_x0: clip x0_hat to [-1, 1] at every step.
+    ddim_eps: DDIM's eps estimate, 'clipped' (from the clipped x0_hat, as
+      guided-diffusion and Salimans & Ho) or 'authors' (from the unclipped
+      x0_hat, as the authors' code; compare with their numbers in this form).
+      The two differ only for eps and v prediction with clip_x0.
   """
   name: str = 'ddpm'
   num_steps: int = 10
   variance: str = 'large'
   clip_x0: bool = True
+  ddim_eps: str = 'clipped'
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
@@ -456,9 +436,15 @@ class SamplerConfig:
     if self.variance not in ('large', 'small'):
       raise ValueError(f"SamplerConfig.variance={self.variance!r}; choose "
                        "'large' or 'small'.")
+    if self.ddim_eps not in DDIM_EPS:
+      raise ValueError(f'SamplerConfig.ddim_eps={self.ddim_eps!r}; choose '
+                       f'one of {DDIM_EPS}.')
     if int(self.num_steps) < 1:
       raise ValueError(f'SamplerConfig.num_steps must be >= 1, got '
                        f'{self.num_steps}.')
+
+
+DDIM_EPS = ('clipped', 'authors')
 
 
 def ddpm_step(*, z_t, x0_hat, logsnr_t, logsnr_s, noise, variance='large'):
@@ -484,9 +470,15 @@ def ddpm_step(*, z_t, x0_hat, logsnr_t, logsnr_s, noise, variance='large'):
   return mean + jnp.sqrt(var) * noise
 
 
-def ddim_step(*, z_t, x0_hat, logsnr_t, logsnr_s):
-  """Deterministic DDIM step: z_s = alpha_s x0_hat + sigma_s eps_hat."""
-  eps_hat = predict_eps_from_x(z=z_t, x=x0_hat, logsnr=logsnr_t)
+def ddim_step(*, z_t, x0_hat, logsnr_t, logsnr_s, x0_for_eps=None):
+  """Deterministic DDIM step: z_s = alpha_s x0_hat + sigma_s eps_hat.
+
+  eps_hat = (z_t - alpha_t x0_for_eps) / sigma_t, where x0_for_eps defaults
+  to x0_hat; the authors' form passes the unclipped estimate (SPEC 2).
+  """
+  if x0_for_eps is None:
+    x0_for_eps = x0_hat
+  eps_hat = predict_eps_from_x(z=z_t, x=x0_for_eps, logsnr=logsnr_t)
   return diffuse(x=x0_hat, eps=eps_hat, logsnr=logsnr_s)
 
 
@@ -517,20 +509,74 @@ def dpm_solver_pp_2m_step(*, z_t, x0_hat, x0_prev, logsnr_t, logsnr_s,
   return (sigma_s / sigma_t) * z_t - alpha_s * jnp.expm1(-h) * d
 
 
-# Samplers: name -> step function used by sample_loop.
-SAMPLERS: dict[str, Callable[..., Array]] = {
-    'ddpm': ddpm_step,
-    'ddim': ddim_step,
-    'dpm_solver_pp_2m': dpm_solver_pp_2m_step,
+class StepInputs(NamedTuple):
+  """What sample_loop hands a SAMPLERS entry at step `index` (t -> s < t).
+
+  z [M, ...] is z_t; x0_hat is the network's x0 estimate (clipped if
+  SamplerConfig.clip_x0), x0_unclipped the same before clipping, x0_prev the
+  previous step's x0_hat (zeros on the first step); logsnr_* are [M]; rng is
+  the sampler's key (DDPM folds in the index).
+  """
+  z: Array
+  x0_hat: Array
+  x0_unclipped: Array
+  x0_prev: Array
+  logsnr_t: Array
+  logsnr_s: Array
+  logsnr_prev: Array
+  index: Array
+  rng: Array
+
+
+def _ddpm(x: StepInputs, sampler: SamplerConfig) -> Array:
+  noise = jax.random.normal(jax.random.fold_in(x.rng, x.index), x.z.shape,
+                            x.z.dtype)
+  return ddpm_step(z_t=x.z, x0_hat=x.x0_hat, logsnr_t=x.logsnr_t,
+                   logsnr_s=x.logsnr_s, noise=noise, variance=sampler.variance)
+
+
+def _ddim(x: StepInputs, sampler: SamplerConfig) -> Array:
+  x0_for_eps = x.x0_unclipped if sampler.ddim_eps == 'authors' else x.x0_hat
+  return ddim_step(z_t=x.z, x0_hat=x.x0_hat, logsnr_t=x.logsnr_t,
+                   logsnr_s=x.logsnr_s, x0_for_eps=x0_for_eps)
+
+
+def _dpm_solver_pp_2m(x: StepInputs, sampler: SamplerConfig) -> Array:
+  del sampler
+  return dpm_solver_pp_2m_step(
+      z_t=x.z, x0_hat=x.x0_hat, x0_prev=x.x0_prev, logsnr_t=x.logsnr_t,
+      logsnr_s=x.logsnr_s, logsnr_prev=x.logsnr_prev, first=x.index == 0)
+
+
+# Samplers: name -> (StepInputs, SamplerConfig) -> z_s; sample_loop calls the
+# entry of SamplerConfig.name once per step.
+SAMPLERS: dict[str, Callable[[StepInputs, SamplerConfig], Array]] = {
+    'ddpm': _ddpm,
+    'ddim': _ddim,
+    'dpm_solver_pp_2m': _dpm_solver_pp_2m,
 }
 
 
+def _check_num_steps(num_steps) -> None:
+  try:
+    concrete = int(num_steps)
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerIntegerConversionError):
+    return  # traced: the caller guarantees >= 1.
+  if concrete < 1:
+    raise ValueError(f'sample_loop: num_steps must be >= 1, got {concrete}.')
+
+
 def sample_loop(denoise_fn: DenoiseFn, *, image, z_init, rng,
-                diffusion: DiffusionConfig, sampler: SamplerConfig):
+                diffusion: DiffusionConfig, sampler: SamplerConfig,
+                num_steps=None):
   """Runs the sampler from z_init at t = 1; returns the final x0_hat.
 
-  One lax.fori_loop over the steps, so the body compiles once for any step
-  count.
+  One lax.fori_loop over the steps whose bound, the step count, is an int32
+  value of the trace: a jitted caller that passes `num_steps` as an argument
+  compiles once for every step count. With num_steps=None the count is
+  sampler.num_steps, a constant of the trace (SamplerConfig is static, so a
+  caller that changes it compiles again).
 
   Args:
     denoise_fn: (z [M,H,W,1], time [M], image [M,H,W,C]) -> output.
@@ -538,48 +584,47 @@ def sample_loop(denoise_fn: DenoiseFn, *, image, z_init, rng,
     z_init: [M,H,W,1] float32 starting noise.
     rng: PRNG key for DDPM noise.
     diffusion: DiffusionConfig.
-    sampler: SamplerConfig.
+    sampler: SamplerConfig; its name picks the SAMPLERS entry.
+    num_steps: optional step count N >= 1 (int or int scalar array, may be
+      traced) overriding sampler.num_steps.
 
   Returns:
     x0_hat [M,H,W,1] float32 from the last step (clipped if clip_x0).
   """
-  num_steps = int(sampler.num_steps)
+  if num_steps is None:
+    num_steps = sampler.num_steps
+  _check_num_steps(num_steps)
+  num_steps = jnp.asarray(num_steps, jnp.int32)
+  step = SAMPLERS[sampler.name]
   m = z_init.shape[0]
   z_init = jnp.asarray(z_init, jnp.float32)
 
   def body(i, carry):
-    z, x_prev, logsnr_prev, _ = carry
+    z, x0_prev, logsnr_prev = carry
     t = jnp.full((m,), (num_steps - i) / num_steps, jnp.float32)
     s = jnp.full((m,), (num_steps - i - 1) / num_steps, jnp.float32)
     logsnr_t = config_logsnr(t, diffusion)
     logsnr_s = config_logsnr(s, diffusion)
     output = denoise_fn(
         z, _network_time(t=t, logsnr=logsnr_t, config=diffusion), image)
-    x0_hat = predict_x(z=z, output=output, logsnr=logsnr_t,
-                       prediction=diffusion.prediction)
+    x0_unclipped = predict_x(z=z, output=output, logsnr=logsnr_t,
+                             prediction=diffusion.prediction)
+    x0_hat = x0_unclipped
     if sampler.clip_x0:
       x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
-    if sampler.name == 'ddpm':
-      noise = jax.random.normal(jax.random.fold_in(rng, i), z.shape, z.dtype)
-      z = ddpm_step(z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t,
-                    logsnr_s=logsnr_s, noise=noise, variance=sampler.variance)
-    elif sampler.name == 'ddim':
-      z = ddim_step(z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t,
-                    logsnr_s=logsnr_s)
-    else:
-      z = dpm_solver_pp_2m_step(
-          z_t=z, x0_hat=x0_hat, x0_prev=x_prev, logsnr_t=logsnr_t,
-          logsnr_s=logsnr_s, logsnr_prev=logsnr_prev, first=i == 0)
-    return z, x0_hat, logsnr_t, x0_hat
+    z = step(StepInputs(
+        z=z, x0_hat=x0_hat, x0_unclipped=x0_unclipped, x0_prev=x0_prev,
+        logsnr_t=logsnr_t, logsnr_s=logsnr_s, logsnr_prev=logsnr_prev,
+        index=i, rng=rng), sampler)
+    return z, x0_hat, logsnr_t
 
-  zeros_m = jnp.zeros((m,), jnp.float32)
-  init = (z_init, jnp.zeros_like(z_init), zeros_m, jnp.zeros_like(z_init))
-  return jax.lax.fori_loop(0, num_steps, body, init)[-1]
+  init = (z_init, jnp.zeros_like(z_init), jnp.zeros((m,), jnp.float32))
+  return jax.lax.fori_loop(0, num_steps, body, init)[1]
 
 
 def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
            diffusion: DiffusionConfig, sampler: SamplerConfig,
-           return_soft: bool = False):
+           return_soft: bool = False, num_steps=None):
   """Draws num_samples masks per image with one batched network call a step.
 
   Args:
@@ -592,6 +637,7 @@ def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
     diffusion: DiffusionConfig.
     sampler: SamplerConfig.
     return_soft: also return the final x0_hat.
+    num_steps: optional (possibly traced) step count, see sample_loop.
 
   Returns:
     masks: bool [B, N, H, W], x0_hat > 0; with return_soft, a tuple
@@ -606,7 +652,8 @@ def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
   z_init = jax.random.normal(init_rng, (b * num_samples, hgt, wid, 1),
                              jnp.float32)
   x0_hat = sample_loop(denoise_fn, image=images, z_init=z_init, rng=loop_rng,
-                       diffusion=diffusion, sampler=sampler)
+                       diffusion=diffusion, sampler=sampler,
+                       num_steps=num_steps)
   soft = x0_hat.reshape(b, num_samples, hgt, wid)
   masks = soft > 0
   return (masks, soft) if return_soft else masks

@@ -5,7 +5,13 @@ scores, per image (diffseg_jax.metrics.all_metrics):
 
   <metric>_<N>     the first N samples, for every N in num_samples_list;
   <metric>         the paper protocol: the first 4 samples vs the annotations;
-  <metric>_pp      the paper protocol after the area filter (metrics.postprocess).
+  <metric>_pp      the paper protocol after the area filter
+                   (metrics.postprocess);
+  authors_<key>_<N>, authors_<key>_<N>_pp
+                   the authors' own metric code (metrics.authors_metrics, keys
+                   GED, CI, S_c, D_max, D_a, iou, dice, ncc) on the model's
+                   first N samples, without and with their area filter, for
+                   direct comparison with the paper's tables.
 
 Where the batches carry the true distribution (the synthetic set: 'modes'
 [B, K, H, W], 'mode_probs' [B, K] and 'geometry' [B, 10]) it adds
@@ -100,8 +106,11 @@ def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
 
 
 def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
-                 mode_probs=None) -> dict[str, np.ndarray]:
-  """Per-image metrics of one sample set [B, N_max, H, W] for every N."""
+                 mode_probs=None, authors=False) -> dict[str, np.ndarray]:
+  """Per-image metrics of one sample set [B, N_max, H, W] for every N.
+
+  With `authors`, also `<prefix>authors_<key>_<N>[_pp]` (module doc).
+  """
   out = {}
   def add(values, suffix):
     for name, value in values.items():
@@ -112,6 +121,12 @@ def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
   paper = samples[:, :PAPER_NUM_SAMPLES]
   add(by_n.get(PAPER_NUM_SAMPLES) or metrics.all_metrics(paper, masks), '')
   add(metrics.all_metrics(np.asarray(metrics.postprocess(paper)), masks), '_pp')
+  if authors:
+    for n in num_samples:
+      for pp, suffix in ((False, ''), (True, '_pp')):
+        values = metrics.authors_metrics(samples[:, :n], masks, postprocess=pp)
+        for key, value in values.items():
+          out[f'{prefix}authors_{key}_{n}{suffix}'] = np.asarray(value)
   if modes is not None:
     for n in num_samples:
       out[f'{prefix}mode_tv_{n}'] = mode_tv(
@@ -210,6 +225,8 @@ def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
   for key, stats in summary.items():
     match = _KEY.match(key)
     base, n, pp = match['base'], match['n'], match['pp']
+    if n and pp:  # authors_<key>_<N>_pp: its own row, in the N columns.
+      base, pp = base + '_pp', None
     column = 'paper pp' if pp else (f'N={n}' if n else 'paper (4)')
     if base not in rows:
       rows.append(base)
@@ -309,7 +326,7 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
     scored = functools.partial(_set_metrics, masks=masks,
                                num_samples=num_samples, modes=modes,
                                mode_probs=probs)
-    values = scored(samples=samples, prefix='')
+    values = scored(samples=samples, prefix='', authors=True)
     if modes is not None:
       true = _draw_true(rng=jax.random.fold_in(oracle_key, 1), batch=batch,
                         index=batch_index, size=masks.shape[-1],

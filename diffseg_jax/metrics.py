@@ -34,7 +34,8 @@ from scipy import optimize
 Array = Any
 
 METRIC_NAMES = ('ged', 'hm_iou', 'ci', 's_c', 'd_max', 'd_a', 'ci_compat',
-                's_c_compat', 'd_a_compat', 'ncc', 'ece', 'dice', 'iou')
+                's_c_compat', 'd_a_compat', 'ncc', 'ece', 'dice_of_mean',
+                'iou_of_mean')
 
 
 # --------------------------------------------------------------------------
@@ -209,8 +210,8 @@ def _image_metrics(samples, annotations, w, *, threshold, num_bins):
   inter = _dot(x[n:], mean[:, None])[:, 0]
   iou_mean, dice_mean = _iou_dice(inter[None, :], jnp.sum(mean)[None],
                                   areas[n:])
-  out['dice'] = jnp.sum(dice_mean[0] * w) / jnp.sum(w)
-  out['iou'] = jnp.sum(iou_mean[0] * w) / jnp.sum(w)
+  out['dice_of_mean'] = jnp.sum(dice_mean[0] * w) / jnp.sum(w)
+  out['iou_of_mean'] = jnp.sum(iou_mean[0] * w) / jnp.sum(w)
   return out
 
 
@@ -351,27 +352,30 @@ def ece(samples: Array, annotations: Array,
 
 
 @functools.partial(jax.jit, static_argnames=('threshold',))
-def dice(samples: Array, annotations: Array,
-         annotation_valid: Array | None = None, *,
-         threshold: float = 0.5) -> Array:
+def dice_of_mean(samples: Array, annotations: Array,
+                 annotation_valid: Array | None = None, *,
+                 threshold: float = 0.5) -> Array:
   """Dice of the thresholded sample mean (p > threshold) vs each annotation.
 
   Averaged over the valid annotations, float [...]; Dice(empty, empty) = 1.
+  Not the authors' `dice` (their mean over all sample-annotation pairs, see
+  authors_metrics).
   """
   return _device_metrics(samples, annotations, annotation_valid,
-                         threshold=threshold)['dice']
+                         threshold=threshold)['dice_of_mean']
 
 
 @functools.partial(jax.jit, static_argnames=('threshold',))
-def iou(samples: Array, annotations: Array,
-        annotation_valid: Array | None = None, *,
-        threshold: float = 0.5) -> Array:
+def iou_of_mean(samples: Array, annotations: Array,
+                annotation_valid: Array | None = None, *,
+                threshold: float = 0.5) -> Array:
   """IoU of the thresholded sample mean (p > threshold) vs each annotation.
 
   Averaged over the valid annotations, float [...]; IoU(empty, empty) = 1.
+  Not the authors' `iou` (see authors_metrics).
   """
   return _device_metrics(samples, annotations, annotation_valid,
-                         threshold=threshold)['iou']
+                         threshold=threshold)['iou_of_mean']
 
 
 @jax.jit
@@ -393,13 +397,100 @@ def uncertainty_map(samples: Array) -> dict[str, Array]:
 def postprocess(samples: Array, *, min_area_fraction: float = 0.5) -> Array:
   """The paper's area filter, bool [..., N, H, W].
 
-  Zeroes every sample whose foreground area is below `min_area_fraction` times
-  the largest sample area of the same image.
+  Keeps a sample only if its foreground area is strictly greater than
+  `min_area_fraction` times the largest sample area of the same image
+  (`area > 0.5 * max_area`, SPEC §3): a sample at exactly half is zeroed, and
+  if all samples are empty they stay empty.
   """
-  samples = jnp.asarray(samples, bool)
+  return _area_filter(jnp.asarray(samples, bool), min_area_fraction)
+
+
+def _area_filter(samples, min_area_fraction=0.5):
   areas = jnp.sum(samples, axis=(-2, -1), dtype=jnp.int32)
-  keep = areas >= min_area_fraction * jnp.max(areas, axis=-1, keepdims=True)
+  keep = areas > min_area_fraction * jnp.max(areas, axis=-1, keepdims=True)
   return samples & keep[..., None, None]
+
+
+AUTHORS_KEYS = ('GED', 'CI', 'S_c', 'D_max', 'D_a', 'iou', 'dice', 'ncc')
+
+
+def _authors_ncc(counts, annotations, n):
+  """The authors' NCC from sample counts [P] and annotation rows [M, P].
+
+  With one-hot masks and xent(m, g) = -sum_c g_c log(m_c + 1e-8), their maps
+  are, with p = counts / N, L0 = log(1e-8) and L1 = log(1 + 1e-8),
+  E_ss = -L1 + (L1 - L0) 2 p (1 - p) and
+  E_sy_j = -L1 + (L1 - L0) |Y_j - p|: positive affine maps of the integer
+  maps u = k (N - k) and v_j = |N Y_j - k| (k = counts). Their ncc is the
+  Pearson correlation up to the 1e-8 guards in its denominators (relative
+  effect < 1e-9 for a non-constant map), and 0 when either map is constant;
+  the integer form makes "constant" exact.
+  """
+  u = counts * (n - counts)
+  v = jnp.abs(n * annotations - counts[None, :])
+  def centred(x):
+    return x - jnp.mean(x, axis=-1, keepdims=True)
+  def varying(x):
+    return jnp.max(x, axis=-1) > jnp.min(x, axis=-1)
+  cu, cv = centred(u), centred(v)
+  su = jnp.sum(cu * cu)
+  sv = jnp.sum(cv * cv, axis=-1)
+  ok = varying(u) & varying(v)
+  corr = jnp.sum(cu[None, :] * cv, axis=-1) / jnp.sqrt(
+      jnp.where(ok, su * sv, 1))
+  return jnp.mean(jnp.where(ok, corr, 0.0))
+
+
+def _authors_image(samples, annotations):
+  """The authors' per-image metrics: bool [N, H, W], bool [M, H, W]."""
+  n, m = samples.shape[0], annotations.shape[0]
+  x = _rows(jnp.concatenate([samples, annotations], axis=0))
+  gram = _dot(x, x.T)
+  areas = jnp.diagonal(gram)
+  iou_m, dice_m = _iou_dice(gram, areas, areas)
+  w = jnp.ones((m,), gram.dtype)
+  counts = _dot(jnp.ones((1, n), x.dtype), x[:n])[0]
+  annotated = _dot(jnp.ones((1, m), x.dtype), x[n:])[0]
+  ci = _collective_insight(gram=gram, dice_sy=dice_m[:n, n:], n=n, w=w,
+                           union_s=counts > 0, union_y=annotated > 0,
+                           compat=True)
+  return {'GED': _ged(iou_m, n, w), 'CI': ci['ci'], 'S_c': ci['s_c'],
+          'D_max': ci['d_max'], 'D_a': ci['d_a'],
+          'iou': jnp.mean(iou_m[:n, n:]), 'dice': jnp.mean(dice_m[:n, n:]),
+          'ncc': _authors_ncc(counts, x[n:].astype(counts.dtype), n)}
+
+
+@functools.partial(jax.jit, static_argnames=('postprocess',))
+def authors_metrics(samples: Array, annotations: Array, *,
+                    postprocess: bool = False) -> dict[str, Array]:
+  """The authors' `get_ambiguous_metrics`, number for number (SPEC §3).
+
+  For comparison with the paper's tables only; our own metrics (all_metrics)
+  follow SPEC's definitions. Keys (AUTHORS_KEYS), each float [...]:
+    GED    as `ged`;
+    CI, S_c, D_max, D_a   as `collective_insight(..., compat=True)`:
+           S_c = |∪S ∩ ∪Y| / |∪S|, D_a includes the i = k pairs,
+           CI = 3 abc / (a + b + c);
+    iou, dice   the mean over all M x N (annotation, sample) pairs of the
+           pair's IoU / Dice (two empty masks score 1), not the score of the
+           sample mean (that is iou_of_mean / dice_of_mean);
+    ncc    their NCC: one-hot masks with a background channel, the log taken
+           of the samples; 0 (never NaN) when a map is constant.
+
+  Args:
+    samples: bool [..., N, H, W].
+    annotations: bool [..., M, H, W]; all M are used.
+    postprocess: apply their area filter (`postprocess`) to the samples first.
+
+  Returns:
+    dict of float [...], one value per image.
+  """
+  _check(samples, annotations)
+  samples = jnp.asarray(samples, bool)
+  if postprocess:
+    samples = _area_filter(samples)
+  return _per_image(_authors_image, (samples, 3),
+                    (jnp.asarray(annotations, bool), 3))
 
 
 def all_metrics(samples: Array, annotations: Array,
@@ -410,8 +501,8 @@ def all_metrics(samples: Array, annotations: Array,
 
   Keys (METRIC_NAMES): ged, hm_iou, ci, s_c, d_max, d_a (SPEC definition),
   ci_compat, s_c_compat, d_a_compat (the authors' code; d_max is shared),
-  ncc, ece, dice, iou. Each value equals that of the single-metric function
-  of the same name with the same arguments.
+  ncc, ece, dice_of_mean, iou_of_mean. Each value equals that of the
+  single-metric function of the same name with the same arguments.
   """
   _check(samples, annotations)
   if annotation_valid is None:

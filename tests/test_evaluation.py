@@ -183,11 +183,26 @@ def test_aggregates_match_per_image_metrics(tmp_path):
   summary, _ = _run(tmp_path, sample_fn, images, 'agg')
   model_rng, _ = jax.random.split(jax.random.PRNGKey(0))
   geds = []
+  authors = {}
   for index, batch in enumerate(_batches(images)):
     key, _ = jax.random.split(jax.random.fold_in(model_rng, index))
     samples = sample_fn(batch['image'], key, 32)
     values = metrics.all_metrics(samples, batch['masks'].astype(bool))
     geds.extend(values['ged'][batch['valid']])
+    for n in (4, 32):
+      for pp, suffix in ((False, ''), (True, '_pp')):
+        theirs = metrics.authors_metrics(
+            samples[:, :n], batch['masks'].astype(bool), postprocess=pp)
+        for name, value in theirs.items():
+          authors.setdefault(f'authors_{name}_{n}{suffix}', []).extend(
+              np.asarray(value)[batch['valid']])
+  # The authors' keys, for every N, without and with their area filter, on
+  # the model's samples only.
+  assert len(authors) == 2 * 2 * len(metrics.AUTHORS_KEYS)
+  assert sorted(k for k in summary if 'authors_' in k) == sorted(authors)
+  for name, values in authors.items():
+    assert summary[name]['n'] == 7, name
+    assert summary[name]['mean'] == pytest.approx(np.mean(values), abs=1e-6)
   geds = np.array(geds, np.float64)
   assert summary['ged_32']['mean'] == pytest.approx(geds.mean(), abs=1e-6)
   assert summary['ged_32']['sem'] == pytest.approx(
@@ -224,6 +239,12 @@ def test_render_table_layout():
   lines = table.splitlines()
   assert lines[0] == '| metric | N=4 | N=16 | paper (4) | paper pp |'
   assert lines[2] == '| ged | 0.3000 ± 0.1000 | 0.2500 ± 0.0100 | 0.3000 | 0.2900 ± 0.0200 |'
+  table = evaluation.render_table({
+      'authors_GED_4': {'mean': 0.5, 'sem': None},
+      'authors_GED_4_pp': {'mean': 0.25, 'sem': None},
+      'authors_GED_16_pp': {'mean': 0.125, 'sem': None}})
+  assert table.splitlines()[2:] == ['| authors_GED | 0.5000 |  |',
+                                    '| authors_GED_pp | 0.2500 | 0.1250 |']
 
 
 def test_missing_key_is_reported(tmp_path):

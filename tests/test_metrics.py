@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import os
 
 import jax
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 from diffseg_jax import metrics
 
 TOL = 1e-6
+OFFICIAL = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                        'data', 'reference', 'official_metrics.npz')
 
 
 # --------------------------------------------------------------------------
@@ -156,15 +159,15 @@ def test_disjoint_sets():
   assert out['hm_iou'] == pytest.approx(0.0, abs=TOL)
   assert out['s_c'] == pytest.approx(0.0, abs=TOL)
   assert out['ci'] == pytest.approx(0.0, abs=TOL)
-  assert out['dice'] == pytest.approx(0.0, abs=TOL)
-  assert out['iou'] == pytest.approx(0.0, abs=TOL)
+  assert out['dice_of_mean'] == pytest.approx(0.0, abs=TOL)
+  assert out['iou_of_mean'] == pytest.approx(0.0, abs=TOL)
 
 
 def test_all_empty():
   z = np.zeros((1, 3, 6, 6), bool)
   out = metrics.all_metrics(z, np.zeros((1, 4, 6, 6), bool))
-  for key in ('hm_iou', 's_c', 'd_max', 'd_a', 'ci', 'ci_compat', 'dice',
-              'iou'):
+  for key in ('hm_iou', 's_c', 'd_max', 'd_a', 'ci', 'ci_compat',
+              'dice_of_mean', 'iou_of_mean'):
     assert out[key][0] == pytest.approx(1.0, abs=TOL), key
   assert out['ged'][0] == pytest.approx(0.0, abs=TOL)
   assert out['ece'][0] == pytest.approx(0.0, abs=TOL)
@@ -217,8 +220,8 @@ def test_random_against_reference(n, m):
       assert out['d_max'][b] == pytest.approx(ref['d_max'], abs=TOL)
     assert out['ece'][b] == pytest.approx(ref_ece(s[b], y[b]), abs=TOL)
     d, i = ref_mean_overlap(s[b], y[b])
-    assert out['dice'][b] == pytest.approx(d, abs=TOL)
-    assert out['iou'][b] == pytest.approx(i, abs=TOL)
+    assert out['dice_of_mean'][b] == pytest.approx(d, abs=TOL)
+    assert out['iou_of_mean'][b] == pytest.approx(i, abs=TOL)
     p = s[b].mean(axis=0)
     if n > 1 and np.ptp(p * (1 - p)) > 0:
       assert out['ncc'][b] == pytest.approx(ref_ncc(s[b], y[b]), abs=1e-5)
@@ -236,8 +239,10 @@ def test_single_functions_match_all_metrics():
                              atol=TOL)
   np.testing.assert_allclose(metrics.ncc(s, y, valid), out['ncc'], atol=TOL)
   np.testing.assert_allclose(metrics.ece(s, y, valid), out['ece'], atol=TOL)
-  np.testing.assert_allclose(metrics.dice(s, y, valid), out['dice'], atol=TOL)
-  np.testing.assert_allclose(metrics.iou(s, y, valid), out['iou'], atol=TOL)
+  np.testing.assert_allclose(metrics.dice_of_mean(s, y, valid),
+                             out['dice_of_mean'], atol=TOL)
+  np.testing.assert_allclose(metrics.iou_of_mean(s, y, valid),
+                             out['iou_of_mean'], atol=TOL)
   for compat, suffix in ((False, ''), (True, '_compat')):
     ci = metrics.collective_insight(s, y, valid, compat=compat)
     np.testing.assert_allclose(ci['ci'], out['ci' + suffix], atol=TOL)
@@ -296,13 +301,97 @@ def test_uncertainty_map():
 
 
 def test_postprocess_area_filter():
-  s = np.zeros((1, 3, 4, 4), bool)
+  s = np.zeros((2, 3, 4, 4), bool)
   s[0, 0, :2, :] = True  # area 8 (largest)
-  s[0, 1, 0, :] = True  # area 4 = 0.5 x 8: kept
-  s[0, 2, 0, :3] = True  # area 3 < 4: dropped
-  out = np.asarray(metrics.postprocess(s))
-  np.testing.assert_array_equal(out[0, :2], s[0, :2])
-  assert not out[0, 2].any()
+  s[0, 1, 0, :] = True  # area 4 = 0.5 x 8: zeroed (strictly greater kept)
+  s[0, 2, :, 0] = True
+  s[0, 2, 1, 1] = True  # area 5 > 4: kept
+  out = np.asarray(metrics.postprocess(s))  # image 1: all empty, stays so.
+  np.testing.assert_array_equal(out[0, [0, 2]], s[0, [0, 2]])
+  assert not out[0, 1].any() and not out[1].any()
+
+
+# --------------------------------------------------------------------------
+# The authors' get_ambiguous_metrics (SPEC §3).
+# --------------------------------------------------------------------------
+def ref_authors(s, y, postprocess=False):
+  """Float64 transcription of SPEC §3's description of their code."""
+  if postprocess:
+    areas = s.sum(axis=(1, 2))
+    s = s & (areas > 0.5 * areas.max())[:, None, None]
+  ci = ref_ci(s, y, compat=True)
+  onehot = lambda x: np.stack([x, 1 - x], axis=0).astype(np.float64)
+  s1 = [onehot(si) for si in s]
+  mean_seg = np.mean(s1, axis=0)
+  xent = lambda m, g: -np.sum(g * np.log(m + 1e-8), axis=0)
+  e_ss = np.mean([xent(si, mean_seg) for si in s1], axis=0).ravel()
+
+  def ncc(a, v):
+    a = (a - a.mean()) / (a.std() * len(a) + 1e-8)
+    v = (v - v.mean()) / (v.std() + 1e-8)
+    return np.sum(a * v)
+
+  nccs = [ncc(e_ss, np.mean([xent(si, onehot(yj)) for si in s1],
+                            axis=0).ravel()) for yj in y]
+  return {'GED': ref_ged(s, y), 'CI': ci['ci'], 'S_c': ci['s_c'],
+          'D_max': ci['d_max'], 'D_a': ci['d_a'],
+          'iou': np.mean([[ref_iou(a, b) for a in s] for b in y]),
+          'dice': np.mean([[ref_dice(a, b) for a in s] for b in y]),
+          'ncc': np.mean(nccs)}
+
+
+def _degenerate_sets():
+  """Images of 4 samples vs 4 annotations at the edges of every formula."""
+  a = _square(8, 8, 1, 5, 1, 5)  # area 16
+  half = _square(8, 8, 1, 3, 1, 5)  # area 8
+  b = _square(8, 8, 4, 8, 3, 8)
+  empty = np.zeros_like(a)
+  s = [[a, a, a, a],  # identical samples: constant E_ss, ncc 0
+       [empty] * 4,  # all samples empty
+       [a, half, b, empty],  # an area at exactly half the largest
+       [a, b, a, half]]
+  y = [[a, b, a, half],
+       [a, b, half, empty],
+       [empty] * 4,  # all annotations empty
+       [a, a, a, a]]  # identical annotations
+  return np.array(s), np.array(y)
+
+
+@pytest.mark.parametrize('postprocess', [False, True])
+def test_authors_metrics_against_transcription(postprocess):
+  rng = np.random.default_rng(11)
+  s_rand = np.stack([random_set(rng, 4, 8, 8) for _ in range(4)])
+  y_rand = np.stack([random_set(rng, 4, 8, 8) for _ in range(4)])
+  s_deg, y_deg = _degenerate_sets()
+  s = np.concatenate([s_rand, s_deg])
+  y = np.concatenate([y_rand, y_deg])
+  out = metrics.authors_metrics(s, y, postprocess=postprocess)
+  assert sorted(out) == sorted(metrics.AUTHORS_KEYS)
+  for b in range(len(s)):
+    ref = ref_authors(s[b], y[b], postprocess)
+    for key in metrics.AUTHORS_KEYS:
+      assert out[key][b] == pytest.approx(ref[key], abs=1e-5), (b, key)
+  assert np.all(np.isfinite(np.asarray(out['ncc'])))
+  # Constant E_ss (identical or all-empty samples): 0, not NaN.
+  assert np.asarray(out['ncc'])[4] == 0 and np.asarray(out['ncc'])[5] == 0
+
+
+@pytest.mark.parametrize('num_samples', [4, 16])
+@pytest.mark.parametrize('postprocess', [False, True])
+def test_authors_metrics_match_official(num_samples, postprocess):
+  """Every image and key of the authors' own outputs, within 1e-4."""
+  if not os.path.exists(OFFICIAL):
+    pytest.skip(f'{OFFICIAL} missing (shared/ must sit beside the checkout)')
+  with np.load(OFFICIAL) as f:
+    keys = tuple(str(k) for k in f['keys'])
+    preds = f[f'preds{num_samples}']
+    gts = f[f'gts{num_samples}']
+    ref = f[f'ref{num_samples}_{"pp" if postprocess else "plain"}']
+  assert keys == metrics.AUTHORS_KEYS
+  out = metrics.authors_metrics(preds, gts, postprocess=postprocess)
+  got = np.stack([np.asarray(out[k], np.float64) for k in keys], axis=-1)
+  assert got.shape == ref.shape
+  np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
 def test_bad_shapes_raise():
