@@ -113,24 +113,28 @@ def simulate(out_root: str, num_patients: int, *, first: int = 1,
   return out
 
 
-_PATIENTS = flags.DEFINE_integer('patients', 200, 'Number of simulated patients.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (LIDC-IDRI/ is written in it).')
-_FIRST = flags.DEFINE_integer('first', 1, 'Number of the first patient (LIDC-IDRI-NNNN).')
-_SAMPLE = flags.DEFINE_string('sample', SAMPLE, 'The shared sample (holds LIDC-IDRI/).')
-_CLEAN = flags.DEFINE_bool('clean', False, 'Delete OUT/LIDC-IDRI first.')
+def _define_flags():
+  """Flags of the command line only, so that importing this module defines none."""
+  flags.DEFINE_integer('patients', 200, 'Number of simulated patients.')
+  flags.DEFINE_string('out', None, 'Output folder (LIDC-IDRI/ is written in it).')
+  flags.DEFINE_integer('first', 1, 'Number of the first patient (LIDC-IDRI-NNNN).')
+  flags.DEFINE_string('sample', SAMPLE, 'The shared sample (holds LIDC-IDRI/).')
+  flags.DEFINE_bool('clean', False, 'Delete OUT/LIDC-IDRI first.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
-  if not _OUT.value:
+  f = flags.FLAGS
+  if not f.out:
     raise app.UsageError('--out=DIR is required.')
-  if _CLEAN.value:
-    shutil.rmtree(os.path.join(_OUT.value, 'LIDC-IDRI'), ignore_errors=True)
-  simulate(_OUT.value, _PATIENTS.value, first=_FIRST.value, sample_root=_SAMPLE.value,
+  if f.clean:
+    shutil.rmtree(os.path.join(f.out, 'LIDC-IDRI'), ignore_errors=True)
+  simulate(f.out, f.patients, first=f.first, sample_root=f.sample,
            log=lambda m: print(m, file=sys.stderr))
-  print(f'{_PATIENTS.value} patients in {os.path.join(_OUT.value, "LIDC-IDRI")}')
+  print(f'{f.patients} patients in {os.path.join(f.out, "LIDC-IDRI")}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
