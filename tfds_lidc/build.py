@@ -15,6 +15,7 @@ A build that would put one patient or scan in two splits (or one scan twice) is 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib
 import json
 import os
@@ -155,6 +156,10 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     if os.path.exists(report_path):
       with open(report_path) as f:
         return json.load(f)
+  parent = os.path.dirname(str(builder.data_dir))
+  stale = sorted(glob.glob(os.path.join(parent, 'incomplete.*')))
+  if stale:
+    log(f'Folders left by an interrupted build (delete them to free the disk): {stale}')
   tfds.disable_progress_bar()
   start = time.perf_counter()
   builder.download_and_prepare(download_config=download_config)
