@@ -1,6 +1,8 @@
 """Tests of the TCIA parser, HU preprocessing and the lidc/tcia builder (real 2-patient sample)."""
 
+import functools
 import glob
+import importlib.util
 import itertools
 import os
 import shutil
@@ -17,6 +19,7 @@ from tfds_lidc import errors
 from tfds_lidc import preprocessing
 from tfds_lidc import tcia
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 SAMPLE = os.path.join(SHARED, 'data', 'lidc_idri_tcia_sample')
 NS = {'n': 'http://www.nih.gov'}
@@ -317,3 +320,138 @@ def test_xml_found_by_series_uid(tmp_path):
   for s in series:
     assert s.xml_path == moved[os.path.basename(s.directory)]
     assert s.patient_id in s.directory
+
+
+# Split integrity, parallel build and the per-series cache ---------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _load_simulate():
+  spec = importlib.util.spec_from_file_location(
+      'simulate_tcia_under_test', os.path.join(REPO, 'benchmarks', 'simulate_tcia.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _copy_patients(tmp_path, copies):
+  """The sample plus plain copies {new folder: sample folder} inside LIDC-IDRI/."""
+  manual = tmp_path / 'copied'
+  shutil.copytree(SAMPLE, manual)
+  for new, old in copies.items():
+    shutil.copytree(manual / 'LIDC-IDRI' / old, manual / 'LIDC-IDRI' / new)
+  return str(manual)
+
+
+@needs_sample
+def test_copied_patients_refused(tmp_path):
+  """Copies under new folder names are the same scans: refused, naming both folders."""
+  manual = _copy_patients(tmp_path, {'LIDC-IDRI-0003': 'LIDC-IDRI-0001',
+                                     'LIDC-IDRI-0004': 'LIDC-IDRI-0002'})
+  with pytest.raises(ValueError,  # The old code built this without a word.
+                     match=r'(?s)SeriesInstanceUID .*LIDC-IDRI-0001.*LIDC-IDRI-0003.*remove the copy'
+                     ) as e:
+    build.build('lidc/tcia', str(tmp_path / 'o1'), manual, **QUIET)
+  assert isinstance(e.value, errors.SplitLeakError)
+  # All in one split: the same scan twice in train is refused too.
+  manual = _copy_patients(tmp_path / 'one', {'LIDC-IDRI-0003': 'LIDC-IDRI-0001'})
+  with pytest.raises(errors.SplitLeakError, match='LIDC-IDRI-0003'):
+    build.build('lidc/tcia', str(tmp_path / 'o2'), manual, num_workers=0,
+                overrides=dict(val_fraction=0.0, test_fraction=0.0), **QUIET)
+  assert not glob.glob(str(tmp_path / 'o*' / 'lidc' / 'tcia*' / '*' / '*array_record*'))
+
+
+def _series(directory, patient, study, series, xml_uid=None):
+  return tcia.Series(directory=directory, xml_path=f'{directory}/a.xml', dicom_paths=(),
+                     patient_id=patient, study_uid=study, series_uid=series,
+                     xml_series_uid=series if xml_uid is None else xml_uid)
+
+
+def test_check_series():
+  tcia.check_series([_series('/a', 'P1', 'S1', 'X1'), _series('/b', 'P1', 'S1', 'X2'),
+                     _series('/c', 'P2', 'S2', 'X3')])  # Two scans of one study: fine.
+  with pytest.raises(errors.SplitLeakError, match=r'StudyInstanceUID S1 .* in /a .*P1.* in /b .*P2'):
+    tcia.check_series([_series('/a', 'P1', 'S1', 'X1'), _series('/b', 'P2', 'S1', 'X2')])
+  with pytest.raises(errors.SplitLeakError, match=r'/b/a.xml annotates SeriesInstanceUid X9'):
+    tcia.check_series([_series('/a', 'P1', 'S1', 'X1'), _series('/b', 'P2', 'S2', 'X2', 'X9')])
+
+
+@needs_sample
+def test_patient_id_from_dicom_not_folder(tmp_path):
+  """A patient renamed on disk keeps its DICOM PatientID (the key of the split)."""
+  manual = tmp_path / 'renamed'
+  shutil.copytree(SAMPLE, manual)
+  os.rename(manual / 'LIDC-IDRI' / 'LIDC-IDRI-0002', manual / 'LIDC-IDRI' / 'LIDC-IDRI-0077')
+  ids = sorted(s.patient_id for s in tcia.find_series(str(manual)))
+  assert ids == ['LIDC-IDRI-0001', 'LIDC-IDRI-0002']
+
+
+@needs_sample
+def test_simulated_patients_parallel_build_and_resume(sample_build, tmp_path):
+  simulate = _load_simulate()
+  manual = str(tmp_path / 'sim')
+  simulate.simulate(manual, 4, first=3, sample_root=SAMPLE)
+  series = tcia.find_series(manual)
+  assert sorted(s.patient_id for s in series) == [f'LIDC-IDRI-000{i}' for i in range(3, 7)]
+  originals = {s.patient_id: s for s in tcia.find_series(SAMPLE)}
+  for s in series:  # Every identifier differs from the sample's.
+    for o in originals.values():
+      assert not {s.study_uid, s.series_uid} & {o.study_uid, o.series_uid}
+  tcia.check_series(series + list(originals.values()))
+
+  out = str(tmp_path / 'out')
+  overrides = dict(val_fraction=0.0, test_fraction=0.0)  # One split: one pool of 2.
+  report = build.build('lidc/tcia', out, manual, num_workers=2, overrides=overrides, **QUIET)
+  assert report['num_examples'] == {'train': 32}  # 9 + 7 per pair of copies.
+  assert report['patients'] == {'train': 4, 'validation': 0, 'test': 0}
+  assert (report['series_parsed'], report['series_reused']) == (4, 0)
+  records = {}
+  for split in report['num_examples']:
+    src = tfds.data_source(report['dataset'], split=split, data_dir=out)
+    records.update({src[i]['id'].decode(): src[i] for i in range(len(src))})
+  # Patient 3 + 2k is a copy of 0001, 4 + 2k of 0002: the same pixels and masks.
+  ref = {(r['patient_id'].decode(), r['id'].decode().rsplit('/', 1)[1]): r
+         for recs in sample_build['records'].values() for r in recs}
+  assert len(records) == 32
+  for key, r in records.items():
+    patient = r['patient_id'].decode()
+    source = 'LIDC-IDRI-0001' if int(patient[-1]) % 2 else 'LIDC-IDRI-0002'
+    o = ref[(source, key.rsplit('/', 1)[1])]
+    np.testing.assert_array_equal(r['image_180'], o['image_180'])
+    np.testing.assert_array_equal(r['masks_180'], o['masks_180'])
+
+  # A re-run reuses every parsed series; a changed input file is parsed again.
+  again = build.build('lidc/tcia', out, manual, num_workers=0, overrides=overrides,
+                      overwrite=True, **QUIET)
+  assert (again['series_parsed'], again['series_reused']) == (0, 4)
+  assert again['num_examples'] == report['num_examples']
+  touched = sorted(glob.glob(os.path.join(manual, '**', 'LIDC-IDRI-0005', '**', '*.dcm'),
+                             recursive=True))[0]
+  os.utime(touched, ns=(1, 1))
+  again = build.build('lidc/tcia', out, manual, num_workers=0, overrides=overrides,
+                      overwrite=True, **QUIET)
+  assert (again['series_parsed'], again['series_reused']) == (1, 3)
+
+
+@needs_sample
+def test_resume_after_failed_build(tmp_path):
+  """A build stopped by a bad file keeps the series it finished; the re-run reuses them."""
+  simulate = _load_simulate()
+  manual = str(tmp_path / 'sim')
+  simulate.simulate(manual, 3, first=3, sample_root=SAMPLE)
+  bad = sorted(glob.glob(os.path.join(manual, '**', 'LIDC-IDRI-0005', '**', '*.dcm'),
+                         recursive=True))[0]
+  with open(bad, 'rb') as f:
+    good_bytes = f.read()
+  with open(bad, 'wb') as f:
+    f.write(b'DICM garbage')
+  out = str(tmp_path / 'out')
+  overrides = dict(val_fraction=0.0, test_fraction=0.0)
+  with pytest.raises(errors.CorruptFileError, match=os.path.basename(bad)):
+    build.build('lidc/tcia', out, manual, num_workers=0, overrides=overrides, **QUIET)
+  cached = glob.glob(os.path.join(out, 'downloads', 'tcia_series_cache', '*.pkl'))
+  assert len(cached) == 2  # 0003 and 0004 came first in folder order.
+  with open(bad, 'wb') as f:
+    f.write(good_bytes)
+  report = build.build('lidc/tcia', out, manual, num_workers=0, overrides=overrides, **QUIET)
+  assert (report['series_parsed'], report['series_reused']) == (1, 2)
+  assert report['num_examples'] == {'train': 9 + 7 + 9}

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 import tarfile
 
@@ -17,6 +18,7 @@ from tfds_lidc import build
 from tfds_lidc import errors
 from tfds_lidc import lidc
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 SPLIT_IDS = os.path.join(SHARED, 'data', 'lidc_split_ids')
 QUIET = dict(log=lambda *_: None)
@@ -35,7 +37,8 @@ def _ids():
                      '100000000000000000000000000003']
 
 
-def _write_knegt(directory, *, with_ids=True, bad_key=None):
+def _write_knegt(directory, *, with_ids=True, bad_key=None, extra_test_ids=(),
+                 extra_val_ids=(), series_of=None):
   rng = np.random.default_rng(0)
   test, val, train = _ids()
   data = {}
@@ -44,7 +47,7 @@ def _write_knegt(directory, *, with_ids=True, bad_key=None):
       data[f'{pid}_slice{z}'] = {
           'image': rng.uniform(size=(128, 128)).astype(np.float32),
           'masks': [(rng.uniform(size=(128, 128)) > 0.7).astype(np.uint8) for _ in range(4)],
-          'series_uid': f'1.2.3.{pid}',
+          'series_uid': (series_of or {}).get(pid, f'1.2.3.{pid}'),
       }
   if bad_key:
     data[bad_key] = {'image': np.zeros((100, 100), np.float32), 'masks': [np.zeros((100, 100))] * 4}
@@ -52,7 +55,8 @@ def _write_knegt(directory, *, with_ids=True, bad_key=None):
   with open(os.path.join(directory, 'data_lidc.pickle'), 'wb') as f:
     pickle.dump(data, f)
   if with_ids:
-    for name, ids in (('test_ids.txt', test + ['999']), ('vali_ids.txt', val)):
+    for name, ids in (('test_ids.txt', test + list(extra_test_ids)),
+                      ('vali_ids.txt', val + list(extra_val_ids))):
       with open(os.path.join(directory, name), 'w') as f:
         f.write('\n'.join(ids) + '\n')
   return data
@@ -77,6 +81,8 @@ def test_knegt_paper_split(knegt):
   test, val, train = _ids()
   assert knegt['report']['num_examples'] == {
       'train': 3 * SLICES, 'validation': 2 * SLICES, 'test': 2 * SLICES}
+  assert knegt['report']['patients'] == {'train': 3, 'validation': 2, 'test': 2}
+  assert knegt['report']['unmatched_ids'] == {}
   for split, ids in (('train', train), ('validation', val), ('test', test)):
     recs = _records(knegt['out'], 'lidc/knegt_pickle', split)
     assert {r['patient_id'].decode() for r in recs} == set(ids)
@@ -134,8 +140,85 @@ def test_knegt_seeded_split_without_id_files(tmp_path):
 
 def test_check_disjoint():
   lidc.check_disjoint({'train': {'a', 'b'}, 'test': {'c'}})
-  with pytest.raises(ValueError, match=r"Split leak: ids \['b'\] occur in both test and train"):
+  with pytest.raises(errors.SplitLeakError,
+                     match=r"Split leak: ids \['b'\] occur in both test and train"):
     lidc.check_disjoint({'train': {'a', 'b'}, 'test': {'b'}})
+  with pytest.raises(errors.SplitLeakError, match=r"'b' from /t/b and from /r/b\)\. Fix it"):
+    lidc.check_disjoint({'train': {'a': '/r/a', 'b': '/r/b'}, 'test': {'b': '/t/b'}},
+                        fix='Fix it.')
+
+
+def test_knegt_unmatched_ids_refused(tmp_path, capsys):
+  manual = str(tmp_path / 'manual')
+  _write_knegt(manual, extra_test_ids=['999'], extra_val_ids=['555', '556'])
+  with pytest.raises(errors.ManualDataError,
+                     match=r"(?s)test_ids\.txt: \['999'\].*vali_ids\.txt: \['555', '556'\]"
+                           r'.*--allow_unmatched_ids'):
+    build.build('lidc/knegt_pickle', str(tmp_path / 'a'), manual, **QUIET)
+  out = str(tmp_path / 'b')
+  assert build.main(['--dataset=lidc/knegt_pickle', f'--data_dir={out}',
+                     f'--manual_dir={manual}', '--allow_unmatched_ids']) == 0
+  with open(os.path.join(out, 'lidc', 'knegt_pickle', '1.0.0', build.REPORT_NAME)) as f:
+    report = json.load(f)
+  assert report['num_examples'] == {'train': 3 * SLICES, 'validation': 2 * SLICES,
+                                    'test': 2 * SLICES}
+  assert sorted(sum(report['unmatched_ids'].values(), [])) == ['555', '556', '999']
+  # Nothing matches: refused (it used to put every example in train).
+  none = str(tmp_path / 'none')
+  _write_knegt(none, with_ids=False)
+  for name in ('test_ids.txt', 'vali_ids.txt'):
+    with open(os.path.join(none, name), 'w') as f:
+      f.write('123\n' if name == 'test_ids.txt' else '456\n')
+  assert build.main(['--dataset=lidc/knegt_pickle', f'--data_dir={tmp_path / "c"}',
+                     f'--manual_dir={none}']) == 1
+  assert "match no key" in capsys.readouterr().err
+
+
+def test_knegt_id_in_both_lists(tmp_path):
+  manual = str(tmp_path / 'manual')
+  test, _, _ = _ids()
+  _write_knegt(manual, extra_val_ids=[test[1]])
+  with pytest.raises(errors.SplitLeakError, match=f"both .*test_ids.txt and .*vali_ids.txt: "
+                                                  f"\\['{test[1]}'\\]"):
+    build.build('lidc/knegt_pickle', str(tmp_path / 'a'), manual, **QUIET)
+  with pytest.raises(errors.SplitLeakError):
+    build.build('lidc/knegt_pickle', str(tmp_path / 'b'), manual, allow_unmatched_ids=True,
+                **QUIET)
+
+
+def test_knegt_series_under_two_ids(tmp_path):
+  """One scan (series_uid) under two ids could land in two splits: refused."""
+  manual = str(tmp_path / 'manual')
+  test, val, _ = _ids()
+  _write_knegt(manual, series_of={test[0]: '1.2.3.same', val[0]: '1.2.3.same'})
+  with pytest.raises(errors.SplitLeakError, match=r"series_uid 1\.2\.3\.same of .*data_lidc\.pickle "
+                                                  r"is under two ids, in keys '\d+_slice0' and") as e:
+    build.build('lidc/knegt_pickle', str(tmp_path / 'a'), manual, **QUIET)
+  assert f"'{test[0]}_slice" in str(e.value) and f"'{val[0]}_slice" in str(e.value)
+
+
+def test_cli_flags(tmp_path, capsys):
+  """absl flags: the README's command line, --override lists, errors as one line."""
+  out = str(tmp_path / 'syn')
+  assert build.main(['--dataset=synthetic_lesions/32', f'--data_dir={out}',
+                     '--override=num_train=4,num_validation=2,num_test=2']) == 0
+  with open(os.path.join(out, 'synthetic_lesions', '32_num_test2_num_train4_num_validation2',
+                         '1.0.0', build.REPORT_NAME)) as f:
+    assert json.load(f)['num_examples'] == {'train': 4, 'validation': 2, 'test': 2}
+  capsys.readouterr()
+  assert build.main(['--dataset=synthetic_lesions/32']) == 1  # The flags above are reset.
+  assert '--data_dir required' in capsys.readouterr().err
+  assert build.main(['--dataset=synthetic_lesions/32', '--data_dir=x', '--no_such_flag']) == 1
+  assert 'no_such_flag' in capsys.readouterr().err
+  assert build.main(['--dataset=synthetic_lesions/32', f'--data_dir={out}',
+                     '--override=num_train']) == 1
+  assert 'key=value' in capsys.readouterr().err
+  result = subprocess.run([sys.executable, '-m', 'tfds_lidc.build', '--help'], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+  for flag in ('--dataset', '--data_dir', '--manual_dir', '--[no]skip_corrupt', '--[no]overwrite',
+               '--override', '--[no]allow_unmatched_ids', '--num_workers'):
+    assert flag in result.stdout, flag
+  assert 'python -m tfds_lidc.build --dataset=' in result.stdout
 
 
 def test_missing_manual_dir(tmp_path):
@@ -222,7 +305,10 @@ def test_deepmind_crops(tmp_path):
 def test_deepmind_leak_and_corrupt_png(tmp_path):
   leak = dict(DEEPMIND, test=['LIDC-IDRI-0003'])
   _write_deepmind(str(tmp_path / 'leak'), layout=leak)
-  with pytest.raises(ValueError, match="Split leak: ids \\['LIDC-IDRI-0003'\\]"):
+  with pytest.raises(errors.SplitLeakError,
+                     match=r"Split leak: ids \['LIDC-IDRI-0003'\] occur in both test and train "
+                           r"\('LIDC-IDRI-0003' from .*leak/test/images/LIDC-IDRI-0003 and from "
+                           r".*leak/train/images/LIDC-IDRI-0003\)"):
     build.build('lidc/deepmind_crops', str(tmp_path / 'o1'), str(tmp_path / 'leak'), **QUIET)
   manual = str(tmp_path / 'manual')
   _write_deepmind(manual)

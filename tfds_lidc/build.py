@@ -2,27 +2,49 @@ r"""Builds a data set of this package into a TFDS data dir (array_record, no Ten
 
   python -m tfds_lidc.build --dataset=synthetic_lesions/32 --data_dir=~/tensorflow_datasets
   python -m tfds_lidc.build --dataset=lidc/knegt_pickle --data_dir=OUT --manual_dir=IN \
-      [--skip_corrupt] [--overwrite] [--override=num_train=2000,seed=1]
+      [--skip_corrupt] [--overwrite] [--override=num_train=2000,seed=1] \
+      [--allow_unmatched_ids] [--num_workers=N]
 
 From Python: `tfds_lidc.build.build('synthetic_lesions/32', data_dir)`. Read the result with
 `tfds.data_source('synthetic_lesions/32', split='train', data_dir=data_dir)`.
-A report (`build_report.json`: split sizes, build seconds, skipped corrupt files) is
-written into the data set's versioned folder.
+A report (`build_report.json`: split sizes in examples and patients, build seconds,
+skipped corrupt files, ignored folders) is written into the data set's versioned folder.
+A build that would put one patient or scan in two splits (or one scan twice) is refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import glob
 import importlib
 import json
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 import tensorflow_datasets as tfds
 
 from tfds_lidc import errors
+
+_DATASET = flags.DEFINE_string('dataset', None, 'NAME/CONFIG, e.g. synthetic_lesions/32.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir to write to.')
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder with the LIDC input files.')
+_SKIP_CORRUPT = flags.DEFINE_bool(
+    'skip_corrupt', False, 'Skip unreadable input files and list them in build_report.json.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild if already built.')
+_OVERRIDE = flags.DEFINE_list(
+    'override', [], 'Config field overrides, e.g. num_train=1000,seed=1 (the data set is '
+    'then named NAME/CONFIG_num_train1000_seed1 unless name=... is given).')
+_ALLOW_UNMATCHED_IDS = flags.DEFINE_bool(
+    'allow_unmatched_ids', False, 'lidc/knegt_pickle: ignore ids of test_ids.txt / '
+    'vali_ids.txt that match no pickle key (listed in the report) instead of failing.')
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers', None, 'lidc/tcia: processes parsing patients in parallel (default: all '
+    'CPUs; 0 parses in the main process).')
+_FLAGS = (_DATASET, _DATA_DIR, _MANUAL_DIR, _SKIP_CORRUPT, _OVERWRITE, _OVERRIDE,
+          _ALLOW_UNMATCHED_IDS, _NUM_WORKERS)
 
 # Data set name -> (module, builder class); modules are imported on use.
 BUILDERS = {
@@ -41,10 +63,12 @@ def _parse_value(text):
   return {'true': True, 'false': False}.get(text.lower(), text)
 
 
-def parse_overrides(text: str) -> dict:
-  """'a=1,b=x' -> {'a': 1, 'b': 'x'} (ints, floats and true/false are converted)."""
+def parse_overrides(items) -> dict:
+  """'a=1,b=x' or ['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (ints, floats, true/false converted)."""
+  if isinstance(items, str):
+    items = items.split(',')
   out = {}
-  for item in filter(None, (t.strip() for t in text.split(','))):
+  for item in filter(None, (t.strip() for t in items)):
     if '=' not in item:
       raise ValueError(f'--override expects key=value pairs separated by commas, got {item!r}.')
     key, value = item.split('=', 1)
@@ -58,11 +82,14 @@ def override_config_name(config_name: str, overrides: dict) -> str:
 
 
 def make_builder(name: str, data_dir: str, *, skip_corrupt: bool = False,
-                 overrides: dict | None = None) -> tfds.core.DatasetBuilder:
+                 overrides: dict | None = None, allow_unmatched_ids: bool = False,
+                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
   """Returns the builder for 'NAME/CONFIG' writing array_record files under data_dir.
 
   `overrides` replaces fields of the named config (e.g. split sizes, seed); TFDS needs
   a new config name for that: `overrides['name']` or `override_config_name(...)`.
+  skip_corrupt, allow_unmatched_ids and num_workers are options of the lidc builder
+  (see `lidc.Lidc`); they do not change the data set's name.
   """
   if '/' not in name:
     raise ValueError(f'--dataset must be NAME/CONFIG, e.g. synthetic_lesions/32; got {name!r}.')
@@ -87,13 +114,15 @@ def make_builder(name: str, data_dir: str, *, skip_corrupt: bool = False,
   kwargs = dict(data_dir=os.path.expanduser(data_dir), config=config,
                 file_format=tfds.core.FileFormat.ARRAY_RECORD)
   if builder_name == 'lidc':
-    kwargs['skip_corrupt'] = skip_corrupt
+    kwargs.update(skip_corrupt=skip_corrupt, allow_unmatched_ids=allow_unmatched_ids,
+                  num_workers=num_workers)
   return cls(**kwargs)
 
 
 def build(name: str, data_dir: str, manual_dir: str | None = None, *,
           skip_corrupt: bool = False, overwrite: bool = False,
-          overrides: dict | None = None, log=print) -> dict:
+          overrides: dict | None = None, allow_unmatched_ids: bool = False,
+          num_workers: int | None = None, log=print) -> dict:
   """Builds 'NAME/CONFIG' into data_dir and returns the build report dict.
 
   Args:
@@ -105,9 +134,18 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     overrides: config field overrides, e.g. {'num_train': 1000}; the data set is then
       named NAME/CONFIG_num_train1000 unless overrides['name'] is given
       (the report's 'dataset' entry holds the name to read).
+    allow_unmatched_ids: lidc/knegt_pickle: ignore split-list ids that match no pickle
+      key (they are listed in the report) instead of failing.
+    num_workers: lidc/tcia: parallel parsing processes (None: all CPUs).
     log: callable for progress messages.
+
+  Raises:
+    errors.SplitLeakError: a patient or scan would be in two splits or twice in one.
+    errors.ManualDataError, errors.CorruptFileError, ValueError: bad input (the
+      message names the file or key and the fix).
   """
-  builder = make_builder(name, data_dir, skip_corrupt=skip_corrupt, overrides=overrides)
+  builder = make_builder(name, data_dir, skip_corrupt=skip_corrupt, overrides=overrides,
+                         allow_unmatched_ids=allow_unmatched_ids, num_workers=num_workers)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   download_config = tfds.download.DownloadConfig(
@@ -118,6 +156,10 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     if os.path.exists(report_path):
       with open(report_path) as f:
         return json.load(f)
+  parent = os.path.dirname(str(builder.data_dir))
+  stale = sorted(glob.glob(os.path.join(parent, 'incomplete.*')))
+  if stale:
+    log(f'Folders left by an interrupted build (delete them to free the disk): {stale}')
   tfds.disable_progress_bar()
   start = time.perf_counter()
   builder.download_and_prepare(download_config=download_config)
@@ -129,12 +171,18 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
       build_seconds=round(seconds, 3),
       num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
       skipped_corrupt=list(getattr(builder, 'skipped_files', [])),
+      **getattr(builder, 'notes', {}),
   )
   with open(report_path, 'w') as f:
     json.dump(report, f, indent=2)
-  log(f'Built {report["dataset"]} in {seconds:.1f} s: {report["num_examples"]} -> {builder.data_dir}')
+  log(f'Built {report["dataset"]} in {seconds:.1f} s: {report["num_examples"]} examples'
+      + (f', {report["patients"]} patients' if 'patients' in report else '')
+      + f' -> {builder.data_dir}')
   if report['skipped_corrupt']:
     log(f'Skipped {len(report["skipped_corrupt"])} corrupt files; see {report_path}')
+  for entry in ('unmatched_ids', 'ignored_series_folders'):
+    if report.get(entry):
+      log(f'{entry}: {report[entry]} (listed in {report_path})')
   return report
 
 
@@ -144,21 +192,35 @@ def _config_dict(config):
           if f.name not in ('description', 'release_notes', 'supported_versions', 'tags')}
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--dataset', required=True, help='NAME/CONFIG, e.g. synthetic_lesions/32')
-  parser.add_argument('--data_dir', required=True, help='TFDS data dir to write to')
-  parser.add_argument('--manual_dir', default=None, help='folder with the LIDC input files')
-  parser.add_argument('--skip_corrupt', action='store_true',
-                      help='skip unreadable input files and list them in build_report.json')
-  parser.add_argument('--overwrite', action='store_true', help='rebuild if already built')
-  parser.add_argument('--override', default='',
-                      help='config overrides, e.g. num_train=1000,seed=1')
-  args = parser.parse_args(argv)
+def main(argv):
+  """Builds the data set the flags name; returns the exit status (1 on bad input).
+
+  Args:
+    argv: as `app.run` passes it (program name first, flags already parsed), or a list
+      of flags such as ['--dataset=synthetic_lesions/32', '--data_dir=/tmp/d'] that is
+      parsed here (flags it leaves out take their defaults).
+  """
+  if argv and argv[0].startswith('--'):
+    for flag in _FLAGS:
+      flags.FLAGS[flag.name].unparse()
+    try:
+      argv = flags.FLAGS(['tfds_lidc.build'] + list(argv))
+    except flags.Error as e:
+      print(f'ERROR: {e}', file=sys.stderr)
+      return 1
+  if len(argv) > 1:
+    print(f'ERROR: unexpected arguments {argv[1:]}; flags are --name=value.', file=sys.stderr)
+    return 1
+  missing = [f'--{f.name}' for f in (_DATASET, _DATA_DIR) if not f.value]
+  if missing:
+    print(f'ERROR: {" and ".join(missing)} required, e.g. --dataset=synthetic_lesions/32 '
+          '--data_dir=~/tensorflow_datasets (see --help).', file=sys.stderr)
+    return 1
   try:
-    build(args.dataset, args.data_dir, args.manual_dir, skip_corrupt=args.skip_corrupt,
-          overwrite=args.overwrite, overrides=parse_overrides(args.override))
+    build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value,
+          skip_corrupt=_SKIP_CORRUPT.value, overwrite=_OVERWRITE.value,
+          overrides=parse_overrides(_OVERRIDE.value),
+          allow_unmatched_ids=_ALLOW_UNMATCHED_IDS.value, num_workers=_NUM_WORKERS.value)
   except (errors.ManualDataError, errors.CorruptFileError, ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
@@ -166,4 +228,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

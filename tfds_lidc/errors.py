@@ -7,3 +7,7 @@ class ManualDataError(FileNotFoundError):
 
 class CorruptFileError(ValueError):
   """An input file cannot be read or has unexpected content; names the file."""
+
+
+class SplitLeakError(ValueError):
+  """One patient or scan would land in two splits, or twice in one; names both places."""

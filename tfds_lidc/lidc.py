@@ -17,19 +17,32 @@ its top-left corner (row, col) drawn once per example, in example order, as
 'image'/'masks' of crop64 configs therefore have dynamic shapes ([None, None, 1]).
 No 180 features in crop64 configs.
 
-Splits (train, validation, test; one without any input is left out) never share a patient/scan id (asserted at build).
+Splits (train, validation, test; one without any input is left out) never share a
+patient or scan, and no scan is in one split twice: the build refuses (errors.SplitLeakError,
+naming both places) otherwise.
   knegt_pickle: ids (key part before the first '_') listed in `vali_ids.txt` /
     `test_ids.txt` beside the pickle (the paper's split); without those files a seeded
     split of the sorted unique ids: a permutation by `np.random.default_rng(seed)`,
     the first round(test_fraction * n) ids test, the next round(val_fraction * n)
-    validation, the rest train.
-  deepmind_crops: the official train/val/test folders.
-  tcia: the same seeded rule over patient ids (LIDC-IDRI-NNNN).
+    validation, the rest train. A listed id that matches no key, or an id in both
+    lists, is an error (`allow_unmatched_ids=True` ignores unmatched ids); an entry's
+    'series_uid' under two ids is a leak.
+  deepmind_crops: the official train/val/test folders; a patient folder in two of them
+    is a leak.
+  tcia: the same seeded rule over the DICOM PatientIDs; a SeriesInstanceUID (or XML)
+    in two folders, or a StudyInstanceUID under two PatientIDs, is a leak (`tcia.check_series`).
+  Series are parsed in parallel processes (`num_workers`) into a per-series cache under
+  the download dir (`<data_dir>/downloads/tcia_series_cache/`), which a re-run after
+  an interruption reuses; TFDS rewrites the array_record files each time.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import itertools
+import multiprocessing
 import os
 import pickle
 import tarfile
@@ -99,14 +112,26 @@ def _configs():
   return out
 
 
-def check_disjoint(split_ids: dict) -> None:
-  """Raises ValueError if any patient/scan id occurs in two splits."""
+def check_disjoint(split_ids: dict, *, fix: str = '') -> None:
+  """Raises errors.SplitLeakError if any patient/scan id occurs in two splits.
+
+  Args:
+    split_ids: split -> ids, either a set or a dict id -> the path it came from (the
+      message then names both paths of the first shared id).
+    fix: what the user should do, appended to the message.
+  """
   names = sorted(split_ids)
   for i, a in enumerate(names):
     for b in names[i + 1:]:
-      common = set(split_ids[a]) & set(split_ids[b])
+      common = sorted(set(split_ids[a]) & set(split_ids[b]))
       if common:
-        raise ValueError(f'Split leak: ids {sorted(common)[:10]} occur in both {a} and {b}.')
+        where = ''
+        if isinstance(split_ids[a], dict) and isinstance(split_ids[b], dict):
+          first = common[0]
+          where = f' ({first!r} from {split_ids[a][first]} and from {split_ids[b][first]})'
+        raise errors.SplitLeakError(
+            f'Split leak: ids {common[:10]} occur in both {a} and {b}{where}. '
+            f'{fix or "Each patient must be in one split only."}')
 
 
 def seeded_split(ids, *, seed, val_fraction, test_fraction) -> dict:
@@ -144,11 +169,24 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
-    """skip_corrupt: skip unreadable inputs and list them in `self.skipped_files`."""
+  def __init__(self, *, skip_corrupt: bool = False, allow_unmatched_ids: bool = False,
+               num_workers: int | None = None, **kwargs):
+    """Builder options that do not change the data set's content or name.
+
+    Args:
+      skip_corrupt: skip unreadable inputs and list them in `self.skipped_files`.
+      allow_unmatched_ids: knegt_pickle: ignore ids of test_ids.txt / vali_ids.txt that
+        match no pickle key (listed in `self.notes`) instead of failing.
+      num_workers: tcia: processes parsing series in parallel (default: all CPUs;
+        0 or 1 parses in this process).
+      **kwargs: for tfds.core.GeneratorBasedBuilder.
+    """
     super().__init__(**kwargs)
     self.skip_corrupt = skip_corrupt
+    self.allow_unmatched_ids = allow_unmatched_ids
+    self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     self.skipped_files = []
+    self.notes = {}  # Extra build report entries.
 
   def _info(self):
     c = self.builder_config
@@ -204,17 +242,26 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     elif source == 'deepmind_crops':
       per_split = self._deepmind_items(manual_dir, dl_manager)
     elif source == 'tcia':
-      per_split = self._tcia_items(manual_dir)
+      per_split = self._tcia_items(manual_dir, dl_manager)
     else:
       raise ValueError(f'Unknown LIDC source {source!r}.')
-    check_disjoint({s: {p for p, _ in items} for s, items in per_split.items()})
+    # Items are (patient id, where it came from, payload).
+    fix = {'deepmind_crops': 'Keep each patient folder in one of train/, val/, test/.',
+           'knegt_pickle': 'Keep each id in one of test_ids.txt, vali_ids.txt.',
+           }.get(source, 'Each patient must be in one split only.')
+    check_disjoint({s: {p: w for p, w, _ in items} for s, items in per_split.items()},
+                   fix=fix)
+    self.notes['patients'] = {s: len({p for p, _, _ in items}) for s, items in per_split.items()}
     # TFDS cannot write empty splits; a split without inputs is left out.
     return {s: self._generate_examples(split=s, items=items)
             for s, items in per_split.items() if items}
 
   def _generate_examples(self, *, split, items):
-    examples = (ex for _, make in items for ex in make())
     c = self.builder_config
+    if c.source == 'tcia':
+      examples = self._tcia_examples([series for _, _, series in items])
+    else:
+      examples = (ex for _, _, make in items for ex in make())
     if not c.crop64:
       yield from examples
       return
@@ -240,12 +287,29 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
       raise errors.ManualDataError(f'{path} is corrupt and was skipped; nothing to build.')
     test_file, val_file = (os.path.join(manual_dir, f) for f in ('test_ids.txt', 'vali_ids.txt'))
     ids_of = {key: str(key).split('_')[0] for key in data}
+    _check_knegt_series(data, ids_of, path)
     if os.path.exists(test_file) or os.path.exists(val_file):
       _require(test_file, 'the paper split needs both test_ids.txt and vali_ids.txt.')
       _require(val_file, 'the paper split needs both test_ids.txt and vali_ids.txt.')
       test_ids, val_ids = _read_ids(test_file), _read_ids(val_file)
-      assign = {'test': test_ids, 'validation': val_ids - test_ids}
-      assign['train'] = set(ids_of.values()) - test_ids - val_ids
+      both = sorted(test_ids & val_ids)
+      if both:
+        raise errors.SplitLeakError(
+            f'{len(both)} ids are listed in both {test_file} and {val_file}: {both[:10]}. '
+            'Remove each from one of the two files.')
+      known = set(ids_of.values())
+      unmatched = {f: sorted(ids - known) for f, ids in ((test_file, test_ids),
+                                                         (val_file, val_ids))}
+      unmatched = {f: ids for f, ids in unmatched.items() if ids}
+      if unmatched and not self.allow_unmatched_ids:
+        listed = '; '.join(f'{len(ids)} in {f}: {ids[:10]}' for f, ids in unmatched.items())
+        raise errors.ManualDataError(
+            f'Split id lists name ids that match no key of {path} ({listed}). Keys are '
+            '"<id>_<slice>"; check that the lists belong to this pickle, or pass '
+            '--allow_unmatched_ids to ignore these ids.')
+      self.notes['unmatched_ids'] = unmatched
+      assign = {'test': test_ids & known, 'validation': val_ids & known}
+      assign['train'] = known - test_ids - val_ids
     else:
       c = self.builder_config
       assign = seeded_split(ids_of.values(), seed=c.seed, val_fraction=c.val_fraction,
@@ -254,7 +318,8 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     per_split = {s: [] for s in SPLITS}
     for key in sorted(data, key=str):
       pid = ids_of[key]
-      per_split[split_of[pid]].append((pid, self._knegt_maker(data, key, pid, path)))
+      per_split[split_of[pid]].append((pid, f'{path}:{key}',
+                                       self._knegt_maker(data, key, pid, path)))
     return per_split
 
   def _knegt_maker(self, data, key, pid, path):
@@ -290,7 +355,7 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
         if not os.path.isdir(pdir):
           continue
         for name in sorted(f for f in os.listdir(pdir) if f.endswith('.png')):
-          items.append((patient, self._deepmind_maker(root, patient, name)))
+          items.append((patient, pdir, self._deepmind_maker(root, patient, name)))
       per_split[split] = items
     return per_split
 
@@ -318,26 +383,57 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
 
   # Raw TCIA -----------------------------------------------------------------------------
 
-  def _tcia_items(self, manual_dir):
-    series = tcia.find_series(manual_dir)
+  def _tcia_items(self, manual_dir, dl_manager):
+    ignored = []
+    series = tcia.find_series(manual_dir, ignored=ignored)
+    self.notes['ignored_series_folders'] = ignored
     if not series:
       raise errors.ManualDataError(
           f'No LIDC-IDRI CT series (a folder with .dcm files and its LidcReadMessage .xml) '
           f'under {manual_dir}.\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    tcia.check_series(series)
+    self._tcia_cache_dir = os.path.join(os.fspath(dl_manager.download_dir),
+                                        'tcia_series_cache')
+    self.notes['tcia_cache_dir'] = self._tcia_cache_dir
+    self.notes['series_parsed'] = self.notes['series_reused'] = 0
     c = self.builder_config
     assign = seeded_split([s.patient_id for s in series], seed=c.seed,
                           val_fraction=c.val_fraction, test_fraction=c.test_fraction)
     split_of = {p: s for s, ps in assign.items() for p in ps}
     per_split = {s: [] for s in SPLITS}
     for s in series:
-      per_split[split_of[s.patient_id]].append((s.patient_id, self._tcia_maker(s)))
+      per_split[split_of[s.patient_id]].append((s.patient_id, s.directory, s))
     return per_split
 
-  def _tcia_maker(self, series):
-    def make():
-      return tcia.lesion_slices(series, skip_corrupt=self.skip_corrupt,
-                                skipped=self.skipped_files)
-    return make
+  def _tcia_examples(self, series):
+    """Yields the examples of the series in order, parsed by a pool of processes.
+
+    At most 2 * num_workers series are in flight, and the examples travel through
+    the per-series cache files, so memory stays bounded by a few series.
+    """
+    task = functools.partial(tcia.parse_series_cached, cache_dir=self._tcia_cache_dir,
+                             skip_corrupt=self.skip_corrupt)
+    workers = min(self.num_workers, len(series))
+    if workers <= 1:
+      for s in series:
+        yield from self._tcia_collect(task(s))
+      return
+    # spawn: the parent may hold threads (TFDS, absl) that fork would copy mid-state.
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      todo = iter(series)
+      pending = collections.deque(pool.apply_async(task, (s,))
+                                  for s in itertools.islice(todo, 2 * workers))
+      while pending:
+        result = pending.popleft().get()
+        for s in itertools.islice(todo, 1):
+          pending.append(pool.apply_async(task, (s,)))
+        yield from self._tcia_collect(result)
+
+  def _tcia_collect(self, result):
+    path, skipped, reused = result
+    self.skipped_files.extend(skipped)
+    self.notes['series_reused' if reused else 'series_parsed'] += 1
+    yield from tcia.load_cached_examples(path)
 
 
 def _load_pickle(path):
@@ -354,6 +450,21 @@ def _load_pickle(path):
   if not isinstance(data, dict) or not data:
     raise errors.CorruptFileError(f'{path} must hold a non-empty dict key -> example.')
   return data
+
+
+def _check_knegt_series(data, ids_of, path):
+  """Refuses a pickle whose entries of one 'series_uid' carry two ids (a copied scan)."""
+  first = {}
+  for key in sorted(data, key=str):
+    value = data[key]
+    uid = value.get('series_uid') if isinstance(value, dict) else None
+    if uid is None:
+      continue
+    other = first.setdefault(str(uid), key)
+    if ids_of[other] != ids_of[key]:
+      raise errors.SplitLeakError(
+          f'Split leak: series_uid {uid} of {path} is under two ids, in keys {other!r} and '
+          f'{key!r}; the scan could land in two splits. Remove the duplicate entries.')
 
 
 def _read_ids(path):

@@ -45,6 +45,7 @@ class DicomSlice:
   sop_uid: str
   series_uid: str
   patient_id: str
+  study_uid: str = ''
 
 
 def _read(path, *, stop_before_pixels=False):
@@ -85,7 +86,8 @@ def _slice(ds, hu):
                     z_mm=float(ds.ImagePositionPatient[2]),
                     sop_uid=str(ds.get('SOPInstanceUID', '')),
                     series_uid=str(ds.get('SeriesInstanceUID', '')),
-                    patient_id=str(ds.get('PatientID', '')))
+                    patient_id=str(ds.get('PatientID', '')),
+                    study_uid=str(ds.get('StudyInstanceUID', '')))
 
 
 def read_dicom_hu(path) -> np.ndarray:

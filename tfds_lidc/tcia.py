@@ -22,7 +22,9 @@ No pylidc. Per CT series (a folder with the slices' .dcm files and the series' X
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import pickle
 import re
 import xml.etree.ElementTree as ET
 
@@ -39,6 +41,8 @@ MIN_CONTOUR_POINTS = 3
 Z_TOLERANCE_MM = 0.05
 CROP_STORED = 180
 CROP_USED = 128
+# Bump when the examples of a series change, so cached parses are not reused.
+CACHE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +63,19 @@ class Nodule:
 
 @dataclasses.dataclass(frozen=True)
 class Series:
-  """A CT series folder: its XML, its DICOM files and the patient id."""
+  """A CT series folder: its XML, its DICOM files and the scan's DICOM identifiers.
+
+  patient_id, study_uid and series_uid come from the DICOM header (PatientID,
+  StudyInstanceUID, SeriesInstanceUID) of the first readable slice, not from folder
+  names; xml_series_uid is the XML's SeriesInstanceUid ('' if it has none).
+  """
   directory: str
   xml_path: str
   dicom_paths: tuple[str, ...]
   patient_id: str
+  study_uid: str = ''
+  series_uid: str = ''
+  xml_series_uid: str = ''
 
 
 def _local(tag):
@@ -225,15 +237,24 @@ def _first_readable_header(paths):
   return None
 
 
-def find_series(root) -> list[Series]:
+def find_series(root, *, ignored=None) -> list[Series]:
   """Finds the annotated CT series under root.
 
   A series is a folder of .dcm files plus its CT `LidcReadMessage` XML: the XML in the
   same folder, or anywhere under root with the series' SeriesInstanceUid (so TCIA's
-  separate LIDC-XML-only download can be unpacked beside the DICOM tree). Folders
-  without a matching XML are ignored. The patient id is the `LIDC-IDRI-NNNN` folder
-  name on the path, else the DICOM PatientID.
+  separate LIDC-XML-only download can be unpacked beside the DICOM tree). The
+  identifiers come from the first readable DICOM header: the patient id is its
+  PatientID (the `LIDC-IDRI-NNNN` folder name only when the header has none).
+
+  Args:
+    root: folder to search.
+    ignored: list that collects the folders left out (with the reason): folders of
+      .dcm files without a matching XML or without one readable DICOM header.
+
+  Returns:
+    the series, in sorted folder order.
   """
+  ignored = [] if ignored is None else ignored
   dicom_dirs, xml_by_uid = [], {}
   for directory, dirs, files in os.walk(root):
     dirs.sort()
@@ -246,22 +267,67 @@ def find_series(root) -> list[Series]:
       dicom_dirs.append((directory, tuple(os.path.join(directory, f) for f in dcms), xmls))
   out = []
   for directory, dicom_paths, local_xmls in dicom_dirs:
-    header = None
+    header = _first_readable_header(dicom_paths)
+    if header is None:
+      ignored.append(f'{directory}: no readable DICOM file')
+      continue
     if local_xmls:
       xml_path = local_xmls[0]
     else:
-      header = _first_readable_header(dicom_paths)
-      xml_path = xml_by_uid.get(header.series_uid) if header and header.series_uid else None
+      xml_path = xml_by_uid.get(header.series_uid) if header.series_uid else None
       if xml_path is None:
+        ignored.append(f'{directory}: no LIDC XML with SeriesInstanceUid {header.series_uid}')
         continue
     match = re.search(r'LIDC-IDRI-\d{4}', directory)
-    patient = match.group(0) if match else ''
-    if not patient:
-      header = header or _first_readable_header(dicom_paths)
-      patient = header.patient_id if header else os.path.basename(directory)
+    patient = header.patient_id or (match.group(0) if match else os.path.basename(directory))
     out.append(Series(directory=directory, xml_path=xml_path, dicom_paths=dicom_paths,
-                      patient_id=patient))
+                      patient_id=patient, study_uid=header.study_uid,
+                      series_uid=header.series_uid or directory,
+                      xml_series_uid=xml_series_uid(xml_path)))
   return out
+
+
+def check_series(series) -> None:
+  """Refuses copies: every scan and annotation once, every study under one patient.
+
+  Raises:
+    errors.SplitLeakError naming both folders when two series folders hold the same
+    DICOM SeriesInstanceUID, share one XML, or one StudyInstanceUID appears under two
+    DICOM PatientIDs; and when a series' XML names another SeriesInstanceUid.
+  """
+  fix = ('Each scan must be in --manual_dir once: remove the copy (or give it its own '
+         'DICOM and XML UIDs).')
+  seen = {}
+  for s in series:
+    if s.xml_series_uid and s.series_uid and s.xml_series_uid != s.series_uid:
+      raise errors.SplitLeakError(
+          f'{s.xml_path} annotates SeriesInstanceUid {s.xml_series_uid}, but the DICOM files of '
+          f'{s.directory} are series {s.series_uid}. Put each series\' XML beside its own '
+          'DICOM files (or remove the stray XML).')
+    for kind, key, text in (
+        ('series', s.series_uid, f'the scan with SeriesInstanceUID {s.series_uid}'),
+        ('xml', s.xml_path, f'the annotation file {s.xml_path}'),
+        ('study', s.study_uid, f'StudyInstanceUID {s.study_uid}')):
+      if not key:
+        continue
+      first = seen.setdefault((kind, key), s)
+      if first is s:
+        continue
+      if kind == 'study' and first.patient_id == s.patient_id:
+        continue
+      raise errors.SplitLeakError(
+          f'Split leak: {text} occurs twice, in {first.directory} (PatientID '
+          f'{first.patient_id}) and in {s.directory} (PatientID {s.patient_id}); one copy could '
+          f'land in another split or twice in one. {fix}')
+
+
+def _foreign_slice(series, header):
+  def fail(path):
+    raise errors.CorruptFileError(
+        f'{path} belongs to SeriesInstanceUID {header.series_uid}, not to the series '
+        f'{series.series_uid} of the other files in {series.directory}. Move it to its own '
+        'series folder or pass --skip_corrupt to build without it.')
+  return fail
 
 
 def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
@@ -297,6 +363,8 @@ def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
   paths = {}  # SOP UID -> (path, header)
   for path in series.dicom_paths:
     header = guard(preprocessing.read_dicom_header, path)
+    if header is not None and series.series_uid and header.series_uid != series.series_uid:
+      header = guard(_foreign_slice(series, header), path)
     if header is not None:
       paths[header.sop_uid] = (path, header)
   if not paths:
@@ -347,3 +415,68 @@ def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
           id=ex_id,
           patient_id=series.patient_id,
       )
+
+
+def _signature(series):
+  """(path, size, mtime) of a series' XML and DICOM files: a cached parse is valid while equal."""
+  out = []
+  for path in (series.xml_path,) + tuple(series.dicom_paths):
+    st = os.stat(path)
+    out.append((path, st.st_size, st.st_mtime_ns))
+  return out
+
+
+def cache_path(series, cache_dir):
+  key = hashlib.sha1(f'{series.series_uid}\n{series.directory}'.encode()).hexdigest()
+  return os.path.join(cache_dir, f'{key}.pkl')
+
+
+def _read_cache_header(path):
+  try:
+    with open(path, 'rb') as f:
+      return pickle.load(f)
+  except Exception:  # A partial or foreign file is a cache miss.
+    return None
+
+
+def parse_series_cached(series, *, cache_dir, skip_corrupt=False):
+  """Parses one series into a cache file, or reuses the file of an earlier run.
+
+  The file holds a header (cache version, series, input signature, skipped files)
+  followed by the `lesion_slices` examples; it is reused while the version and the
+  XML/DICOM files' paths, sizes and mtimes are unchanged (and, without skip_corrupt,
+  only if that parse skipped nothing). Written atomically, so an interrupted build
+  leaves whole files only. Runs in pool workers: module-level and picklable.
+
+  Args:
+    series: from `find_series`.
+    cache_dir: folder of the cache files (created).
+    skip_corrupt: as in `lesion_slices`.
+
+  Returns:
+    (cache file path, skipped file paths, whether the cache was reused).
+  """
+  path = cache_path(series, cache_dir)
+  signature = _signature(series)
+  header = _read_cache_header(path) if os.path.exists(path) else None
+  if (header is not None and header.get('version') == CACHE_VERSION
+      and header.get('signature') == signature
+      and (skip_corrupt or not header.get('skipped'))):
+    return path, list(header['skipped']), True
+  skipped = []
+  examples = list(lesion_slices(series, skip_corrupt=skip_corrupt, skipped=skipped))
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    pickle.dump(dict(version=CACHE_VERSION, directory=series.directory,
+                     signature=signature, skipped=skipped), f)
+    pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
+  os.replace(tmp, path)
+  return path, skipped, False
+
+
+def load_cached_examples(path):
+  """The (key, example) list of a `parse_series_cached` file."""
+  with open(path, 'rb') as f:
+    pickle.load(f)
+    return pickle.load(f)
