@@ -83,12 +83,18 @@ def test_loss_matches_authors_losses(reference):
   cases = sorted({tuple(k.split('/')[1:4]) for k in reference
                   if k.startswith('loss/')})
   assert len(cases) == 3 * 6 * 2
-  nets = {p: _net(reference, p) for p in ('x', 'v', 'eps')}
+  # Every case shares x_t and t (SPEC §2a): one network call per prediction.
+  outputs = {}
+  for pred in ('x', 'v', 'eps'):
+    with torch.no_grad():
+      outputs[pred] = _net(reference, pred)(
+          _t(reference['loss/x/uniform/plain/x_t']), _t(reference['inputs/t']),
+          _t(reference['inputs/image']))
   for pred, weighting, mode in cases:
     prefix = f'loss/{pred}/{weighting}/{mode}/'
     with torch.no_grad() if mode == 'plain' else torch.enable_grad():
       losses, aux = torch_reference.diffusion_loss(
-          nets[pred], x0=_t(reference['inputs/x0']),
+          lambda z, t, image, out=outputs[pred]: out, x0=_t(reference['inputs/x0']),
           image=_t(reference['inputs/image']), t=_t(reference['inputs/t']),
           eps=_t(reference['inputs/eps']), input_scale=0.1, prediction=pred,
           weighting=weighting, decoupled=mode == 'decoupled')
