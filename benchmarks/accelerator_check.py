@@ -12,6 +12,10 @@ what no longer fits the time budget:
     bf16 (and fp32 if time is left) against the PyTorch reference in fp16 autocast.
 `ratios` in the JSON divides numbers of this run only (ours / PyTorch). TFLOP/s of a PyTorch row
 uses the FLOP count XLA gives for our step of the same batch (the same network).
+Version notes: written against jax 0.10.2 (CPU) and meant for jax 0.11 (CUDA 13); it uses
+`compiled.cost_analysis()` as a dict or a one-element list (both forms exist across versions),
+`jax.make_mesh(..., axis_types=...)` and `jax.make_array_from_process_local_data`; the U-Net needs a
+flax with `nnx.List` (0.12 or later); PyTorch needs `torch.amp.GradScaler(device)` (2.3 or later).
 A configuration that fails (e.g. out of memory) is reported as such and the check goes on. The JSON
 is rewritten after every measurement, so a killed run leaves its partial results; the table is
 printed last.
@@ -218,10 +222,14 @@ def main(argv=None) -> int:
   results = {"machine": machine_info(), "dry": args.dry, "budget_s": args.budget_s, "runs": []}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
-  def save():
+  md_path = os.path.splitext(args.out)[0] + ".md"
+
+  def save():  # After every measurement: a killed run leaves its partial JSON and table.
     results["elapsed_s"] = time.perf_counter() - t0
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)
+    with open(md_path, "w", encoding="utf-8") as f:
+      f.write(render(results) + "\n")
 
   print(f"accelerator check on {results['machine']['device']} ({results['machine']['backend']})",
         flush=True)
@@ -278,7 +286,7 @@ def main(argv=None) -> int:
     if r.get("tflop_per_s") is not None and peak:
       r["fraction_of_bf16_peak"] = r["tflop_per_s"] / peak
   save()
-  print(f"wrote {args.out}\n", flush=True)
+  print(f"wrote {args.out} and {md_path}\n", flush=True)
   print(render(results), flush=True)
   return 0 if all(r["status"] == "ok" for r in results["runs"]) else 1
 
