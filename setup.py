@@ -30,6 +30,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "chex>=0.1.88"],
         "torch": ["torch>=2.0"],
+        "bench": ["torch>=2.0"],  # The PyTorch yardstick of benchmarks/.
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -6,8 +6,16 @@ what no longer fits the time budget:
   * the training step of diffseg_jax.train (augmentation, diffusion loss, AdamW, EMA) at 128x128
     for batch 8, 64 and 256 in fp32 and bf16 (config.model.dtype): images/s, ms/step, achieved
     TFLOP/s from XLA's cost analysis and its fraction of the measured bf16 peak, compile time;
-  * the 10-step DDPM sampler (diffseg_jax.sampling.Sampler) for 4 samples x 8 images and
-    16 samples x 64 images: masks/s.
+  * the PyTorch reference's train step (benchmarks/torch_reference.py: the same network, fp16
+    autocast with a GradScaler as the authors train) at the same batches, in the same run;
+  * the 10-step DDPM sampler for 16 samples x 64 images: ours (diffseg_jax.sampling.Sampler) in
+    bf16 (and fp32 if time is left) against the PyTorch reference in fp16 autocast.
+`ratios` in the JSON divides numbers of this run only (ours / PyTorch). TFLOP/s of a PyTorch row
+uses the FLOP count XLA gives for our step of the same batch (the same network).
+Version notes: written against jax 0.10.2 (CPU) and meant for jax 0.11 (CUDA 13); it uses
+`compiled.cost_analysis()` as a dict or a one-element list (both forms exist across versions),
+`jax.make_mesh(..., axis_types=...)` and `jax.make_array_from_process_local_data`; the U-Net needs a
+flax with `nnx.List` (0.12 or later); PyTorch needs `torch.amp.GradScaler(device)` (2.3 or later).
 A configuration that fails (e.g. out of memory) is reported as such and the check goes on. The JSON
 is rewritten after every measurement, so a killed run leaves its partial results; the table is
 printed last.
@@ -35,13 +43,20 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import peak_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TRAIN_PLAN = (("float32", 8), ("bfloat16", 8), ("float32", 64), ("bfloat16", 64),
-              ("bfloat16", 256), ("float32", 256))
-SAMPLE_PLAN = (("float32", 8, 4), ("float32", 64, 16), ("bfloat16", 64, 16))
-DRY_TRAIN_PLAN = (("float32", 2), ("bfloat16", 2), ("float32", 4))
-DRY_SAMPLE_PLAN = (("float32", 2, 2), ("bfloat16", 2, 4))
+# (kind, side, dtype, batch or (images, samples)) in order of priority: what falls off the time
+# budget comes last. PyTorch runs in fp16 autocast ("float16").
+PLAN = (("train", "ours", "bfloat16", 8), ("train", "torch", "float16", 8),
+        ("train", "ours", "float32", 8),
+        ("sample", "ours", "bfloat16", (64, 16)), ("sample", "torch", "float16", (64, 16)),
+        ("train", "ours", "bfloat16", 256), ("train", "torch", "float16", 256),
+        ("train", "ours", "bfloat16", 64), ("train", "torch", "float16", 64),
+        ("train", "ours", "float32", 64), ("train", "ours", "float32", 256),
+        ("sample", "ours", "float32", (64, 16)))
+DRY_PLAN = (("train", "ours", "bfloat16", 2), ("train", "torch", "float16", 2),
+            ("train", "ours", "float32", 4),
+            ("sample", "ours", "bfloat16", (2, 4)), ("sample", "torch", "float16", (2, 4)))
 
 
 def _median_seconds(fn, *, runs: int) -> float:
@@ -62,73 +77,74 @@ def matmul_peak_tflops(*, n: int, dtype, runs: int) -> float:
   return 2.0 * n**3 / _median_seconds(lambda: f(a, b), runs=runs) / 1e12
 
 
-def _flops(compiled) -> float | None:
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  # Not every back end implements it.
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  flops = analysis.get("flops") if analysis else None
-  return float(flops) if flops else None
-
-
-def _config(*, dry: bool, batch_size: int, dtype: str):
-  config = peak_memory.build_config("default", batch_size=batch_size, dtype=dtype)
-  if dry:
-    from configs import default  # pylint: disable=g-import-not-at-top
-
-    config.unlock()
-    default.apply_smoke(config)
-    config.lock()
-  return config
-
-
-def bench_train(*, dtype: str, batch: int, size: int, runs: int, dry: bool) -> dict:
-  config = _config(dry=dry, batch_size=batch, dtype=dtype)
+def bench_train(*, side: str, dtype: str, batch: int, size: int, runs: int, dry: bool) -> dict:
+  result = {"kind": "train", "side": side, "dtype": dtype, "batch": batch, "size": size}
   start = time.perf_counter()
-  compiled, state, data = peak_memory.build_train_step(config, size=size)
-  compile_s = time.perf_counter() - start
-  holder = {"state": state}
-
-  def step():
-    holder["state"], out = compiled(holder["state"], data)
-    return out
-
-  jax.block_until_ready(step())
-  seconds = _median_seconds(step, runs=runs)
-  flops = _flops(compiled)
-  result = {"kind": "train", "dtype": dtype, "batch": batch, "size": size, "compile_s": compile_s,
-            "step_ms": 1e3 * seconds, "img_per_s": batch / seconds,
-            "tflop_per_step": None if flops is None else flops / 1e12,
-            "tflop_per_s": None if flops is None else flops / seconds / 1e12}
-  del holder, state, data, compiled
+  if side == "ours":
+    cfg = side_by_side.config(batch=batch, dtype=dtype, smoke=dry)
+    step, compiled = side_by_side.ours_train(cfg, size=size)
+    flops = side_by_side.flops(compiled)
+  else:
+    cfg = side_by_side.config(batch=batch, smoke=dry)
+    device = side_by_side.torch_device(jax.default_backend())
+    step = side_by_side.torch_train(cfg, size=size, device=device, fp16=dtype == "float16")
+    result["torch_device"] = device
+    flops = None
+  step()
+  result["compile_s"] = time.perf_counter() - start  # First call included (PyTorch: warm-up).
+  seconds = side_by_side.time_round_robin({"step": step}, runs=runs)["step"]["seconds"]
+  result.update(step_ms=1e3 * seconds, img_per_s=batch / seconds,
+                tflop_per_step=None if flops is None else flops / 1e12,
+                tflop_per_s=None if flops is None else flops / seconds / 1e12)
   return result
 
 
-def bench_sample(*, dtype: str, images: int, samples: int, size: int, runs: int, dry: bool) -> dict:
-  from diffseg_jax import sampling  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
-
-  config = _config(dry=dry, batch_size=images, dtype=dtype)
-  config.unlock()
-  config.sampler.name = "ddpm"
-  config.sampler.num_steps = 2 if dry else 10
-  config.sampling_batch = images * samples  # One network call per step for all masks.
-  config.lock()
-  mesh = train.make_mesh(config)
-  graphdef, _ = train.abstract_model(config)
-  params = jax.jit(lambda: train.init_params(config, jax.random.key(0)))()
-  sampler = sampling.Sampler(config, graphdef, mesh)
-  image = np.random.default_rng(0).uniform(size=(images, size, size, 1)).astype(np.float32)
-  rng = jax.random.key(1)
+def bench_sample(*, side: str, dtype: str, images: int, samples: int, size: int, runs: int,
+                 dry: bool) -> dict:
+  steps = 2 if dry else 10
+  result = {"kind": "sample", "side": side, "dtype": dtype, "images": images,
+            "samples": samples, "size": size, "steps": steps}
   start = time.perf_counter()
-  sampler(params, image, rng, samples)
-  compile_s = time.perf_counter() - start
-  seconds = _median_seconds(lambda: sampler(params, image, rng, samples), runs=runs)
-  return {"kind": "sample", "dtype": dtype, "images": images, "samples": samples, "size": size,
-          "steps": config.sampler.num_steps, "compile_s": compile_s, "call_ms": 1e3 * seconds,
-          "masks_per_s": images * samples / seconds}
+  if side == "ours":
+    cfg = side_by_side.config(batch=images, dtype=dtype, smoke=dry)
+    call = side_by_side.ours_sample(cfg, images=images, samples=samples, size=size, steps=steps)
+  else:
+    cfg = side_by_side.config(batch=images, smoke=dry)
+    device = side_by_side.torch_device(jax.default_backend())
+    call = side_by_side.torch_sample(cfg, images=images, samples=samples, size=size,
+                                     steps=steps, device=device, fp16=dtype == "float16")
+    result["torch_device"] = device
+  call()
+  result["compile_s"] = time.perf_counter() - start
+  seconds = side_by_side.time_round_robin({"call": call}, runs=runs)["call"]["seconds"]
+  result.update(call_ms=1e3 * seconds, masks_per_s=images * samples / seconds)
+  return result
+
+
+def _free_torch_memory():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
+
+
+def ratios(runs: list[dict]) -> dict:
+  """ours / PyTorch of this run: bf16 vs fp16 (and fp32 vs fp16) train and sampling rates."""
+  rate = {}
+  for r in runs:
+    if r.get("status") == "ok":
+      key = r["batch"] if r["kind"] == "train" else (r["images"], r["samples"])
+      rate[(r["kind"], r["side"], r["dtype"], key)] = (
+          r["img_per_s"] if r["kind"] == "train" else r["masks_per_s"])
+  out = {}
+  for (kind, side, dtype, key), value in rate.items():
+    peer = rate.get((kind, "torch", "float16", key))
+    if side == "ours" and peer:
+      label = f"b{key}" if kind == "train" else f"{key[0]}x{key[1]}"
+      out[f"{kind}_{label}_{dtype}_vs_torch_fp16"] = value / peer
+  return out
 
 
 def _error_summary(err: Exception) -> str:
@@ -148,7 +164,17 @@ def machine_info() -> dict:
           "device_count": jax.device_count(), "device_memory_limit_bytes": limit,
           "jax_version": jax.__version__, "python": platform.python_version(),
           "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+          "cpu_model": side_by_side.cpu_model(), "torch": _torch_info(),
           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def _torch_info() -> str:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as err:
+    return f"not importable ({err})"
+  cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+  return f"{torch.__version__} ({cuda})"
 
 
 def render(results: dict) -> str:
@@ -161,16 +187,20 @@ def render(results: dict) -> str:
            "% of bf16 peak | compile s | status |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in results["runs"]:
+    side = "PyTorch reference" if r.get("side") == "torch" else "ours"
     if r["kind"] == "train":
-      what, batch, rate, ms = f"train step {r['size']}²", str(r["batch"]), r.get("img_per_s"), r.get("step_ms")
+      what, batch, rate, ms = f"{side}: train step {r['size']}²", str(r["batch"]), r.get("img_per_s"), r.get("step_ms")
     else:
-      what = f"DDPM {r.get('steps', 10)}-step sampler {r['size']}²"
+      what = f"{side}: DDPM {r.get('steps', 10)}-step sampler {r['size']}²"
       batch, rate, ms = f"{r['images']}x{r['samples']}", r.get("masks_per_s"), r.get("call_ms")
     tflops = r.get("tflop_per_s")
     frac = None if tflops is None or not peak else 100 * tflops / peak
     lines.append(f"| {what} | {r['dtype']} | {batch} | {_fmt(rate, '.1f')} | {_fmt(ms, '.1f')} | "
                  f"{_fmt(tflops, '.2f')} | {_fmt(frac, '.1f')} | {_fmt(r.get('compile_s'), '.0f')} | "
                  f"{r.get('status', 'ok')} |")
+  if results.get("ratios"):
+    lines += ["", "| same-run ratio (ours / PyTorch fp16) | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in results["ratios"].items()]
   return "\n".join(lines)
 
 
@@ -192,10 +222,14 @@ def main(argv=None) -> int:
   results = {"machine": machine_info(), "dry": args.dry, "budget_s": args.budget_s, "runs": []}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
-  def save():
+  md_path = os.path.splitext(args.out)[0] + ".md"
+
+  def save():  # After every measurement: a killed run leaves its partial JSON and table.
     results["elapsed_s"] = time.perf_counter() - t0
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1)
+    with open(md_path, "w", encoding="utf-8") as f:
+      f.write(render(results) + "\n")
 
   print(f"accelerator check on {results['machine']['device']} ({results['machine']['backend']})",
         flush=True)
@@ -209,11 +243,9 @@ def main(argv=None) -> int:
     print(f"matmul peak {key}: {_fmt(results[f'matmul_peak_tflops_{key}'], '.2f')} TFLOP/s", flush=True)
   save()
 
-  jobs = [dict(kind="train", dtype=d, batch=b) for d, b in (DRY_TRAIN_PLAN if args.dry else TRAIN_PLAN)]
-  jobs += [dict(kind="sample", dtype=d, images=i, samples=s)
-           for d, i, s in (DRY_SAMPLE_PLAN if args.dry else SAMPLE_PLAN)]
-  # The 4 x 8 sampler right after the batch-8 train steps: it must not fall off the budget.
-  jobs.insert(2, jobs.pop(len(jobs) - len(DRY_SAMPLE_PLAN if args.dry else SAMPLE_PLAN)))
+  jobs = [dict(kind=k, side=side, dtype=d, **({"batch": b} if k == "train" else
+                                                {"images": b[0], "samples": b[1]}))
+          for k, side, d, b in (DRY_PLAN if args.dry else PLAN)]
   longest = {"train": 0.0, "sample": 0.0}
   for job in jobs:
     elapsed = time.perf_counter() - t0
@@ -226,10 +258,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
       if job["kind"] == "train":
-        record.update(bench_train(dtype=job["dtype"], batch=job["batch"], size=size, runs=runs,
-                                  dry=args.dry))
+        record.update(bench_train(side=job["side"], dtype=job["dtype"], batch=job["batch"],
+                                  size=size, runs=runs, dry=args.dry))
       else:
-        record.update(bench_sample(dtype=job["dtype"], images=job["images"],
+        record.update(bench_sample(side=job["side"], dtype=job["dtype"], images=job["images"],
                                    samples=job["samples"], size=size, runs=runs, dry=args.dry))
       record["status"] = "ok"
     except Exception as err:  # pylint: disable=broad-except  # OOM and friends: report, go on.
@@ -240,14 +272,21 @@ def main(argv=None) -> int:
     record["wall_s"] = duration
     results["runs"].append(record)
     gc.collect()
+    _free_torch_memory()
+    results["ratios"] = ratios(results["runs"])
     save()
     print(f"{job}: {record['status']} in {duration:.0f} s", flush=True)
   peak = results.get("matmul_peak_tflops_bf16")
+  ours_flops = {r["batch"]: r["tflop_per_step"] for r in results["runs"]
+                if r["kind"] == "train" and r.get("side") == "ours" and r.get("tflop_per_step")}
   for r in results["runs"]:
+    if r.get("side") == "torch" and r.get("status") == "ok" and r["kind"] == "train":
+      flops = ours_flops.get(r["batch"])
+      r["tflop_per_s"] = None if flops is None else flops * r["img_per_s"] / r["batch"]
     if r.get("tflop_per_s") is not None and peak:
       r["fraction_of_bf16_peak"] = r["tflop_per_s"] / peak
   save()
-  print(f"wrote {args.out}\n", flush=True)
+  print(f"wrote {args.out} and {md_path}\n", flush=True)
   print(render(results), flush=True)
   return 0 if all(r["status"] == "ok" for r in results["runs"]) else 1
 

@@ -1,4 +1,4 @@
-"""Throughput of diffseg_jax.metrics.all_metrics (every metric in one pass).
+"""Throughput of diffseg_jax.metrics.all_metrics against per-pair numpy loops, in one run.
 
 Scores 256 images of 128 x 128 with 4 annotations and N in {4, 16, 100}
 lesion-like samples (random discs), in chunks of --chunk images, and writes
@@ -8,6 +8,12 @@ host-to-device copy, the device pass and the host Hungarian matching. Wall
 time is the headline (best of --repeats); process CPU time (all threads) is
 recorded too, as it is less disturbed by other jobs on a shared machine.
 
+In the same run, for N in --ref_n, benchmarks/numpy_reference_metrics.py (the
+authors' kind of code: numpy calls per mask pair; GED, HM-IoU, CI and its
+parts, iou, dice, ncc) scores the first --ref_images images of the same masks:
+`numpy_ms_per_image_n{N}` and `speedup_vs_numpy_n{N}` (their ratio), and
+`max_abs_diff_n{N}` of GED, HM-IoU and the authors' CI between the two.
+
   python benchmarks/metrics_throughput.py [--chunk 32] [--repeats 3]
 """
 
@@ -16,13 +22,16 @@ import json
 import os
 import time
 
+import sys
+
 import jax
 import numpy as np
 
 from diffseg_jax import metrics
 
-# The authors' numpy metric code on this machine type (issue 3), ms per image.
-AUTHORS_MS_PER_IMAGE = {4: 48.0, 16: 218.0}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy_reference_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def disc_masks(rng, shape, size):
@@ -52,34 +61,65 @@ def time_n(*, num_samples, images, size, chunk, repeats, seed=0):
   return 1000 * best_wall / images, 1000 * best_cpu / images
 
 
+def time_numpy_reference(*, num_samples, images, ref_images, size, seed=0):
+  """(ms / image wall, CPU ms / image, max |ours - numpy| of GED, HM-IoU, CI) on the same masks."""
+  rng = np.random.default_rng(seed)
+  samples = disc_masks(rng, (images, num_samples), size)[:ref_images]
+  annotations = disc_masks(rng, (images, 4), size)[:ref_images]
+  start, start_cpu = time.perf_counter(), time.process_time()
+  rows = [numpy_reference_metrics.image_metrics(s, a)
+          for s, a in zip(samples, annotations)]
+  wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+  ours = metrics.all_metrics(samples, annotations)
+  diff = max(np.max(np.abs(ours[k] - np.array([r[ref] for r in rows])))
+             for k, ref in (('ged', 'GED'), ('hm_iou', 'HM_IoU'), ('ci_compat', 'CI')))
+  return 1000 * wall / ref_images, 1000 * cpu / ref_images, float(diff)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--images', type=int, default=256)
   parser.add_argument('--size', type=int, default=128)
   parser.add_argument('--chunk', type=int, default=32)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--ref_images', type=int, default=32,
+                      help='Images the numpy reference scores (it is slow).')
+  parser.add_argument('--ref_n', default='4,16',
+                      help='Comma-separated N for which the numpy reference runs.')
   parser.add_argument('--out', default=os.path.join(
       os.path.dirname(__file__), 'results', 'metrics_throughput.json'))
   args = parser.parse_args()
 
   load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-  result = {'load_average_1min_at_start': load, 'images': args.images, 'size': args.size, 'chunk': args.chunk,
+  ref_n = {int(n) for n in args.ref_n.split(',') if n}
+  result = {'load_average_1min_at_start': load, 'images': args.images,
+            'size': args.size, 'chunk': args.chunk,
+            'ref_images': min(args.ref_images, args.images),
+            'cpu_model': side_by_side.cpu_model(),
             'backend': jax.default_backend(),
             'device': str(jax.devices()[0].device_kind),
             'cpu_count': os.cpu_count()}
-  print('| N | ms / image (wall) | CPU ms / image | authors ms / image | '
-        'speed-up (wall) |')
-  print('|---|---|---|---|---|')
+  print(f'{result["cpu_model"]}; {result["ref_images"]} images for numpy')
+  print('| N | ms / image (wall) | CPU ms / image | numpy ms / image (wall) | '
+        'speed-up (wall) | max abs diff |')
+  print('|---|---|---|---|---|---|')
   for n in (4, 16, 100):
     ms, cpu_ms = time_n(num_samples=n, images=args.images, size=args.size,
-                chunk=args.chunk, repeats=args.repeats)
+                        chunk=args.chunk, repeats=args.repeats)
     result[f'ms_per_image_n{n}'] = ms
     result[f'cpu_ms_per_image_n{n}'] = cpu_ms
-    ref = AUTHORS_MS_PER_IMAGE.get(n)
-    if ref:
-      result[f'speedup_vs_authors_n{n}'] = ref / ms
-    print(f'| {n} | {ms:.3f} | {cpu_ms:.3f} | {ref or "-"} | '
-          f'{f"{ref / ms:.0f}x" if ref else "-"} |')
+    ref = diff = None
+    if n in ref_n:
+      ref, ref_cpu, diff = time_numpy_reference(
+          num_samples=n, images=args.images, size=args.size,
+          ref_images=result['ref_images'])
+      result[f'numpy_ms_per_image_n{n}'] = ref
+      result[f'numpy_cpu_ms_per_image_n{n}'] = ref_cpu
+      result[f'speedup_vs_numpy_n{n}'] = ref / ms
+      result[f'max_abs_diff_n{n}'] = diff
+    print(f'| {n} | {ms:.3f} | {cpu_ms:.3f} | {f"{ref:.1f}" if ref else "-"} | '
+          f'{f"{ref / ms:.0f}x" if ref else "-"} | '
+          f'{f"{diff:.1e}" if diff is not None else "-"} |')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1, sort_keys=True)

@@ -28,15 +28,16 @@ RESULTS = os.path.join(HERE, "results")
 
 # name: (full-run arguments, quick-run arguments, full limit s, quick limit s). Every script takes --out.
 BENCHMARKS = {
-    "step_throughput": ([], ["--quick"], 3600, 420),
-    "metrics_throughput": ([], ["--images=64", "--repeats=1"], 1800, 120),
+    "step_throughput": ([], ["--quick", "--sizes=64"], 3600, 420),
+    "metrics_throughput": ([], ["--images=64", "--repeats=1", "--ref_images=8"], 1800, 180),
     "loader_throughput": ([], ["--num_build=1000", "--steps=20", "--batch_sizes=8"], 1800, 120),
     "peak_memory": ([], ["--quick"], 1800, 180),
 }
 QUICK_TOTAL_S = 570  # --quick stops every script by then, so it ends within 10 minutes.
 # Bookkeeping fields of the scripts' JSON that are not measurements.
 NOT_MEASURED = {"cpu_count", "runs", "batch", "num_samples", "images", "size", "chunk", "repeats",
-                "steps", "image_size", "num_build", "load_average_1min_at_start", "quick"}
+                "steps", "image_size", "num_build", "load_average_1min_at_start", "quick",
+                "threads", "torch_threads", "ref_images", "sampler_steps"}
 
 
 def _read(path: str) -> str:
@@ -146,7 +147,19 @@ def render(summary: dict) -> str:
     for i, (key, value) in enumerate(rows):
       prefix = head if i == 0 else "| | | |"
       lines.append(f"{prefix} {key} | {_number(value)} |")
+  ratios = same_run_ratios(summary)
+  if ratios:
+    lines += ["", "Same-run ratios (ours / peer, both timed in the same run of the same script):", "",
+              "| benchmark | ratio | value |", "|---|---|---|"]
+    lines += [f"| {name} | {key} | {value:.3g} |" for name, key, value in ratios]
   return "\n".join(lines)
+
+
+def same_run_ratios(summary: dict) -> list[tuple[str, str, float]]:
+  """(script, key, value) of every ours-vs-peer ratio the scripts measured in their own run."""
+  return [(name, key, value) for name, r in summary["benchmarks"].items()
+          for key, value in measurements(r["results"])
+          if "_vs_torch" in key or key.startswith("speedup_vs_numpy")]
 
 
 def _number(value: float) -> str:
