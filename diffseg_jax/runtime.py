@@ -1,6 +1,7 @@
 """Process start-up: JAX's multi-process runtime, and the errors shown to users without a traceback."""
 
 import os
+import sys
 from typing import Mapping, Optional
 
 from absl import logging
@@ -51,6 +52,28 @@ class _QuietLibraries:
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if not getattr(sys.unraisablehook, "drops_closed_event_loop", False):
+    sys.unraisablehook = _drop_closed_event_loop(sys.unraisablehook)
+
+
+def _drop_closed_event_loop(previous):
+  """Wraps `sys.unraisablehook` to drop "Event loop is closed" from TensorStore callbacks.
+
+  When an Orbax save or restore fails, its asyncio loop closes while TensorStore still finishes
+  the other reads/writes of that operation; their done-callbacks cannot reach the closed loop and
+  each prints a traceback (about 20 after one failed checkpoint write) after the real error.
+  Nothing waits for those results any more, so they are dropped; every other unraisable
+  exception goes to `previous`.
+  """
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_event_loop = True
+  return hook
 
 
 def distributed_settings(*, coordinator_address: Optional[str], num_processes: Optional[int],

@@ -11,7 +11,8 @@ A lock is stale, and taken over with a warning, when
     minutes by default): the holder touches it every `heartbeat_s` (60 s) while it runs, so a
     lock older than that belongs to a run that was killed or whose machine died;
   * it is unreadable (a run killed while writing it).
-Take-over renames the stale file away first, so of two runs that find the same stale lock only one
+Host names must therefore differ between machines (or containers with their own pid space) that
+share the folder. Take-over renames the stale file away first, so of two runs that find the same stale lock only one
 proceeds. A run whose lock was taken away from it (its heartbeat stalled for longer than
 `stale_after_s`, e.g. a suspended laptop) logs an error but does not stop.
 
@@ -50,7 +51,9 @@ def check_writable(directory: str) -> None:
   try:
     fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
-      os.write(fd, b'\0' * _PROBE_BYTES)
+      data = memoryview(b'\0' * _PROBE_BYTES)
+      while data:  # A nearly full disk accepts part of a write; the next one fails.
+        data = data[os.write(fd, data):]
       os.fsync(fd)
     finally:
       os.close(fd)

@@ -203,6 +203,23 @@ def test_disk_faults_are_found_behind_writer_threads():
   assert runtime.user_error_message(ValueError("bug"), path="/w", flag="--w") is None
 
 
+def test_metric_writer_thread_on_a_full_device_is_one_line(tmp_path):
+  """A real ENOSPC from the kernel: metrics.jsonl is /dev/full, written by clu's writer thread."""
+  from diffseg_jax import metric_writers  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists("/dev/full"):
+    pytest.skip("no /dev/full")
+  os.symlink("/dev/full", tmp_path / "metrics.jsonl")
+  writer = metric_writers.create_writer(str(tmp_path))
+  with pytest.raises(OSError) as e:
+    for step in range(3):
+      writer.write_scalars(step, {"loss": 1.0})
+    writer.flush()
+    writer.close()
+  assert runtime.user_error_message(e.value, path=str(tmp_path), flag="--workdir") == (
+      f"no space left on device while writing {tmp_path}: free space or choose another --workdir.")
+
+
 def test_orbax_reports_of_disk_faults_are_dropped_from_the_log():
   quiet = runtime._QuietLibraries()  # pylint: disable=protected-access
 
@@ -214,6 +231,30 @@ def test_orbax_reports_of_disk_faults_are_dropped_from_the_log():
   assert not quiet.filter(record("/site-packages/orbax/checkpoint/future.py", full))
   assert quiet.filter(record("/site-packages/orbax/checkpoint/future.py", ValueError("other")))
   assert quiet.filter(record("/work/diffseg_jax/train.py", full))
+
+
+def test_closed_event_loop_callbacks_are_dropped(monkeypatch):
+  """TensorStore reports its callbacks' errors through sys.unraisablehook."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  runtime.quiet_library_logs()
+
+  def callback(message):
+    def raise_(unused_future):
+      raise RuntimeError(message)
+    return raise_
+
+  for message in ("Event loop is closed", "something else"):
+    promise, future = ts.Promise.new()
+    future.add_done_callback(callback(message))
+    promise.set_result(1)
+  assert seen == ["something else"]
+
+
+# Under a file size limit the shared compilation cache would get truncated entries.
+_NO_COMPILATION_CACHE = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
 
 
 def _limit_file_size(limit):
@@ -234,16 +275,18 @@ def test_output_folders_are_checked_before_any_work(tiny_synthetic, tmp_path):
   _assert_one_error_line(result, str(tmp_path / "file" / "out"), "--output")
   # A write limit smaller than the probe: the kernel refuses the write (EFBIG) as a full disk would.
   result = _run("diffseg_jax.main", f"--workdir={tmp_path / 'w'}", *config_flags(tiny_synthetic),
-                "--mode=evaluate", preexec_fn=_limit_file_size(4096), timeout=300)
+                "--mode=evaluate", env=_NO_COMPILATION_CACHE, preexec_fn=_limit_file_size(4096),
+                timeout=300)
   _assert_one_error_line(result, "file too large", str(tmp_path / "w" / "eval" / "test"))
 
 
 @pytest.mark.slow
 def test_disk_filling_up_during_training_ends_in_one_line(tiny_synthetic, tmp_path):
   """The checkpoint write fails in Orbax's threads (EFBIG); before: hundreds of traceback lines."""
+  # The checkpoint's largest files hold about 280 KB; the 64 KiB write probe passes.
   result = _run("diffseg_jax.main", f"--workdir={tmp_path}",
                 *config_flags(tiny_synthetic, num_train_steps=2, async_checkpointing=True),
-                preexec_fn=_limit_file_size(300_000), timeout=600)
+                env=_NO_COMPILATION_CACHE, preexec_fn=_limit_file_size(100_000), timeout=600)
   _assert_one_error_line(result, "file too large", str(tmp_path), "--workdir")
   assert len(result.stderr.splitlines()) < 20, result.stderr[-3000:]
 
