@@ -76,7 +76,10 @@ def fail(message: str, *, code: int = EXIT_USER_ERROR, hard: bool = False) -> No
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override reported in one line."""
   try:
-    return FLAGS(argv)
+    args = FLAGS(argv)
+    if FLAGS["config"].present:
+      FLAGS.config.keys()  # ml_collections raises a config file's load error at first use.
+    return args
   except Exception as e:  # pylint: disable=broad-except
     from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
 

@@ -168,6 +168,8 @@ def flag_error_message(e: Exception, argv: list[str]) -> str:
     fix = hint.strip() or "Check the spelling against the config file."
     return f"{where}the config has no key {key!r}. {fix}"
   text = " ".join(text.split())
+  if isinstance(e, OSError) and "config file" in text:
+    return f"--config: {text}"
   return f"{text} (see --helpfull for the flags; add --verbose for the traceback)"
 
 

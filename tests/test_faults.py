@@ -298,6 +298,9 @@ def test_mistyped_config_key_is_one_line_with_the_suggestion(tiny_synthetic, tmp
                 "--config.optim.learnig_rate=0.1", timeout=300)
   _assert_one_error_line(result, "--config.optim.learnig_rate", 'Did you mean "learning_rate"')
   assert len(result.stderr.splitlines()) == 1
+  result = _run("diffseg_jax.main", f"--workdir={tmp_path}", f"--config={tmp_path / 'nope.py'}",
+                timeout=300)
+  _assert_one_error_line(result, "--config", "nope.py", "No such file")
 
 
 def test_zero_batch_size_fails_before_any_work_and_verbose_shows_the_traceback(tiny_synthetic,
