@@ -151,6 +151,22 @@ def save_params(directory: str, params: Any, *, step: int = 0,
   return os.path.abspath(directory)
 
 
+def _saved_model_settings(manager: ocp.CheckpointManager, step: int) -> str:
+  """' (the run that wrote it had model.x=..., ...)' from a train checkpoint's meta, else ''."""
+  keys = ("base_channels", "channel_mult", "num_res_blocks", "num_middle_blocks",
+          "attention_levels", "num_heads")
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    model = meta["config"]["model"]
+    image = meta["config"]["dataset"]["image_preprocessing"]
+  except Exception:  # pylint: disable=broad-except
+    return ""  # Exported checkpoints carry no config.
+  settings = [f"model.{k}={tuple(v) if isinstance(v, list) else v}" for k in keys
+              if (v := model.get(k)) is not None]
+  return (f" (the run that wrote it had {', '.join(settings)}, "
+          f"dataset.image_preprocessing={image!r})")
+
+
 def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True,
                    step: Optional[int] = None):
   """Restores only the (EMA) parameters of the latest (or given) step; returns (params, step)."""
@@ -174,7 +190,10 @@ def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True
   try:
     # Checked first: a restore that fails midway leaves TensorStore callbacks printing "Event loop
     # is closed" tracebacks.
-    _check_shapes(os.path.join(directory, str(step), item), abstract_params)
+    try:
+      _check_shapes(os.path.join(directory, str(step), item), abstract_params)
+    except CheckpointMismatchError as e:
+      raise CheckpointMismatchError(f"{e}{_saved_model_settings(manager, step)}") from None
     restored = manager.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.StandardRestore(abstract_params)}))
   finally:

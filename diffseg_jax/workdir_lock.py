@@ -12,9 +12,9 @@ A lock is stale, and taken over with a warning, when
     lock older than that belongs to a run that was killed or whose machine died;
   * it is unreadable (a run killed while writing it).
 Host names must therefore differ between machines (or containers with their own pid space) that
-share the folder. Take-over renames the stale file away first, so of two runs that find the same stale lock only one
-proceeds. A run whose lock was taken away from it (its heartbeat stalled for longer than
-`stale_after_s`, e.g. a suspended laptop) logs an error but does not stop.
+share the folder. Take-over renames the stale file away first, so of two runs that find the same
+stale lock only one proceeds. A run whose lock was taken away from it (its heartbeat stalled for
+longer than `stale_after_s`, e.g. a suspended laptop) logs an error but does not stop.
 
 `check_writable(directory)` creates, writes, syncs and deletes a probe file, so a read-only or full
 disk is reported before hours of training or sampling rather than after.

@@ -89,8 +89,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 
 
 def test_reused_pid_is_stale_but_a_live_process_is_not(tmp_path):
-  live = dict(host=socket.gethostname(), pid=os.getpid(),
-              start_ticks=workdir_lock._process_start_time(os.getpid()))  # pylint: disable=protected-access
+  ticks = workdir_lock._process_start_time(os.getpid())  # pylint: disable=protected-access
+  live = dict(host=socket.gethostname(), pid=os.getpid(), start_ticks=ticks)
   info = dict(live, start_ticks="1")  # The pid now belongs to a process started at another time.
   now = time.time()
   host = socket.gethostname()
