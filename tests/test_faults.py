@@ -149,6 +149,41 @@ def test_second_run_on_a_workdir_in_use_stops_at_once(tiny_synthetic, tmp_path):
   assert seconds < 120, seconds
 
 
+def test_stale_lock_of_a_killed_run_is_taken_over_by_the_next(tiny_synthetic, tmp_path):
+  eval_dir = tmp_path / "eval" / "test"
+  eval_dir.mkdir(parents=True)
+  pid = _dead_pid()
+  _write_lock(str(eval_dir), host=socket.gethostname(), pid=pid)
+  result = _run("diffseg_jax.main", f"--workdir={tmp_path}", *config_flags(tiny_synthetic),
+                "--mode=evaluate", timeout=300)
+  assert f"Taking over the stale lock {eval_dir / workdir_lock.LOCK_NAME}" in result.stderr
+  assert f"process {pid} on this host is gone" in result.stderr
+  _assert_one_error_line(result, "train first")  # It went on to look for the checkpoint.
+  assert not (eval_dir / workdir_lock.LOCK_NAME).exists()  # Released at the end.
+
+
+def test_all_processes_stop_when_process_0_finds_the_workdir_in_use(tiny_synthetic, tmp_path):
+  """Process 0 alone takes the lock; the others learn its outcome instead of hanging."""
+  from tests.test_multiprocess import _free_port  # pylint: disable=g-import-not-at-top
+
+  address = f"127.0.0.1:{_free_port()}"
+  command = [sys.executable, "-m", "diffseg_jax.main", f"--workdir={tmp_path}",
+             *config_flags(tiny_synthetic), f"--coordinator_address={address}",
+             "--num_processes=2", "--cpu_collectives=gloo"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  with workdir_lock.hold(str(tmp_path)):
+    procs = [subprocess.Popen(command + [f"--process_id={i}"], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    try:
+      outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+  assert [p.returncode for p in procs] == [2, 2], outputs
+  assert f"pid {os.getpid()}" in outputs[0][1]
+  assert "Process 0 could not write or lock" in outputs[1][1]
+
+
 # --- Full and read-only disks ------------------------------------------------------------------
 
 @pytest.mark.parametrize("code,words", [
