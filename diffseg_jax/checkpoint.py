@@ -21,6 +21,55 @@ class CheckpointNotFoundError(FileNotFoundError):
   pass
 
 
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's parameter names or shapes differ from the network being restored."""
+
+
+def _key_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _check_shapes(item_dir: str, abstract_params: Any) -> None:
+  """Raises CheckpointMismatchError naming the parameters whose names or shapes differ.
+
+  Reads only the item's metadata; a checkpoint without it (another layout) is left to the restore.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(item_dir):
+    return
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    stored = handler.metadata(epath.Path(item_dir))
+  except (OSError, ValueError, KeyError):
+    return
+  finally:
+    handler.close()
+  stored = {_key_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)
+            if hasattr(m, "shape")}
+  wanted = {_key_str(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  if not stored or stored == wanted:
+    return
+  shapes = [f"{k} {stored[k]} vs {wanted[k]}" for k in sorted(wanted)
+            if k in stored and stored[k] != wanted[k]]
+  only_stored = sorted(set(stored) - set(wanted))
+  only_wanted = sorted(set(wanted) - set(stored))
+  parts = []
+  if shapes:
+    parts.append(f"{len(shapes)} of {len(wanted)} parameter shapes differ (checkpoint vs config), "
+                 f"e.g. {'; '.join(shapes[:3])}")
+  if only_stored:
+    parts.append(f"{len(only_stored)} parameters only in the checkpoint, e.g. {', '.join(only_stored[:3])}")
+  if only_wanted:
+    parts.append(f"{len(only_wanted)} parameters only in the config's network, e.g. "
+                 f"{', '.join(only_wanted[:3])}")
+  raise CheckpointMismatchError(
+      "; ".join(parts) + ": config.model (base_channels, channel_mult, num_res_blocks, "
+      "num_middle_blocks, attention_levels, num_heads) or the image channels differ from the run "
+      "that wrote it")
+
+
 def _manager(directory: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
              async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   # A reader (evaluation while training runs) neither creates nor cleans up anything.
@@ -102,6 +151,22 @@ def save_params(directory: str, params: Any, *, step: int = 0,
   return os.path.abspath(directory)
 
 
+def _saved_model_settings(manager: ocp.CheckpointManager, step: int) -> str:
+  """' (the run that wrote it had model.x=..., ...)' from a train checkpoint's meta, else ''."""
+  keys = ("base_channels", "channel_mult", "num_res_blocks", "num_middle_blocks",
+          "attention_levels", "num_heads")
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    model = meta["config"]["model"]
+    image = meta["config"]["dataset"]["image_preprocessing"]
+  except Exception:  # pylint: disable=broad-except
+    return ""  # Exported checkpoints carry no config.
+  settings = [f"model.{k}={tuple(v) if isinstance(v, list) else v}" for k in keys
+              if (v := model.get(k)) is not None]
+  return (f" (the run that wrote it had {', '.join(settings)}, "
+          f"dataset.image_preprocessing={image!r})")
+
+
 def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True,
                    step: Optional[int] = None):
   """Restores only the (EMA) parameters of the latest (or given) step; returns (params, step)."""
@@ -122,9 +187,17 @@ def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True
   abstract_params = jax.tree.map(
       lambda x: x if getattr(x, "sharding", None) is not None
       else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      **{item: ocp.args.StandardRestore(abstract_params)}))
-  manager.close()
+  try:
+    # Checked first: a restore that fails midway leaves TensorStore callbacks printing "Event loop
+    # is closed" tracebacks.
+    try:
+      _check_shapes(os.path.join(directory, str(step), item), abstract_params)
+    except CheckpointMismatchError as e:
+      raise CheckpointMismatchError(f"{e}{_saved_model_settings(manager, step)}") from None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(abstract_params)}))
+  finally:
+    manager.close()
   logging.info("Restored %s of step %d from %s", item, step, directory)
   return restored[item], step
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 from absl import app
@@ -32,6 +33,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from diffseg_jax import denoiser
+from diffseg_jax import errors
 from diffseg_jax.models import unet
 
 _RES_BLOCK_PARTS = {
@@ -124,7 +126,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     nnx.State with the parameters (float32), ready for `nnx.update(model, s)`.
 
   Raises:
-    ValueError naming every missing, unexpected and shape-mismatched key.
+    errors.DataError (a ValueError) naming every missing, unexpected and
+    shape-mismatched key.
   """
   target = abstract_params(config)
   expected = {tuple(path): leaf.shape
@@ -158,7 +161,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
         f'Check the config ({config}); the authors\' checkpoints use '
         'image_channels=3 and their channel_mult / num_res_blocks / '
         'num_middle_blocks / attention_levels / num_heads.')
-    raise ValueError('\n'.join(lines))
+    raise errors.DataError('\n'.join(lines))
   pure: dict[Any, Any] = {}
   for path, array in converted.items():
     node = pure
@@ -172,16 +175,24 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
 def load_npz_state_dict(path: str, *, prefix: str = '') -> dict[str, np.ndarray]:
   """Reads a state dict saved with np.savez (keys = PyTorch names, optionally
   under `prefix`, e.g. 'weights/')."""
-  with np.load(path) as data:
-    out = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--npz {path} does not exist (or is not a file).')
+  try:
+    with np.load(path) as data:
+      out = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+  except (OSError, ValueError, AttributeError) as e:
+    raise errors.DataError(f'Cannot read {path} as an .npz archive (np.savez): {e}') from e
   if not out:
-    raise ValueError(f'{path} holds no arrays with prefix {prefix!r}.')
+    raise errors.DataError(f'{path} holds no arrays with prefix {prefix!r}: set --npz_prefix to '
+                           'the prefix of its keys, or save the state dict with np.savez.')
   return out
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads the authors' .pt file: a dict whose 'model' entry is the state dict
   (a bare state dict is accepted too)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--torch_checkpoint {path} does not exist (or is not a file).')
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -194,13 +205,16 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   except Exception:  # pylint: disable=broad-except
     logging.warning('%s has non-tensor objects; loading it with '
                     'weights_only=False (only do this for trusted files).', path)
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    try:
+      checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.DataError(f'Cannot read {path} as a PyTorch checkpoint: {e}') from e
   if isinstance(checkpoint, Mapping) and 'model' in checkpoint:
     checkpoint = checkpoint['model']
   if not isinstance(checkpoint, Mapping) or not all(
       hasattr(v, 'detach') for v in checkpoint.values()):
-    raise ValueError(f'{path} is neither a dict with a "model" state dict nor '
-                     'a state dict of tensors.')
+    raise errors.DataError(f'{path} is neither a dict with a "model" state dict nor '
+                           'a state dict of tensors.')
   return {k: v.detach().cpu().float().numpy() for k, v in checkpoint.items()}
 
 
@@ -208,10 +222,12 @@ def check_image_channels(state_dict: Mapping[str, np.ndarray], config: unet.UNet
   """Fails, saying what to set, when the checkpoint's input width differs from the config's."""
   first = state_dict.get('input_blocks.0.0.weight')
   if first is None:
-    raise ValueError('The state dict has no input_blocks.0.0.weight (the first convolution).')
+    raise errors.DataError(
+        'The state dict has no input_blocks.0.0.weight (the first convolution): it is not the '
+        'authors\' U-Net, or its keys carry a prefix (pass --npz_prefix=PREFIX/).')
   expected = int(np.shape(first)[1]) - 1
   if expected != config.image_channels:
-    raise ValueError(
+    raise errors.ConfigError(
         f'The checkpoint takes {expected} image channel(s) but the config gives '
         f'{config.image_channels}. The authors\' checkpoints take their 3-channel ImageNet-normalised '
         'input: pass --config.dataset.image_preprocessing=imagenet_rgb.')
@@ -230,6 +246,21 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 
 def main(argv):
+  """Converts; an error the user can fix ends with `ERROR: ...` and exit status 2."""
+  try:
+    _convert(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = errors.io_fault_message(e, path=str(_OUT.value), flag='--out')
+    if isinstance(e, (FileNotFoundError, ImportError, errors.ConfigError, errors.DataError)):
+      message = str(e)
+    if message is None or os.environ.get('DIFFSEG_TRACEBACK', '').strip().lower() in (
+        '1', 'true', 'yes'):
+      raise
+    print(f'ERROR: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _convert(argv):
   del argv
   from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
   if (_TORCH_CHECKPOINT.value is None) == (_NPZ.value is None):

@@ -23,8 +23,30 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from diffseg_jax import errors
+
 TRAIN_KEYS = ('image', 'masks')
 STRING_KEYS = ('id', 'patient_id')
+
+
+def _check_known_name(name: str, data_dir: str) -> None:
+  """Raises ConfigError unless `name` ('NAME/CONFIG') is one tfds_lidc.build can build."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+
+  builder, _, config = name.partition('/')
+  if builder not in build.BUILDERS:
+    raise errors.ConfigError(
+        f'Unknown data set {name!r} (config.dataset.name): the data sets are '
+        f'{sorted(build.BUILDERS)}, e.g. synthetic_lesions/32 or lidc/knegt_pickle.')
+  module, cls = build.BUILDERS[builder]
+  configs = sorted(c.name for c in getattr(importlib.import_module(module), cls).BUILDER_CONFIGS)
+  # Builds with overrides are named CONFIG_<field><value>...
+  if not any(config == c or config.startswith(c + '_') for c in configs):
+    raise errors.ConfigError(
+        f'Unknown config {config!r} of data set {builder!r} (config.dataset.name={name!r}), and '
+        f'nothing of that name is built in {data_dir!r}: choose one of {configs} (builds with '
+        '--override are named CONFIG_<field><value>..., or as their name= override).')
 
 
 def load_source(*, name: str, split: str, data_dir: str):
@@ -57,6 +79,7 @@ def load_source(*, name: str, split: str, data_dir: str):
   if version:
     versions = [v for v in versions if v[1] == version]
   if not versions:
+    _check_known_name(base, data_dir)
     what = f'version {version} of ' if version else ''
     raise FileNotFoundError(
         f'{what}data set {base!r} is not built in data_dir {data_dir!r} (no {config_dir}/<version>/'

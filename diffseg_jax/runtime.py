@@ -1,6 +1,7 @@
 """Process start-up: JAX's multi-process runtime, and the errors shown to users without a traceback."""
 
 import os
+import sys
 from typing import Mapping, Optional
 
 from absl import logging
@@ -12,7 +13,13 @@ from tfds_lidc import errors as tfds_errors
 # Errors that carry their own fix in the message: main prints them and exits non-zero.
 # (Missing data, checkpoints and manual files are FileNotFoundErrors.)
 USER_ERRORS = (FileNotFoundError, errors.ConfigError, errors.DataError, errors.NonFiniteLossError,
-               tfds_errors.CorruptFileError)
+               errors.WorkdirInUseError, tfds_errors.CorruptFileError)
+
+# Config values that must be positive integers (0 or less fails late and obscurely).
+_POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "eval_batch_size",
+             "eval_num_images", "eval_num_samples", "eval.batch_size", "predict.num_samples",
+             "sampler.num_steps", "sampling_batch")
+
 
 # JAX's own variables for an explicit multi-process set-up (the flags take precedence).
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -26,18 +33,47 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PRO
 
 
 class _QuietLibraries:
-  """Drops INFO lines from Orbax and TFDS internals so progress lines stay readable."""
+  """Drops INFO lines from Orbax and TFDS internals so progress lines stay readable.
+
+  Also drops Orbax's error reports (each with a traceback, one per writer thread) of a full or
+  read-only disk: the exception reaches `main`, which reports it in one line. DIFFSEG_TRACEBACK=1
+  keeps them.
+  """
 
   _NOISY = ("/orbax/", "/tensorflow_datasets/")
 
   def filter(self, record) -> bool:
-    if record.levelno > 20:  # WARNING and above always pass.
-      return True
+    if record.levelno > 20:  # WARNING and above pass, except Orbax's reports of a disk fault.
+      return not (record.exc_info and "/orbax/" in record.pathname
+                  and errors.find_io_fault(record.exc_info[1]) is not None
+                  and os.environ.get("DIFFSEG_TRACEBACK", "") not in ("1", "true", "yes"))
     return not any(part in record.pathname for part in self._NOISY)
 
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if not getattr(sys.unraisablehook, "drops_closed_event_loop", False):
+    sys.unraisablehook = _drop_closed_event_loop(sys.unraisablehook)
+
+
+def _drop_closed_event_loop(previous):
+  """Wraps `sys.unraisablehook` to drop "Event loop is closed" from TensorStore callbacks.
+
+  When an Orbax save or restore fails, its asyncio loop closes while TensorStore still finishes
+  the other reads/writes of that operation; their done-callbacks cannot reach the closed loop and
+  each prints a traceback (about 20 after one failed checkpoint write) after the real error.
+  Nothing waits for those results any more, so they are dropped; every other unraisable
+  exception goes to `previous`.
+  """
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_event_loop = True
+  return hook
 
 
 def distributed_settings(*, coordinator_address: Optional[str], num_processes: Optional[int],
@@ -116,3 +152,60 @@ def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
     return int(value)
   except ValueError:
     raise ValueError(f"{name}={value!r} is not an integer.") from None
+
+
+def flag_error_message(e: Exception, argv: list[str]) -> str:
+  """One line for an error raised while parsing `argv`: the offending flag, the cause, the fix."""
+  text = str(e)
+  if isinstance(e, (AttributeError, KeyError)):
+    # ml_collections quotes the KeyError text (with a "Did you mean" line) inside the message.
+    text = text.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+    key, _, hint = text.partition("\n")
+    key = key.strip("'\"")
+    flag = next((a.split("=")[0] for a in argv[1:]
+                 if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] == key), None)
+    where = f"{flag}: " if flag else ""
+    fix = hint.strip() or "Check the spelling against the config file."
+    return f"{where}the config has no key {key!r}. {fix}"
+  text = " ".join(text.split())
+  if isinstance(e, OSError) and "config file" in text:
+    return f"--config: {text}"
+  return f"{text} (see --helpfull for the flags; add --verbose for the traceback)"
+
+
+def check_config(config) -> None:
+  """Rejects config values that would fail late or obscurely (after compiling, mid-run)."""
+  for key in _POSITIVE:
+    node = config
+    for part in key.split("."):
+      node = node.get(part) if node is not None and hasattr(node, "get") else None
+    if node is None:
+      continue
+    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
+      raise errors.ConfigError(f"config.{key}={node!r} must be a positive integer: set "
+                               f"--config.{key}=N with N >= 1.")
+  samples = tuple(config.get("eval", {}).get("num_samples_list", (1,)) or ())
+  if not samples or any(not isinstance(n, int) or n < 1 for n in samples):
+    raise errors.ConfigError(f"config.eval.num_samples_list={samples!r} must be a non-empty list of "
+                             "positive integers, e.g. --config.eval.num_samples_list='(4,16)'.")
+
+
+def output_folders(config, *, mode: str, workdir: str, output: Optional[str]) -> list[tuple[str, str]]:
+  """(folder, flag choosing it) for every folder `mode` writes: each is locked and write-checked."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  eval_dir = os.path.join(workdir, "eval", config.eval.output_name or config.eval.split)
+  if mode == "train":
+    return [(workdir, "--workdir")] + ([(eval_dir, "--workdir")]
+                                       if config.evaluate_after_training else [])
+  if mode == "evaluate":
+    return [(eval_dir, "--workdir")]
+  return [(os.path.abspath(os.path.expanduser(output or os.path.join(workdir, "predict"))),
+           "--output")]
+
+
+def user_error_message(e: BaseException, *, path: str, flag: str) -> Optional[str]:
+  """The one line for an error the user can fix, or None for a bug (shown with its traceback)."""
+  fault = errors.io_fault_message(e, path=path, flag=flag)
+  if isinstance(e, USER_ERRORS) and not (fault and isinstance(e, OSError)):
+    return str(e)
+  return fault

@@ -113,6 +113,7 @@ def test_missing_torch_says_how_to_install(tmp_path):
     pytest.skip('torch is installed')
   except ImportError:
     pass
+  (tmp_path / 'model.pt').write_bytes(b'')  # A missing file is reported as missing first.
   with pytest.raises(ImportError, match='pip install torch'):
     convert.load_torch_state_dict(str(tmp_path / 'model.pt'))
 
@@ -164,7 +165,7 @@ def test_cli_converts_npz_and_saves_params(reference, tmp_path, monkeypatch):
 
 
 @needs_reference
-def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path):
+def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path, capsys):
   npz = tmp_path / 'sd.npz'
   np.savez(npz, **_state_dict(reference))
   config_path = tmp_path / 'config.py'
@@ -173,8 +174,10 @@ def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path):
   with flagsaver.flagsaver():
     convert.flags.FLAGS.unparse_flags()
     convert.flags.FLAGS(argv)
-    with pytest.raises(ValueError, match='image_preprocessing=imagenet_rgb'):
+    with pytest.raises(SystemExit) as e:  # One line, no traceback.
       convert.main(argv[:1])
+  assert e.value.code == 2
+  assert 'image_preprocessing=imagenet_rgb' in capsys.readouterr().err
 
 
 @needs_reference
