@@ -47,19 +47,20 @@ def test_interrupted_run_resumes_exactly(tiny_synthetic, tmp_path, monkeypatch):
   config = tiny_config(tiny_synthetic, num_train_steps=6, checkpoint_every_steps=2)
   reference = train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))
 
-  real_train_batches = input_pipeline.train_batches
+  real_next = input_pipeline.TrainIterator.__next__
+  delivered = []
 
-  def failing_after_three(*args, **kwargs):
-    for i, batch in enumerate(real_train_batches(*args, **kwargs)):
-      if i == 3:
-        raise KeyboardInterrupt("simulated crash after 3 steps")
-      yield batch
+  def failing_after_three(self):
+    if len(delivered) == 3:
+      raise KeyboardInterrupt("simulated crash after 3 steps")
+    delivered.append(1)
+    return real_next(self)
 
-  monkeypatch.setattr(input_pipeline, "train_batches", failing_after_three)
+  monkeypatch.setattr(input_pipeline.TrainIterator, "__next__", failing_after_three)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert checkpoint.Checkpointer(str(tmp_path / "resumed" / "checkpoints")).latest_step() == 2
-  monkeypatch.setattr(input_pipeline, "train_batches", real_train_batches)
+  monkeypatch.setattr(input_pipeline.TrainIterator, "__next__", real_next)
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert int(resumed["step"]) == 6
   _assert_trees_equal(reference["params"], resumed["params"])
