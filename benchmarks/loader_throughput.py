@@ -10,10 +10,10 @@ the proportions 90/5/5) into a temporary data dir and times the build
 (`build_s_synthetic_10k` when num_build=10000), then reads its train split through
 `input_pipeline.train_batches` and applies the jitted `augment.augment` (all
 augmentations on, p as in SPEC §2) plus `choose_annotation`, blocking on the result.
-Each rate is the median of `repeats` passes. `--baseline=REV` also times
-`train_batches` of diffseg_jax/input_pipeline.py at git revision REV (read with
-`git show`), alternating with the current one in every repeat, so both see the
-same load of a shared machine.
+Each rate is the median of `repeats` passes; 'loader only' rates time the batches
+without augmentation. `--baseline=REV` also times `train_batches` of
+diffseg_jax/input_pipeline.py at git revision REV (read with `git show`) in every
+repeat, alternating which goes first, so both see the same load of a shared machine.
 Writes benchmarks/results/loader_throughput.json and prints a table.
 """
 
@@ -61,9 +61,13 @@ def load_baseline(rev):
 
 
 def time_pipeline(pipeline, source, *, batch_size, steps, step_fn, mesh):
-  """Augmented examples per second over `steps` batches after 2 warm-up batches."""
+  """Examples per second over `steps` batches after 2 warm-up batches.
+
+  With `step_fn` None, the loader alone (global batches on the device, not augmented).
+  """
   batches = pipeline.train_batches(source, global_batch_size=batch_size, seed=0, mesh=mesh)
   rng = jax.random.key(0)
+  step_fn = step_fn or (lambda rng, **batch: batch)
   for i in range(2):
     jax.block_until_ready(step_fn(jax.random.fold_in(rng, i), **next(batches)))
   start = time.perf_counter()
@@ -116,14 +120,20 @@ def main():
     config = augment.AugmentConfig()
     step_fn = jax.jit(lambda rng, image, masks: _augment_and_choose(rng, image, masks, config))
     runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
-    for _ in range(args.repeats):
-      for label, pipeline in pipelines.items():
+    raw_runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
+    for repeat in range(args.repeats):
+      # Alternate who goes first: the first pass of a repeat may read pages not yet cached.
+      for label, pipeline in list(pipelines.items())[::1 if repeat % 2 == 0 else -1]:
         for bs in batch_sizes:
           runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs, steps=args.steps,
                                                step_fn=step_fn, mesh=mesh))
+          raw_runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs,
+                                                   steps=args.steps, step_fn=None, mesh=mesh))
   finally:
     shutil.rmtree(data_dir, ignore_errors=True)
   medians = {label: {bs: statistics.median(v) for bs, v in r.items()} for label, r in runs.items()}
+  raw_medians = {label: {bs: statistics.median(v) for bs, v in r.items()}
+                 for label, r in raw_runs.items()}
   rates = medians['current']
 
   result = dict(
@@ -131,10 +141,18 @@ def main():
       examples_per_s_by_batch={str(k): round(v, 1) for k, v in rates.items()},
       repeats=args.repeats,
       runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs['current'].items()},
+      loader_only_examples_per_s_by_batch={
+          str(k): round(v, 1) for k, v in raw_medians['current'].items()},
+      loader_only_runs_by_batch={
+          str(k): [round(x, 1) for x in v] for k, v in raw_runs['current'].items()},
       baseline=None if not args.baseline else dict(
           rev=args.baseline,
           examples_per_s_by_batch={str(k): round(v, 1) for k, v in medians[args.baseline].items()},
-          runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()}),
+          runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()},
+          loader_only_examples_per_s_by_batch={
+              str(k): round(v, 1) for k, v in raw_medians[args.baseline].items()},
+          loader_only_runs_by_batch={
+              str(k): [round(x, 1) for x in v] for k, v in raw_runs[args.baseline].items()}),
       image_size=args.size,
       steps=args.steps,
       augment_config=str(config),
@@ -158,6 +176,9 @@ def main():
     cells = ' | '.join(f'{medians[label][bs]:.1f}' for label in pipelines)
     print(f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented (median of {args.repeats}) '
           f'| {cells} |')
+    cells = ' | '.join(f'{raw_medians[label][bs]:.1f}' for label in pipelines)
+    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, loader only (median of '
+          f'{args.repeats}) | {cells} |')
   print(f'| build {args.num_build} synthetic_lesions/{args.size} examples (s) | {build_result:.1f} |')
   print(f'wrote {args.out}')
 
