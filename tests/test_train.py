@@ -68,6 +68,15 @@ def test_interrupted_run_resumes_exactly(tiny_synthetic, tmp_path, monkeypatch):
   _assert_trees_equal(reference["opt_state"], resumed["opt_state"])
 
 
+def test_resume_with_another_batch_size_names_the_data_state(tiny_synthetic, tmp_path):
+  train.train_and_evaluate(tiny_config(tiny_synthetic, num_train_steps=2), str(tmp_path))
+  config = tiny_config(tiny_synthetic, num_train_steps=4, batch_size=8)
+  with pytest.raises(errors.ConfigError, match=r"checkpoints/2/data: .*global_batch_size=4 "
+                     r"\(this run: 8\).*config\.json") as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "\n" not in str(err.value)
+
+
 def test_sigkill_then_restart_matches_uninterrupted_run(tiny_synthetic, tmp_path):
   steps = 120
   overrides = dict(num_train_steps=steps, checkpoint_every_steps=2, log_every_steps=50,
