@@ -15,6 +15,7 @@ setuptools.setup(
         "array_record>=0.5",
         "clu>=0.0.12",
         "flax>=0.10.4",
+        "grain>=0.2.18",
         "importlib_resources>=6.0",
         "jax>=0.5.0",
         "ml_collections>=0.1.1",

@@ -1,6 +1,7 @@
 r"""Loader throughput: built synthetic set -> sharded train batches -> jitted augmentation.
 
   python benchmarks/loader_throughput.py [--size=128] [--num_build=10000] [--batch_sizes=8,32]
+      [--repeats=3] [--baseline=GIT_REV]
 
 (after `pip install -e .`, or with PYTHONPATH=. from the repository root).
 
@@ -9,6 +10,10 @@ the proportions 90/5/5) into a temporary data dir and times the build
 (`build_s_synthetic_10k` when num_build=10000), then reads its train split through
 `input_pipeline.train_batches` and applies the jitted `augment.augment` (all
 augmentations on, p as in SPEC §2) plus `choose_annotation`, blocking on the result.
+Each rate is the median of `repeats` passes; 'loader only' rates time the batches
+without augmentation. `--baseline=REV` also times `train_batches` of
+diffseg_jax/input_pipeline.py at git revision REV (read with `git show`) in every
+repeat, alternating which goes first, so both see the same load of a shared machine.
 Writes benchmarks/results/loader_throughput.json and prints a table.
 """
 
@@ -17,8 +22,11 @@ import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
 import tempfile
 import time
+import types
 
 import jax
 
@@ -26,6 +34,7 @@ from diffseg_jax import augment
 from diffseg_jax import input_pipeline
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'loader_throughput.json')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_synthetic(*, size, num_examples, data_dir):
@@ -41,11 +50,24 @@ def build_synthetic(*, size, num_examples, data_dir):
   return report['dataset'], time.perf_counter() - start
 
 
-def time_pipeline(source, *, batch_size, steps, config, mesh):
-  """Augmented examples per second over `steps` batches after 2 warm-up batches."""
-  step_fn = jax.jit(lambda rng, image, masks: _augment_and_choose(rng, image, masks, config))
-  batches = input_pipeline.train_batches(source, global_batch_size=batch_size, seed=0, mesh=mesh)
+def load_baseline(rev):
+  """diffseg_jax/input_pipeline.py of git revision `rev`, imported as a module."""
+  path = 'diffseg_jax/input_pipeline.py'
+  text = subprocess.run(['git', 'show', f'{rev}:{path}'], cwd=REPO, capture_output=True, text=True,
+                        check=True).stdout
+  module = types.ModuleType(f'input_pipeline_at_{rev}')
+  exec(compile(text, f'{rev}:{path}', 'exec'), module.__dict__)  # pylint: disable=exec-used
+  return module
+
+
+def time_pipeline(pipeline, source, *, batch_size, steps, step_fn, mesh):
+  """Examples per second over `steps` batches after 2 warm-up batches.
+
+  With `step_fn` None, the loader alone (global batches on the device, not augmented).
+  """
+  batches = pipeline.train_batches(source, global_batch_size=batch_size, seed=0, mesh=mesh)
   rng = jax.random.key(0)
+  step_fn = step_fn or (lambda rng, **batch: batch)
   for i in range(2):
     jax.block_until_ready(step_fn(jax.random.fold_in(rng, i), **next(batches)))
   start = time.perf_counter()
@@ -55,6 +77,14 @@ def time_pipeline(source, *, batch_size, steps, config, mesh):
   seconds = time.perf_counter() - start
   batches.close()
   return batch_size * steps / seconds
+
+
+def _cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+  except OSError:
+    return None
 
 
 def _augment_and_choose(rng, image, masks, config):
@@ -70,8 +100,16 @@ def main():
   parser.add_argument('--batch_sizes', default='8,32')
   parser.add_argument('--steps', type=int, default=60)
   parser.add_argument('--out', default=RESULTS)
+  parser.add_argument('--repeats', type=int, default=1)
+  parser.add_argument('--baseline', default=None,
+                      help='git revision whose input_pipeline.py is timed alongside (A/B)')
   args = parser.parse_args()
 
+  pipelines = {'current': input_pipeline}
+  if args.baseline:
+    pipelines[args.baseline] = load_baseline(args.baseline)
+  batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+  load_start = os.getloadavg()[0]
   data_dir = tempfile.mkdtemp(prefix='loader_throughput_')
   try:
     name, build_result = build_synthetic(size=args.size, num_examples=args.num_build, data_dir=data_dir)
@@ -80,21 +118,52 @@ def main():
     source = input_pipeline.load_source(name=name, split='train', data_dir=data_dir)
     mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
     config = augment.AugmentConfig()
-    rates = {bs: time_pipeline(source, batch_size=bs, steps=args.steps, config=config, mesh=mesh)
-             for bs in (int(b) for b in args.batch_sizes.split(','))}
+    step_fn = jax.jit(lambda rng, image, masks: _augment_and_choose(rng, image, masks, config))
+    runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
+    raw_runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
+    for repeat in range(args.repeats):
+      # Alternate who goes first: the first pass of a repeat may read pages not yet cached.
+      for label, pipeline in list(pipelines.items())[::1 if repeat % 2 == 0 else -1]:
+        for bs in batch_sizes:
+          runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs, steps=args.steps,
+                                               step_fn=step_fn, mesh=mesh))
+          raw_runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs,
+                                                   steps=args.steps, step_fn=None, mesh=mesh))
   finally:
     shutil.rmtree(data_dir, ignore_errors=True)
+  medians = {label: {bs: statistics.median(v) for bs, v in r.items()} for label, r in runs.items()}
+  raw_medians = {label: {bs: statistics.median(v) for bs, v in r.items()}
+                 for label, r in raw_runs.items()}
+  rates = medians['current']
 
   result = dict(
       examples_per_s=round(max(rates.values()), 1),
       examples_per_s_by_batch={str(k): round(v, 1) for k, v in rates.items()},
+      repeats=args.repeats,
+      runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs['current'].items()},
+      loader_only_examples_per_s_by_batch={
+          str(k): round(v, 1) for k, v in raw_medians['current'].items()},
+      loader_only_runs_by_batch={
+          str(k): [round(x, 1) for x in v] for k, v in raw_runs['current'].items()},
+      baseline=None if not args.baseline else dict(
+          rev=args.baseline,
+          examples_per_s_by_batch={str(k): round(v, 1) for k, v in medians[args.baseline].items()},
+          runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()},
+          loader_only_examples_per_s_by_batch={
+              str(k): round(v, 1) for k, v in raw_medians[args.baseline].items()},
+          loader_only_runs_by_batch={
+              str(k): [round(x, 1) for x in v] for k, v in raw_runs[args.baseline].items()}),
       image_size=args.size,
+      steps=args.steps,
       augment_config=str(config),
       num_build=args.num_build,
       build_seconds=round(build_result, 2),
       build_s_synthetic_10k=round(build_result, 2) if args.num_build == 10000 else None,
       device=str(jax.devices()[0]),
+      cpu_model=_cpu_model(),
       cpu_count=os.cpu_count(),
+      load_average_1min_at_start=round(load_start, 2),
+      load_average_1min_at_end=round(os.getloadavg()[0], 2),
       platform=platform.platform(),
       jax_version=jax.__version__,
       date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
@@ -102,9 +171,14 @@ def main():
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2)
-  print('| measure | value |\n|---|---|')
-  for bs, rate in rates.items():
-    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented | {rate:.1f} |')
+  print('| measure | ' + ' | '.join(pipelines) + ' |\n|---|' + '---|' * len(pipelines))
+  for bs in batch_sizes:
+    cells = ' | '.join(f'{medians[label][bs]:.1f}' for label in pipelines)
+    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented (median of {args.repeats}) '
+          f'| {cells} |')
+    cells = ' | '.join(f'{raw_medians[label][bs]:.1f}' for label in pipelines)
+    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, loader only (median of '
+          f'{args.repeats}) | {cells} |')
   print(f'| build {args.num_build} synthetic_lesions/{args.size} examples (s) | {build_result:.1f} |')
   print(f'wrote {args.out}')
 

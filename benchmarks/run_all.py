@@ -36,8 +36,9 @@ BENCHMARKS = {
 QUICK_TOTAL_S = 570  # --quick stops every script by then, so it ends within 10 minutes.
 # Bookkeeping fields of the scripts' JSON that are not measurements.
 NOT_MEASURED = {"cpu_count", "runs", "batch", "num_samples", "images", "size", "chunk", "repeats",
-                "steps", "image_size", "num_build", "load_average_1min_at_start", "quick",
-                "threads", "torch_threads", "ref_images", "sampler_steps"}
+                "steps", "image_size", "num_build", "load_average_1min_at_start",
+                "load_average_1min_at_end", "quick", "threads", "torch_threads",
+                "ref_images", "sampler_steps"}
 
 
 def _read(path: str) -> str:

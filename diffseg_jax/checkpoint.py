@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state: what is saved, where, and how it comes back.
 
-A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng}) and `meta`
-(JSON: data position, config). Exported checkpoints (`save_params`, e.g. converted PyTorch weights) hold
+A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng}), `meta`
+(JSON: data position, config) and `data` (JSON: the train data iterator's `get_state()`, e.g.
+`input_pipeline.TrainIterator`: next step, data set, split, seed, batch size). Exported checkpoints (`save_params`, e.g. converted PyTorch weights) hold
 only `params`, `ema_params` and `meta`; evaluation and prediction read just the parameter items, so they
 work on both kinds.
 """
@@ -13,7 +14,9 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
-TRAIN_ITEMS = ("params", "ema_params", "opt_state", "train", "meta")
+from diffseg_jax import errors
+
+TRAIN_ITEMS = ("params", "ema_params", "opt_state", "train", "meta", "data")
 PARAM_ITEMS = ("params", "ema_params")
 
 
@@ -96,30 +99,61 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], *,
-           force: bool = False) -> bool:
-    """Saves `state` (params, ema_params, opt_state, step, rng) at `step`; returns whether it saved."""
-    args = ocp.args.Composite(
+           data_iterator: Any = None, force: bool = False) -> bool:
+    """Saves `state` (params, ema_params, opt_state, step, rng) at `step`; returns whether it saved.
+
+    `data_iterator` (with `get_state()` -> JSON-able dict) is saved as item `data`; it
+    must be positioned at the batch of step `step`.
+    """
+    items = dict(
         params=ocp.args.StandardSave(state["params"]),
         ema_params=ocp.args.StandardSave(state["ema_params"]),
         opt_state=ocp.args.StandardSave(state["opt_state"]),
         train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
         meta=ocp.args.JsonSave(dict(meta)),
     )
-    return self._manager.save(int(step), args=args, force=force)
+    if data_iterator is not None:
+      items["data"] = ocp.args.JsonSave(dict(data_iterator.get_state()))
+    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, abstract_state: Mapping[str, Any], step: Optional[int] = None):
-    """Restores the full state into the shapes/shardings of `abstract_state`; returns (state, meta)."""
+  def restore(self, abstract_state: Mapping[str, Any], step: Optional[int] = None, *,
+              data_iterator: Any = None):
+    """Restores the full state into the shapes/shardings of `abstract_state`; returns (state, meta).
+
+    With `data_iterator`, also calls its `set_state` with the saved item `data`
+    (checkpoints written before that item existed: {'next_index': the saved step}).
+
+    Raises:
+      CheckpointNotFoundError: no checkpoint.
+      errors.ConfigError: the data iterator refuses the saved state (another data set or config).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointNotFoundError(f"No checkpoint in {self.directory}.")
-    args = ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardRestore(abstract_state["params"]),
         ema_params=ocp.args.StandardRestore(abstract_state["ema_params"]),
         opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
         train=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}),
         meta=ocp.args.JsonRestore(),
     )
-    restored = self._manager.restore(step, args=args)
+    data_dir = os.path.join(self.directory, str(step), "data")
+    has_data = data_iterator is not None and os.path.isdir(data_dir)
+    if has_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iterator is not None:
+      train_step = int(restored.train["step"])
+      data_state = restored.data if has_data else {"next_index": restored.meta.get("data_step", train_step)}
+      if data_state.get("next_index") != train_step:
+        raise errors.ConfigError(
+            f"{data_dir}: the data iterator is at batch {data_state.get('next_index')} but the train "
+            f"state at step {train_step}: the checkpoint is inconsistent; delete {os.path.dirname(data_dir)} "
+            "to resume from the previous checkpoint.")
+      try:
+        data_iterator.set_state(data_state)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f"{data_dir}: {e}") from None
     state = {
         "params": restored.params,
         "ema_params": restored.ema_params,

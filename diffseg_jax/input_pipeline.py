@@ -4,8 +4,11 @@ Training order is a pure function of (seed, step): epoch e is the permutation
 `np.random.default_rng([seed, e]).permutation(N)`, the epochs are concatenated into
 one stream, and step s is the window [s B, (s + 1) B) of that stream. Every process
 computes the same global indices and reads only the rows of the global batch that its
-devices hold, so a resumed run (`start_step` = the checkpointed step) sees exactly the
-batches it would have seen, on any number of hosts.
+devices hold. Reading is a grain pipeline (`train_dataset`: an endless
+`grain.MapDataset` of steps mapped to host batches, read ahead by grain's threads)
+whose iterator state is the next step; `TrainIterator.get_state` adds the settings
+that fix the order and goes into the Orbax checkpoint, so a resumed run sees exactly
+the batches it would have seen, on any number of hosts.
 
 A source is anything with `__len__` and `__getitem__(i) -> dict of numpy arrays`
 (optionally a batched `__getitems__(list)`), e.g. `tfds.data_source(...)`.
@@ -13,12 +16,12 @@ A source is anything with `__len__` and `__getitem__(i) -> dict of numpy arrays`
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
@@ -27,6 +30,7 @@ from diffseg_jax import errors
 
 TRAIN_KEYS = ('image', 'masks')
 STRING_KEYS = ('id', 'patient_id')
+ENDLESS = sys.maxsize  # Length of the endless train data set (steps).
 
 
 def _check_known_name(name: str, data_dir: str) -> None:
@@ -181,60 +185,123 @@ def host_batch(source, *, seed: int, step: int, global_batch_size: int, rows: tu
   return batch
 
 
+def train_dataset(source, *, seed: int, global_batch_size: int, rows: tuple[int, int],
+                  keys: Sequence[str] = TRAIN_KEYS) -> grain.MapDataset:
+  """Endless `grain.MapDataset` whose element `step` is `host_batch(source, step=step, ...)`.
+
+  The order is our own permutation stream (`batch_indices`), not grain's shuffle, so
+  that it stays a pure function of (seed, step); a grain iterator over this data set
+  checkpoints as {'next_index': step}.
+  """
+  if len(source) <= 0:
+    raise ValueError('the source is empty.')
+
+  def read(step):
+    return host_batch(source, seed=seed, step=int(step), global_batch_size=global_batch_size,
+                      rows=rows, keys=keys)
+
+  return grain.MapDataset.range(ENDLESS).map(read)
+
+
+def _source_name(source) -> tuple[str, str]:
+  """(data set 'NAME/CONFIG/VERSION', split) of a TFDS source; the class name and '' otherwise."""
+  info = getattr(source, 'dataset_info', None)
+  name = getattr(info, 'full_name', None) or type(source).__name__
+  return str(name), str(getattr(source, 'split', '') or '')
+
+
+class TrainIterator:
+  """Checkpointable iterator of global train batches, read by a grain iterator.
+
+  `get_state()` is a JSON-able dict: 'next_index' (the step of the next batch) and
+  the settings that fix the order ('dataset', 'split', 'seed', 'global_batch_size',
+  'num_examples'; 'process_count' for information: any number of processes reads the
+  same global batches). `set_state` refuses a state written with other settings.
+  """
+
+  def __init__(self, source, *, global_batch_size: int, seed: int, mesh: jax.sharding.Mesh,
+               data_axis: str = 'data', prefetch: int = 2, num_threads: int = 2,
+               keys: Sequence[str] = TRAIN_KEYS):
+    axis_size = mesh.shape[data_axis]
+    if global_batch_size % axis_size:
+      raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the size '
+                       f'{axis_size} of mesh axis {data_axis!r}.')
+    self._sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    self._global_batch_size = global_batch_size
+    rows = local_rows(sharding=self._sharding, global_batch_size=global_batch_size)
+    dataset = train_dataset(source, seed=seed, global_batch_size=global_batch_size, rows=rows,
+                            keys=keys)
+    read_options = grain.ReadOptions(num_threads=num_threads if prefetch > 0 else 0,
+                                     prefetch_buffer_size=max(prefetch, 0))
+    self._iterator = dataset.to_iter_dataset(read_options).__iter__()
+    name, split = _source_name(source)
+    self.order = {'dataset': name, 'split': split, 'seed': int(seed),
+                  'global_batch_size': int(global_batch_size), 'num_examples': len(source)}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    batch = next(self._iterator)
+    return {k: jax.make_array_from_process_local_data(
+        self._sharding, v, (self._global_batch_size,) + v.shape[1:]) for k, v in batch.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {'next_index': int(self._iterator.get_state()['next_index']), **self.order,
+            'process_count': jax.process_count()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues from `state` (from `get_state`; {'next_index': step} alone is accepted).
+
+    Raises:
+      errors.ConfigError: the state is malformed or comes from another data set,
+        split, seed, global batch size or number of examples.
+    """
+    step = state.get('next_index') if isinstance(state, Mapping) else None
+    if not isinstance(step, int) or step < 0:
+      raise errors.ConfigError(f'data iterator state {state!r} has no non-negative int '
+                               "'next_index'; it was not written by TrainIterator.get_state.")
+    changed = [f'{k}={state[k]!r} (this run: {v!r})' for k, v in self.order.items()
+               if k in state and state[k] != v]
+    if changed:
+      raise errors.ConfigError(
+          f"data iterator state written with {', '.join(changed)}: it belongs to another data "
+          'set or config. Resume with the config that wrote it (workdir/config.json) or train '
+          'in a new workdir.')
+    self._iterator.set_state({'next_index': step})
+
+  def close(self) -> None:
+    self._iterator.close()
+
+
 def train_batches(source, *, global_batch_size: int, seed: int, start_step: int = 0,
                   mesh: jax.sharding.Mesh, data_axis: str = 'data', prefetch: int = 2,
-                  num_threads: int = 2, keys: Sequence[str] = TRAIN_KEYS) -> Iterator[dict[str, Any]]:
-  """Endless iterator of global train batches, the first one being batch `start_step`.
+                  num_threads: int = 2, keys: Sequence[str] = TRAIN_KEYS) -> TrainIterator:
+  """Endless checkpointable iterator of global train batches, the first one being batch `start_step`.
 
   Args:
     source: random-access source.
     global_batch_size: B, divisible by the size of mesh axis `data_axis`.
     seed: shuffling seed (non-negative int).
-    start_step: the step of the first batch (the trainer's checkpointed step on resume).
+    start_step: the step of the first batch (`set_state` of a checkpointed state
+      does the same and checks that the state belongs to this data and config).
     mesh: device mesh; batches are sharded over `data_axis` along the batch dimension.
     data_axis: mesh axis name.
-    prefetch: number of host batches read ahead in background threads (0 = none).
-    num_threads: reader threads.
+    prefetch: number of host batches grain reads ahead in background threads (0 = none).
+    num_threads: grain's reader threads.
     keys: features to deliver.
 
-  Yields:
-    {'image': [B,H,W,1] float32, 'masks': [B,M,H,W] uint8} global jax.Arrays with
-    NamedSharding(mesh, P(data_axis)); each process reads only the rows it holds.
+  Returns:
+    A `TrainIterator` yielding {'image': [B,H,W,1] float32, 'masks': [B,M,H,W] uint8}
+    global jax.Arrays with NamedSharding(mesh, P(data_axis)); each process reads only
+    the rows it holds.
   """
-  axis_size = mesh.shape[data_axis]
-  if global_batch_size % axis_size:
-    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the size '
-                     f'{axis_size} of mesh axis {data_axis!r}.')
-  sharding = NamedSharding(mesh, PartitionSpec(data_axis))
-  rows = local_rows(sharding=sharding, global_batch_size=global_batch_size)
-
-  def read(step):
-    return host_batch(source, seed=seed, step=step, global_batch_size=global_batch_size,
-                      rows=rows, keys=keys)
-
-  def to_global(batch):
-    return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size,) + v.shape[1:])
-            for k, v in batch.items()}
-
-  step = start_step
-  if prefetch <= 0:
-    while True:
-      yield to_global(read(step))
-      step += 1
-  executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
-                                                   thread_name_prefix='train_batches')
-  pending = collections.deque()
-  try:
-    while True:
-      while len(pending) <= prefetch:
-        pending.append(executor.submit(read, step + len(pending)))
-      batch = pending.popleft().result()
-      step += 1
-      yield to_global(batch)
-  finally:
-    for future in pending:
-      future.cancel()
-    executor.shutdown(wait=False, cancel_futures=True)
+  iterator = TrainIterator(source, global_batch_size=global_batch_size, seed=seed, mesh=mesh,
+                           data_axis=data_axis, prefetch=prefetch, num_threads=num_threads,
+                           keys=keys)
+  if start_step:
+    iterator.set_state({'next_index': int(start_step)})
+  return iterator
 
 
 def eval_batches(source, *, batch_size: int, num_examples: int | None = None,

@@ -273,9 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), max_to_keep=config.max_checkpoints_to_keep,
       async_save=config.async_checkpointing)
+  batches = input_pipeline.train_batches(
+      train_source, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
+      data_axis=DATA_AXIS)
   if ckpt.latest_step() is not None:
-    # The data position is the step itself: batches are a pure function of (seed, step).
-    state, _ = ckpt.restore(checkpoint.abstract_like(state, shardings))
+    state, _ = ckpt.restore(checkpoint.abstract_like(state, shardings), data_iterator=batches)
     logging.info("Resumed from step %d (%s).", int(state["step"]), ckpt.directory)
   start_step = int(state["step"])
   if start_step == 0 and is_main:
@@ -285,15 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
                  jax.devices()[0].platform)
 
   train_step = jit_train_step(make_train_step(config, graphdef, optimizer), mesh, shardings)
-  batches = input_pipeline.train_batches(
-      train_source, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      mesh=mesh, data_axis=DATA_AXIS)
   validator = _Validator(config, graphdef, mesh, eval_source, workdir, writer, is_main)
   report = metric_writers.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                          every_steps=config.log_every_steps, every_secs=None)
 
   def save(step, force=False):
-    ckpt.save(step, state, {"data_step": step, "config": config.to_dict()}, force=force)
+    ckpt.save(step, state, {"data_step": step, "config": config.to_dict()}, data_iterator=batches,
+              force=force)
 
   pending = []
   last_good_step = ckpt.latest_step()

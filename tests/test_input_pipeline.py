@@ -1,15 +1,20 @@
 """Tests for diffseg_jax.input_pipeline on in-memory sources and a tiny built data set."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from diffseg_jax import checkpoint
+from diffseg_jax import errors
 from diffseg_jax import input_pipeline as ip
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
@@ -118,6 +123,142 @@ def test_simulated_processes_concatenate_to_the_global_batch():
     ip.process_rows(global_batch_size=6, process_index=0, process_count=4)
 
 
+def _assert_batches_equal(a, b):
+  assert set(a) == set(b)
+  for key in a:
+    np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+
+
+@pytest.mark.parametrize('prefetch', [0, 3])
+def test_grain_iterator_state_resumes_exactly(prefetch):
+  source, mesh = BatchedSource(10), _mesh()
+  kwargs = dict(global_batch_size=4, seed=7, mesh=mesh, prefetch=prefetch)
+  uninterrupted = ip.train_batches(source, **kwargs)
+  reference = [next(uninterrupted) for _ in range(9)]
+  uninterrupted.close()
+  for k in (0, 2, 5):
+    it = ip.train_batches(source, **kwargs)
+    for step in range(k):
+      _assert_batches_equal(next(it), reference[step])
+    saved = json.loads(json.dumps(it.get_state()))  # As the Orbax JSON item stores it.
+    it.close()
+    assert saved == {'next_index': k, 'dataset': 'BatchedSource', 'split': '', 'seed': 7,
+                     'global_batch_size': 4, 'num_examples': 10, 'process_count': 1}
+    fresh = ip.train_batches(source, **kwargs)
+    fresh.set_state(saved)
+    for step in range(k, 9):
+      _assert_batches_equal(next(fresh), reference[step])
+    assert fresh.get_state()['next_index'] == 9
+    fresh.close()
+
+
+def test_train_dataset_is_a_grain_map_dataset_of_steps():
+  source = ListSource(10)
+  ds = ip.train_dataset(source, seed=7, global_batch_size=4, rows=(0, 4))
+  assert isinstance(ds, grain.MapDataset) and len(ds) == ip.ENDLESS
+  want = _reference_stream(7, 10, 4 * 40).reshape(40, 4)
+  for step in (0, 3, 39):
+    np.testing.assert_array_equal(_index_of(ds[step]['image']), want[step])
+  with pytest.raises(ValueError, match='empty'):
+    ip.train_dataset(ListSource(0), seed=0, global_batch_size=2, rows=(0, 2))
+
+
+def test_two_processes_read_disjoint_rows_covering_the_global_batch():
+  source = ListSource(12)  # Batches do not straddle epochs: their examples are distinct.
+  rows = [ip.process_rows(global_batch_size=6, process_index=p, process_count=2) for p in range(2)]
+  assert rows == [(0, 3), (3, 6)]
+  datasets = [ip.train_dataset(source, seed=1, global_batch_size=6, rows=r) for r in rows]
+  iterators = [iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
+               for ds in datasets]
+  want = _reference_stream(1, 12, 6 * 5).reshape(5, 6)
+  for step in range(5):
+    parts = [_index_of(next(it)['image']) for it in iterators]
+    assert [len(p) for p in parts] == [3, 3]
+    assert not set(parts[0]) & set(parts[1])
+    np.testing.assert_array_equal(np.concatenate(parts), want[step])
+  assert [it.get_state() for it in iterators] == [{'next_index': 5}] * 2
+
+
+def test_state_from_another_data_set_or_config_is_refused():
+  mesh = _mesh()
+  it = ip.train_batches(ListSource(10), global_batch_size=4, seed=7, mesh=mesh, prefetch=0)
+  next(it)
+  state = it.get_state()
+  it.close()
+  others = {'num_examples': dict(source=ListSource(11)),
+            'seed': dict(seed=8),
+            'global_batch_size': dict(global_batch_size=2),
+            'dataset': dict(source=BatchedSource(10))}
+  for key, change in others.items():
+    kwargs = dict(dict(source=ListSource(10), global_batch_size=4, seed=7), **change)
+    other = ip.train_batches(kwargs.pop('source'), mesh=mesh, prefetch=0, **kwargs)
+    with pytest.raises(errors.ConfigError, match=f'{key}=.*this run.*config.json') as err:
+      other.set_state(state)
+    assert '\n' not in str(err.value)
+  # Another number of processes reads the same global batches: accepted.
+  same = ip.train_batches(ListSource(10), global_batch_size=4, seed=7, mesh=mesh, prefetch=0)
+  same.set_state(dict(state, process_count=4))
+  np.testing.assert_array_equal(_index_of(next(same)['image']), _reference_stream(7, 10, 8)[4:])
+  for bad in ({}, {'next_index': -1}, {'next_index': '3'}, [3]):
+    with pytest.raises(errors.ConfigError, match='next_index'):
+      same.set_state(bad)
+
+
+def _tiny_state():
+  return {'params': {'w': jnp.arange(3.0)}, 'ema_params': {'w': jnp.ones(3)},
+          'opt_state': {'mu': jnp.zeros(3)}, 'step': jnp.asarray(0, jnp.int32),
+          'rng': jnp.zeros(2, jnp.uint32)}
+
+
+def test_checkpointer_saves_and_restores_the_data_iterator(tmp_path):
+  source, mesh = ListSource(10), _mesh()
+  kwargs = dict(global_batch_size=4, seed=7, mesh=mesh)
+  reference = ip.train_batches(source, **kwargs)
+  expected = [next(reference) for _ in range(5)]
+  reference.close()
+  it = ip.train_batches(source, **kwargs)
+  for _ in range(3):
+    next(it)
+  state = dict(_tiny_state(), step=jnp.asarray(3, jnp.int32))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
+  ckpt.save(3, state, {'data_step': 3}, data_iterator=it, force=True)
+  state['step'] = jnp.asarray(1, jnp.int32)
+  ckpt.save(1, state, {'data_step': 1}, force=True)  # As written before the 'data' item existed.
+  ckpt.close()
+  it.close()
+  data_file = [f for f in os.listdir(tmp_path / 'ckpt' / '3' / 'data')]
+  assert data_file
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), async_save=False)
+  abstract = checkpoint.abstract_like(_tiny_state())
+  resumed = ip.train_batches(source, **kwargs)
+  restored, _ = ckpt.restore(abstract, data_iterator=resumed)
+  assert int(restored['step']) == 3 and resumed.get_state()['next_index'] == 3
+  for step in (3, 4):
+    _assert_batches_equal(next(resumed), expected[step])
+  legacy = ip.train_batches(source, **kwargs)
+  ckpt.restore(abstract, step=1, data_iterator=legacy)
+  _assert_batches_equal(next(legacy), expected[1])
+  other_seed = ip.train_batches(source, global_batch_size=4, seed=8, mesh=mesh)
+  with pytest.raises(errors.ConfigError, match=r'ckpt/3/data: .*seed=7 \(this run: 8\)'):
+    ckpt.restore(abstract, data_iterator=other_seed)
+  ckpt.close()
+  for i in (resumed, legacy, other_seed):
+    i.close()
+
+
+def test_checkpointer_refuses_a_data_state_at_another_step(tmp_path):
+  it = ip.train_batches(ListSource(10), global_batch_size=4, seed=7, mesh=_mesh())
+  next(it)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(2, dict(_tiny_state(), step=jnp.asarray(2, jnp.int32)), {}, data_iterator=it,
+            force=True)
+  with pytest.raises(errors.ConfigError, match='at batch 1 but the train state at step 2'):
+    ckpt.restore(checkpoint.abstract_like(_tiny_state()), data_iterator=it)
+  ckpt.close()
+  it.close()
+
+
 def test_train_batches_on_four_cpu_devices():
   script = textwrap.dedent("""
       import jax, numpy as np
@@ -218,3 +359,8 @@ def test_built_synthetic_set_through_the_pipeline(tmp_path):
   assert evals[0]['id'].dtype.kind == 'U' and evals[0]['modes'].shape == (2, 3, 32, 32)
   with pytest.raises(ValueError, match='splits'):
     ip.load_source(name=report['dataset'], split='training', data_dir=str(tmp_path))
+  state = ip.train_batches(source, global_batch_size=4, seed=5, mesh=_mesh()).get_state()
+  assert state['dataset'] == report['dataset'] + '/1.0.0' and state['split'] == 'train'
+  on_val = ip.train_batches(val, global_batch_size=4, seed=5, mesh=_mesh())
+  with pytest.raises(errors.ConfigError, match="split='train' \\(this run: 'validation'\\)"):
+    on_val.set_state(state)

@@ -6,6 +6,7 @@ reads half of it and Orbax writes one checkpoint from both. The final parameters
 checkpoints, must agree within float tolerance (the gradient mean is reduced in another order).
 """
 
+import json
 import os
 import signal
 import socket
@@ -121,6 +122,15 @@ def test_two_processes_match_one_process(two_and_one_process_runs):
       b = _get(two_tree, path)
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5,
                                  err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_processes_checkpoint_the_same_data_iterator_state(two_and_one_process_runs):
+  states = {}
+  for label in ("two", "one"):
+    path = two_and_one_process_runs[label] / "checkpoints" / str(NUM_STEPS) / "data" / "metadata"
+    states[label] = json.loads(path.read_text())
+  assert states["two"]["next_index"] == NUM_STEPS and states["two"]["process_count"] == 2
+  assert dict(states["two"], process_count=1) == states["one"]
 
 
 def test_restore_params_without_shardings_reads_a_two_process_checkpoint(two_and_one_process_runs):

@@ -47,24 +47,34 @@ def test_interrupted_run_resumes_exactly(tiny_synthetic, tmp_path, monkeypatch):
   config = tiny_config(tiny_synthetic, num_train_steps=6, checkpoint_every_steps=2)
   reference = train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))
 
-  real_train_batches = input_pipeline.train_batches
+  real_next = input_pipeline.TrainIterator.__next__
+  delivered = []
 
-  def failing_after_three(*args, **kwargs):
-    for i, batch in enumerate(real_train_batches(*args, **kwargs)):
-      if i == 3:
-        raise KeyboardInterrupt("simulated crash after 3 steps")
-      yield batch
+  def failing_after_three(self):
+    if len(delivered) == 3:
+      raise KeyboardInterrupt("simulated crash after 3 steps")
+    delivered.append(1)
+    return real_next(self)
 
-  monkeypatch.setattr(input_pipeline, "train_batches", failing_after_three)
+  monkeypatch.setattr(input_pipeline.TrainIterator, "__next__", failing_after_three)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert checkpoint.Checkpointer(str(tmp_path / "resumed" / "checkpoints")).latest_step() == 2
-  monkeypatch.setattr(input_pipeline, "train_batches", real_train_batches)
+  monkeypatch.setattr(input_pipeline.TrainIterator, "__next__", real_next)
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert int(resumed["step"]) == 6
   _assert_trees_equal(reference["params"], resumed["params"])
   _assert_trees_equal(reference["ema_params"], resumed["ema_params"])
   _assert_trees_equal(reference["opt_state"], resumed["opt_state"])
+
+
+def test_resume_with_another_batch_size_names_the_data_state(tiny_synthetic, tmp_path):
+  train.train_and_evaluate(tiny_config(tiny_synthetic, num_train_steps=2), str(tmp_path))
+  config = tiny_config(tiny_synthetic, num_train_steps=4, batch_size=8)
+  with pytest.raises(errors.ConfigError, match=r"checkpoints/2/data: .*global_batch_size=4 "
+                     r"\(this run: 8\).*config\.json") as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "\n" not in str(err.value)
 
 
 def test_sigkill_then_restart_matches_uninterrupted_run(tiny_synthetic, tmp_path):
