@@ -19,6 +19,7 @@ PACKAGES=(
   tensorboardX==2.6.5 protobuf==7.36.2                  # TensorBoard events
   pillow==13.0.0                                        # visualize.py, tfds_lidc
   pydicom==3.0.2                                        # raw TCIA LIDC
+  grain==0.2.18 cloudpickle==3.1.3 portpicker==1.6.0     # training input pipeline
   tensorflow-datasets==4.9.10 array_record==0.8.6 dm-tree==0.1.10 immutabledict==4.3.1
   simple-parsing==0.1.9 docstring_parser==0.18.0 tensorflow-metadata==1.21.0
   googleapis-common-protos==1.76.0 termcolor==3.3.0 toml==0.10.2 tqdm==4.70.1 psutil==7.2.2
