@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tfds_lidc import synthetic_lesions
 from jax.sharding import NamedSharding, PartitionSpec
 
 from diffseg_jax import checkpoint
@@ -360,7 +362,8 @@ def test_built_synthetic_set_through_the_pipeline(tmp_path):
   with pytest.raises(ValueError, match='splits'):
     ip.load_source(name=report['dataset'], split='training', data_dir=str(tmp_path))
   state = ip.train_batches(source, global_batch_size=4, seed=5, mesh=_mesh()).get_state()
-  assert state['dataset'] == report['dataset'] + '/1.0.0' and state['split'] == 'train'
+  assert state['dataset'] == (report['dataset'] + '/'
+                              + str(synthetic_lesions.SyntheticLesions.VERSION)) and state['split'] == 'train'
   on_val = ip.train_batches(val, global_batch_size=4, seed=5, mesh=_mesh())
   with pytest.raises(errors.ConfigError, match="split='train' \\(this run: 'validation'\\)"):
     on_val.set_state(state)

@@ -12,6 +12,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 import pytest
+
+from tfds_lidc import synthetic_lesions
 import tensorflow_datasets as tfds
 
 from tfds_lidc import build
@@ -203,7 +205,8 @@ def test_cli_flags(tmp_path, capsys):
   assert build.main(['--dataset=synthetic_lesions/32', f'--data_dir={out}',
                      '--override=num_train=4,num_validation=2,num_test=2']) == 0
   with open(os.path.join(out, 'synthetic_lesions', '32_num_test2_num_train4_num_validation2',
-                         '1.0.0', build.REPORT_NAME)) as f:
+                         str(synthetic_lesions.SyntheticLesions.VERSION),
+                         build.REPORT_NAME)) as f:
     assert json.load(f)['num_examples'] == {'train': 4, 'validation': 2, 'test': 2}
   capsys.readouterr()
   assert build.main(['--dataset=synthetic_lesions/32']) == 1  # The flags above are reset.
