@@ -15,6 +15,22 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The authors' recorded network/loss numbers (SPEC §2a) and the small network they were recorded on.
+REFERENCE = os.path.join(SHARED, "data", "reference", "official_reference.npz")
+SMALL = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 1),
+             num_middle_blocks=2, attention_levels=(-1,), num_heads=4, image_channels=3)
+needs_reference = pytest.mark.skipif(
+    not os.path.exists(REFERENCE), reason=f"{REFERENCE} missing (CI keeps shared/ beside the checkout).")
+
+
+@pytest.fixture(scope="module")
+def reference():
+  with np.load(REFERENCE) as data:
+    return {k: data[k] for k in data.files}
+
+
 TinyData = collections.namedtuple("TinyData", ["data_dir", "name"])
 
 

@@ -12,21 +12,7 @@ import pytest
 from diffseg_jax import convert
 from diffseg_jax.models import unet
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
-REFERENCE = os.path.join(SHARED, 'data', 'reference', 'official_reference.npz')
-SMALL = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 1),
-             num_middle_blocks=2, attention_levels=(-1,), num_heads=4,
-             image_channels=3)
-
-needs_reference = pytest.mark.skipif(
-    not os.path.exists(REFERENCE),
-    reason=f'{REFERENCE} missing (CI keeps shared/ beside the checkout).')
-
-
-@pytest.fixture(scope='module')
-def reference():
-  with np.load(REFERENCE) as data:
-    return {k: data[k] for k in data.files}
+from tests.conftest import REFERENCE, SMALL, needs_reference, reference  # pylint: disable=unused-import
 
 
 def _state_dict(reference):
