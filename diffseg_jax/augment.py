@@ -16,7 +16,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
 # Inverse maps of the dihedral group D4 acting on centred (row, col) coordinates:
 # k = 0..3 rotate by k * 90 degrees, k = 4..7 additionally transpose.
@@ -124,18 +123,11 @@ def map_examples(fn, rng, *arrays):
     *arrays: [B, ...] arrays.
 
   Returns:
-    fn's outputs stacked over the batch. When the data's batch axis is sharded over an
-    Explicit mesh axis, the map runs per device (shard_map), so nothing is gathered.
+    fn's outputs stacked over the batch (a vmap: under the training mesh's Auto axes XLA keeps the
+    per-example work on the devices that hold the examples).
   """
   keys = jax.random.split(rng, arrays[0].shape[0])
-  sharding = jax.typeof(arrays[0]).sharding
-  spec = getattr(sharding, 'spec', None)
-  if not spec or spec[0] is None:
-    return jax.vmap(fn)(keys, *arrays)
-  batch_spec = PartitionSpec(spec[0])
-  keys = jax.sharding.reshard(keys, sharding.update(spec=batch_spec))
-  return jax.shard_map(jax.vmap(fn), mesh=sharding.mesh, in_specs=batch_spec,
-                       out_specs=batch_spec)(keys, *arrays)
+  return jax.vmap(fn)(keys, *arrays)
 
 
 def _uniform(rng, low, high):

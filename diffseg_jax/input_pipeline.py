@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -69,6 +70,29 @@ def load_source(*, name: str, split: str, data_dir: str):
   return builder.as_data_source(split=split)
 
 
+def prepare_dataset(*, name: str, data_dir: str, split: str = 'train') -> None:
+  """Builds a synthetic data set on first use (no download); LIDC sets must be built by the user.
+
+  Process 0 builds while the others wait at a barrier. Does nothing for other data sets or when
+  `split` of `name` already exists in `data_dir`.
+  """
+  if not name.startswith('synthetic_lesions/'):
+    return
+  try:
+    load_source(name=name, split=split, data_dir=data_dir)
+    return
+  except FileNotFoundError:
+    pass
+  if jax.process_index() == 0:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+
+    logging.info('Building %s into %s (first use).', name, data_dir)
+    build.build(name, os.path.expanduser(data_dir), log=logging.info)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'prepare_dataset:{name}')
+
+
 def epoch_permutation(*, seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """The order of epoch `epoch`: [num_examples] int64, a permutation of range(num_examples)."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -88,15 +112,6 @@ def batch_indices(*, seed: int, step: int, global_batch_size: int, num_examples:
     perm = epoch_permutation(seed=seed, epoch=int(epoch), num_examples=num_examples)
     out[epochs == epoch] = perm[offsets[epochs == epoch]]
   return out
-
-
-def process_rows(*, global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """Rows [start, stop) of the global batch that process `process_index` reads (even split)."""
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the '
-                     f'{process_count} processes.')
-  share = global_batch_size // process_count
-  return process_index * share, (process_index + 1) * share
 
 
 def local_rows(*, sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int]:

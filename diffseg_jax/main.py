@@ -44,9 +44,9 @@ def main(argv):
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     if FLAGS.mode == "evaluate" or (FLAGS.mode == "train" and config.evaluate_after_training):
-      from diffseg_jax import inference
+      from diffseg_jax import evaluation
 
-      inference.evaluate_checkpoint(config, FLAGS.workdir)
+      evaluation.evaluate_checkpoint(config, FLAGS.workdir)
     if FLAGS.mode == "predict":
       if not FLAGS.input:
         raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
@@ -59,5 +59,22 @@ def main(argv):
     sys.exit(2)
 
 
+def renamed_key_errors(argv) -> list[str]:
+  """One message per `--config.KEY=...` override of a key that was renamed or removed."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  out = []
+  for arg in argv:
+    key = arg.partition("=")[0].removeprefix("--config.")
+    if arg.startswith("--config.") and key in default.RENAMED_KEYS:
+      new = default.RENAMED_KEYS[key]
+      out.append(f"--config.{key} was removed" + (f"; use --config.{new}." if new else "."))
+  return out
+
+
 if __name__ == "__main__":
+  for message in renamed_key_errors(sys.argv[1:]):
+    print(f"ERROR: {message}", file=sys.stderr)
+  if renamed_key_errors(sys.argv[1:]):
+    sys.exit(2)
   app.run(main)

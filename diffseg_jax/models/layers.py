@@ -268,9 +268,8 @@ class AttentionBlock(nnx.Module):
     self.proj_out = Conv(channels, channels, kernel_size=1, zero_init=True,
                          dtype=dtype, impl=impl, rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+  def __call__(self, x):
     """x [B, H, W, C] -> [B, H, W, C]."""
-    del rngs
     batch, height, width, channels = x.shape
     head_dim = channels // self.num_heads
     qkv = self.qkv(self.norm(x)).reshape(
@@ -291,8 +290,7 @@ class Downsample(nnx.Module):
     self.op = Conv(channels, channels, stride=2, dtype=dtype, impl=impl,
                    rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-    del rngs
+  def __call__(self, x):
     return self.op(x)
 
 
@@ -302,7 +300,6 @@ class Upsample(nnx.Module):
   def __init__(self, channels: int, *, dtype, impl: str, rngs: nnx.Rngs):
     self.conv = Conv(channels, channels, dtype=dtype, impl=impl, rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-    del rngs
+  def __call__(self, x):
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return self.conv(x)

@@ -195,8 +195,19 @@ class UNet(nnx.Module):
     return h
 
 
+def abstract_model(config: UNetConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, parameter State of shapes only) of `UNet(config)`, allocating nothing."""
+  model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param)
+
+
+def init_params(config: UNetConfig, rng: jax.Array) -> dict:
+  """Freshly initialised parameters of `UNet(config)` as a pure dict."""
+  _, params = nnx.split(UNet(config, rngs=nnx.Rngs(params=rng)), nnx.Param)
+  return params.to_pure_dict()
+
+
 def count_params(config: UNetConfig) -> int:
   """Number of parameters of `UNet(config)`, from shapes only (no compute)."""
-  model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
-  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-  return sum(int(jnp.size(leaf)) for leaf in leaves)
+  _, params = abstract_model(config)
+  return sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
