@@ -122,3 +122,21 @@ def test_report_progress_lines_rate_and_eta():
   assert written == [(20, {"images_per_sec": 5.0})]
   now[0] = 4.0
   assert report(100).startswith("evaluate test: 100/100 images (100%), 40 images/s, ETA 0s")
+
+
+def test_evaluation_reports_images_done_per_batch():
+  from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  now = [0.0]
+  lines = []
+  progress = metric_writers.ReportProgress(total=10, every=4, unit="images", what="evaluate test:",
+                                           clock=lambda: now[0])
+  batches = [{"image": np.zeros((4, 2, 2, 1)), "valid": np.array([True] * 4)},
+             {"image": np.zeros((4, 2, 2, 1)), "valid": np.array([True] * 4)},
+             {"image": np.zeros((4, 2, 2, 1)), "valid": np.array([True, True, False, False])}]
+  for batch in evaluation._with_progress(iter(batches), lambda done: lines.append(progress(done)), 10):
+    now[0] += 2.0
+    del batch
+  # The first batch starts the clock; then 4 images per 2 s, and the padding is not counted.
+  assert lines == [None, "evaluate test: 8/10 images (80%), 2 images/s, ETA 1s",
+                   "evaluate test: 10/10 images (100%), 1 images/s, ETA 0s"]
