@@ -59,24 +59,20 @@ def build_config(module: str, *, batch_size: int, dtype: str = "float32"):
 def build_train_step(config, *, size: int):
   """(compiled step, state, batch) of the training step for [B, size, size, 1] inputs.
 
-  The step is `train.jit_train_step(train.make_train_step(...))` lowered and compiled for a
-  random batch (image in [0, 1], 4 binary annotations) placed on the data axis of a 1-device mesh.
+  The step is training's own (`train.build`) lowered and compiled for a random batch (image in
+  [0, 1], 4 binary annotations) placed on the data axis of the config's mesh.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
+  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
   from diffseg_jax import train  # pylint: disable=g-import-not-at-top
 
-  mesh = train.make_mesh(config)
-  optimizer = train.make_optimizer(config)
-  graphdef, _ = train.abstract_model(config)
-  state, shardings = train.create_train_state(config, mesh, optimizer)
-  step = train.jit_train_step(train.make_train_step(config, graphdef, optimizer), mesh, shardings)
+  parts = train.build(config)
+  state, step = parts.state, parts.train_step
   rng = np.random.default_rng(0)
   b = config.batch_size
-  data = NamedSharding(mesh, P(train.DATA_AXIS))
+  data = parallel.batch_sharding(parts.mesh)
   batch = {"image": jax.device_put(rng.uniform(size=(b, size, size, 1)).astype(np.float32), data),
            "masks": jax.device_put((rng.uniform(size=(b, 4, size, size)) > 0.7).astype(np.uint8), data)}
   compiled = step.lower(state, batch).compile()

@@ -122,18 +122,21 @@ def ours_sample(cfg, *, images: int, samples: int, size: int, steps: int):
   """Callable drawing `samples` masks for each of `images` random images (diffseg_jax.sampling)."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
   from diffseg_jax import sampling  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
 
   cfg = cfg.copy_and_resolve_references()
   cfg.sampler.name = 'ddpm'
   cfg.sampler.variance = 'large'
   cfg.sampler.num_steps = steps
   cfg.sampling_batch = images * samples  # One network call per step for all masks.
-  mesh = train.make_mesh(cfg)
-  graphdef, _ = train.abstract_model(cfg)
-  params = jax.jit(lambda: train.init_params(cfg, jax.random.key(0)))()
-  sampler = sampling.Sampler(cfg, graphdef, mesh)
+  settings = settings_lib.resolve(cfg)
+  mesh = parallel.make_mesh(cfg.mesh.data)
+  graphdef, _ = unet.abstract_model(settings.unet)
+  params = jax.jit(lambda: unet.init_params(settings.unet, jax.random.key(0)))()
+  sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
   image = np.random.default_rng(0).uniform(size=(images, size, size, 1)).astype(np.float32)
   rng = jax.random.key(1)
   return lambda: sampler(params, image, rng, samples)  # Returns numpy: blocks.

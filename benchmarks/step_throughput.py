@@ -66,7 +66,7 @@ def main(argv):
 
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import denoiser  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import settings  # pylint: disable=g-import-not-at-top
 
   runs = 2 if _QUICK.value else _RUNS.value
   threads = side_by_side.cpu_threads()
@@ -87,7 +87,7 @@ def main(argv):
       'device': str(jax.devices()[0].device_kind),
       'torch_device': device,
       'machine': platform.platform(),
-      'params': unet.count_params(denoiser.unet_config(cfg)),
+      'params': unet.count_params(settings.unet_config(cfg)),
       'smoke_net': _SMOKE_NET.value,
       'conv_impl': _CONV_IMPL.value,
       'resolved_conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 r"""Default hyper-parameters: the paper's LIDCv1 128x128 model (SPEC §2), x-prediction.
 
 Every other config starts from this one and changes a few fields. The returned ConfigDict is locked:
@@ -10,6 +24,16 @@ with that key's name.
 
 import ml_collections
 
+# Keys that moved (old -> new); `python -m diffseg_jax.main` names the new key for an old override.
+RENAMED_KEYS = {
+    "eval_every_steps": "validation.every_steps",
+    "eval_num_images": "validation.num_images",
+    "eval_num_samples": "validation.num_samples",
+    "eval_batch_size": "validation.batch_size",
+    "dataset.eval_split": "validation.split",
+    "dataset.manual_dir": None,  # Never read: pass --manual_dir to python -m tfds_lidc.build.
+}
+
 
 def get_config(arg=None):
   """Returns the default config; `arg='smoke'` shrinks it to a seconds-long run."""
@@ -19,9 +43,7 @@ def get_config(arg=None):
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "lidc/knegt_pickle"  # TFDS name/config; see tfds_lidc/.
   config.dataset.data_dir = "~/tensorflow_datasets"
-  config.dataset.manual_dir = ""  # Raw data for LIDC builders (auto-build only for synthetic sets).
   config.dataset.train_split = "train"
-  config.dataset.eval_split = "validation"
   config.dataset.image_preprocessing = "grey"  # 'grey' | 'imagenet_rgb' (the authors' 3-channel input).
 
   config.model = ml_collections.ConfigDict()
@@ -79,12 +101,14 @@ def get_config(arg=None):
   config.max_checkpoints_to_keep = 3
   config.async_checkpointing = True
 
-  # Periodic validation during training (few samples: a health check, not the paper protocol).
-  config.eval_every_steps = 10_000
-  config.eval_num_images = 64
-  config.eval_num_samples = 4
-  config.eval_batch_size = 16
-  config.num_grid_images = 8
+  # Validation during training (few samples: a health check, not the paper protocol).
+  config.validation = ml_collections.ConfigDict()
+  config.validation.split = "validation"
+  config.validation.every_steps = 10_000  # 0 = never.
+  config.validation.num_images = 64
+  config.validation.num_samples = 4
+  config.validation.batch_size = 16
+  config.num_grid_images = 8  # Rows of the validation and evaluation grid.png.
   config.evaluate_after_training = False  # Run --mode=evaluate right after training.
   config.sampling_batch = 256  # Max examples per network call when sampling (images x samples / device).
 
@@ -97,6 +121,7 @@ def get_config(arg=None):
   config.eval.use_ema = True
   config.eval.seed = 0
   config.eval.output_name = ""  # Results go to WORKDIR/eval/<output_name or split>/.
+  config.eval.log_every_images = 100  # Progress line (images done, rate, ETA).
 
   # --mode=predict.
   config.predict = ml_collections.ConfigDict()
@@ -122,12 +147,13 @@ def apply_smoke(config):
   config.optim.decay_steps = 2
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
-  config.eval_every_steps = 4
-  config.eval_num_images = 4
-  config.eval_batch_size = 4
+  config.validation.every_steps = 4
+  config.validation.num_images = 4
+  config.validation.batch_size = 4
   config.num_grid_images = 2
   config.eval.num_samples_list = (2, 4)
   config.eval.num_examples = 4
   config.eval.batch_size = 4
+  config.eval.log_every_images = 4
   config.sampler.num_steps = 2
   config.predict.num_samples = 2

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 r"""Quickstart: the built-in synthetic set (32x32, no download) with a small U-Net, on a laptop CPU.
 
 Trains, then evaluates against the true annotation distribution (oracle) and an image-blind baseline,
@@ -17,7 +31,7 @@ from configs import default
 def get_config(arg=None):
   config = default.get_config(arg)
   config.dataset.name = "synthetic_lesions/32"
-  config.dataset.eval_split = "validation"
+  config.validation.split = "validation"
   config.model.base_channels = 16
   config.model.channel_mult = (1, 2, 4)
   config.model.num_res_blocks = (1, 1, 1)
@@ -36,9 +50,9 @@ def get_config(arg=None):
   config.num_train_steps = 2000
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
-  config.eval_every_steps = 1000
-  config.eval_num_images = 32
-  config.eval_batch_size = 32
+  config.validation.every_steps = 1000
+  config.validation.num_images = 32
+  config.validation.batch_size = 32
   config.eval.split = "test"
   config.eval.num_samples_list = (4, 16)
   config.eval.num_examples = 500

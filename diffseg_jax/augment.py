@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Training augmentations as pure JAX functions, run inside the jitted train step.
 
 Every example draws its own random transform from its own key (`augment` splits the
@@ -16,7 +30,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
 # Inverse maps of the dihedral group D4 acting on centred (row, col) coordinates:
 # k = 0..3 rotate by k * 90 degrees, k = 4..7 additionally transpose.
@@ -124,18 +137,11 @@ def map_examples(fn, rng, *arrays):
     *arrays: [B, ...] arrays.
 
   Returns:
-    fn's outputs stacked over the batch. When the data's batch axis is sharded over an
-    Explicit mesh axis, the map runs per device (shard_map), so nothing is gathered.
+    fn's outputs stacked over the batch (a vmap: under the training mesh's Auto axes XLA keeps the
+    per-example work on the devices that hold the examples).
   """
   keys = jax.random.split(rng, arrays[0].shape[0])
-  sharding = jax.typeof(arrays[0]).sharding
-  spec = getattr(sharding, 'spec', None)
-  if not spec or spec[0] is None:
-    return jax.vmap(fn)(keys, *arrays)
-  batch_spec = PartitionSpec(spec[0])
-  keys = jax.sharding.reshard(keys, sharding.update(spec=batch_spec))
-  return jax.shard_map(jax.vmap(fn), mesh=sharding.mesh, in_specs=batch_spec,
-                       out_specs=batch_spec)(keys, *arrays)
+  return jax.vmap(fn)(keys, *arrays)
 
 
 def _uniform(rng, low, high):

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Orbax checkpoints of the train state: what is saved, where, and how it comes back.
 
 A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng}), `meta`
@@ -15,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from diffseg_jax import errors
+from diffseg_jax.models import unet
 
 TRAIN_ITEMS = ("params", "ema_params", "opt_state", "train", "meta", "data")
 PARAM_ITEMS = ("params", "ema_params")
@@ -73,12 +88,11 @@ def _check_shapes(item_dir: str, abstract_params: Any) -> None:
       "that wrote it")
 
 
-def _manager(directory: str, *, max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
-             async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,
+             read_only: bool = False) -> ocp.CheckpointManager:
   # A reader (evaluation while training runs) neither creates nor cleans up anything.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep,
-      save_interval_steps=save_interval_steps,
       enable_async_checkpointing=async_save,
       create=not read_only,
       cleanup_tmp_directories=not read_only,
@@ -89,11 +103,9 @@ def _manager(directory: str, *, max_to_keep: Optional[int] = 3, save_interval_st
 class Checkpointer:
   """Periodic (async) saves of the full train state and exact restore of it."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1,
-               async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    self._manager = _manager(self.directory, max_to_keep=max_to_keep,
-                             save_interval_steps=save_interval_steps, async_save=async_save)
+    self._manager = _manager(self.directory, max_to_keep=max_to_keep, async_save=async_save)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -163,9 +175,6 @@ class Checkpointer:
     }
     return state, dict(restored.meta)
 
-  def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -234,6 +243,27 @@ def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True
     manager.close()
   logging.info("Restored %s of step %d from %s", item, step, directory)
   return restored[item], step
+
+
+def load_params(workdir: str, unet_config: unet.UNetConfig, mesh, *, use_ema: bool = True):
+  """(graphdef, params, step) of the latest checkpoint in WORKDIR/checkpoints, params replicated on `mesh`.
+
+  Raises:
+    CheckpointNotFoundError: no checkpoint there.
+    errors.ConfigError: the checkpoint holds another network than `unet_config`.
+  """
+  graphdef, abstract_params = unet.abstract_model(unet_config)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        abstract_params.to_pure_dict())
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
+  try:
+    params, step = restore_params(directory, target, use_ema=use_ema)
+  except ValueError as e:
+    raise errors.ConfigError(
+        f'The checkpoint in {directory} does not fit the network of this config ({e}). Evaluate with '
+        'the config it was trained with (saved as WORKDIR/config.json).') from e
+  return graphdef, params, step
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 r"""Converts the authors' PyTorch U-Net weights into our parameters (SPEC §2a).
 
 Library: `convert_state_dict(state_dict, config)` maps a state dict (names as in
@@ -12,7 +26,7 @@ extra `pip install -e ".[torch]"`):
   python -m diffseg_jax.main --config=configs/x_pred.py \
       --config.dataset.image_preprocessing=imagenet_rgb --workdir=/tmp/converted --mode=evaluate
 
-The network is the config's (`denoiser.unet_config`: tanh output for x-prediction). The authors
+The network is the config's (`settings.unet_config`: tanh output for x-prediction). The authors
 feed a 3-channel ImageNet-normalised image, so their checkpoints need
 `dataset.image_preprocessing=imagenet_rgb` (3 image channels); a mismatch is an error that says so.
 The parameters go to OUT/checkpoints, so OUT is a workdir for --mode=evaluate and --mode=predict.
@@ -21,6 +35,7 @@ The parameters go to OUT/checkpoints, so OUT is a workdir for --mode=evaluate an
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 from typing import Any, Mapping
@@ -32,8 +47,8 @@ from flax import nnx
 from ml_collections import config_flags
 import numpy as np
 
-from diffseg_jax import denoiser
 from diffseg_jax import errors
+from diffseg_jax import settings
 from diffseg_jax.models import unet
 
 _RES_BLOCK_PARTS = {
@@ -107,12 +122,6 @@ def _path_str(path) -> str:
   return '/'.join(str(p) for p in path)
 
 
-def abstract_params(config: unet.UNetConfig) -> nnx.State:
-  """The parameter State of `UNet(config)` as shapes only."""
-  model = nnx.eval_shape(lambda: unet.UNet(config, rngs=nnx.Rngs(0)))
-  return nnx.state(model, nnx.Param)
-
-
 def convert_state_dict(state_dict: Mapping[str, np.ndarray],
                        config: unet.UNetConfig) -> nnx.State:
   """Maps the authors' PyTorch state dict onto the parameters of UNet(config).
@@ -129,7 +138,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     errors.DataError (a ValueError) naming every missing, unexpected and
     shape-mismatched key.
   """
-  target = abstract_params(config)
+  _, target = unet.abstract_model(config)
   expected = {tuple(path): leaf.shape
               for path, leaf in nnx.to_flat_state(target)}
   converted = {}
@@ -188,9 +197,18 @@ def load_npz_state_dict(path: str, *, prefix: str = '') -> dict[str, np.ndarray]
   return out
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
   """Reads the authors' .pt file: a dict whose 'model' entry is the state dict
-  (a bare state dict is accepted too)."""
+  (a bare state dict is accepted too).
+
+  Loads with `torch.load(weights_only=True)`, which runs no code from the file. A file that
+  needs unpickling arbitrary objects is refused unless `allow_pickle` (run only trusted files).
+
+  Raises:
+    FileNotFoundError: no such file.
+    errors.DataError: the file needs pickle and allow_pickle is False, is not a
+      PyTorch checkpoint, or holds no state dict.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--torch_checkpoint {path} does not exist (or is not a file).')
   try:
@@ -200,13 +218,17 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
         f'Reading {path} needs PyTorch: `pip install torch` (or '
         '`pip install -e ".[torch]"`), or pass a state dict saved as '
         '--npz instead.') from e
-  try:
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception:  # pylint: disable=broad-except
-    logging.warning('%s has non-tensor objects; loading it with '
-                    'weights_only=False (only do this for trusted files).', path)
+  if allow_pickle:
+    logging.warning('Loading %s with weights_only=False: this runs any code pickled in it.', path)
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+  else:
     try:
-      checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+      checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise errors.DataError(
+          f'{path} holds objects other than tensors, and loading them would run code from the '
+          f'file ({str(e).splitlines()[0]}). If you trust the file, pass --allow_pickle; or save '
+          'its state dict with np.savez and pass --npz.') from e
     except Exception as e:  # pylint: disable=broad-except
       raise errors.DataError(f'Cannot read {path} as a PyTorch checkpoint: {e}') from e
   if isinstance(checkpoint, Mapping) and 'model' in checkpoint:
@@ -239,6 +261,9 @@ _NPZ = flags.DEFINE_string(
     'npz', None, 'Alternatively, a state dict saved with np.savez.')
 _NPZ_PREFIX = flags.DEFINE_string(
     'npz_prefix', '', 'Key prefix of the state dict inside --npz, e.g. weights/.')
+_ALLOW_PICKLE = flags.DEFINE_bool(
+    'allow_pickle', False, 'Load --torch_checkpoint with weights_only=False, which runs code pickled '
+    'in the file: only for files you trust.')
 _OUT = flags.DEFINE_string('out', None, 'Output checkpoint directory.')
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'The config to evaluate with (configs/*.py); its model and '
@@ -270,8 +295,8 @@ def _convert(argv):
   if _NPZ.value is not None:
     state_dict = load_npz_state_dict(_NPZ.value, prefix=_NPZ_PREFIX.value)
   else:
-    state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value)
-  config = denoiser.unet_config(_CONFIG.value)
+    state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value, allow_pickle=_ALLOW_PICKLE.value)
+  config = settings.unet_config(_CONFIG.value)
   check_image_channels(state_dict, config)
   params = convert_state_dict(state_dict, config)
   out = checkpoint.save_params(

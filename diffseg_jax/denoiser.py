@@ -1,18 +1,31 @@
-"""Where the network meets the diffusion math: config -> UNet, and UNet -> `denoise_fn(z, t, image)`.
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Where the network meets the diffusion math: the network's image input, `denoise_fn(z, t, image)`
+and the per-example training loss.
 
 `models/` knows nothing of diffusion and `diffusion.py` knows nothing of Flax; this module (used by the
-trainer, evaluation and prediction) is the one place that knows both.
+train step, validation, evaluation and prediction) is the one place that knows both.
 """
 
-import contextlib
-import dataclasses
-
+from flax import nnx
+import jax
 import jax.numpy as jnp
-import ml_collections
 
+from diffseg_jax import augment
 from diffseg_jax import diffusion
 from diffseg_jax import errors
-from diffseg_jax.models import unet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,38 +52,6 @@ def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
   return (rgb - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-def diffusion_config(config: ml_collections.ConfigDict) -> diffusion.DiffusionConfig:
-  d = config.diffusion
-  with _naming("config.diffusion"):
-    return diffusion.DiffusionConfig(
-        schedule=d.schedule, input_scale=d.input_scale, prediction=d.prediction,
-        weighting=d.weighting, decoupled=d.decoupled, conditioning=d.time_conditioning)
-
-
-def sampler_config(config: ml_collections.ConfigDict) -> diffusion.SamplerConfig:
-  s = config.sampler
-  with _naming("config.sampler"):
-    return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance,
-                                   ddim_eps=s.ddim_eps)
-
-
-def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
-  """The UNet for `config`: x-prediction gets a tanh output layer, v and eps an identity."""
-  m = config.model
-  fields = {f.name for f in dataclasses.fields(unet.UNetConfig)}
-  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in m.items() if k in fields}
-  unknown = sorted(set(m.keys()) - fields)
-  if unknown:
-    raise errors.ConfigError(f"config.model has keys the UNet does not know: {unknown}; valid: {sorted(fields)}")
-  with _naming("config.model"):
-    return unet.UNetConfig(
-        **kwargs,
-        image_channels=image_channels(config.dataset.image_preprocessing),
-        out_channels=1,
-        output_activation="tanh" if config.diffusion.prediction == "x" else "identity",
-    )
-
-
 def make_denoise_fn(model, *, rngs=None):
   """Returns `denoise_fn(z, t, image) -> raw network output` (dropout active only with `rngs`).
 
@@ -83,15 +64,33 @@ def make_denoise_fn(model, *, rngs=None):
   return denoise_fn
 
 
-@contextlib.contextmanager
-def _naming(section: str):
-  """Re-raises a dataclass's ValueError as a ConfigError that names the config section."""
-  try:
-    yield
-  except errors.ConfigError:
-    raise
-  except ValueError as e:
-    raise errors.ConfigError(f"{section}: {e}") from e
+def example_losses(model, *, image, masks, annotation_rng, noise_rng,
+                   diffusion_config: diffusion.DiffusionConfig, preprocessing: str,
+                   compute_dtype=jnp.float32, dropout_rng=None) -> jax.Array:
+  """The diffusion loss of each example against one of its annotations drawn at random.
+
+  The one loss of training (after augmentation) and validation.
+
+  Args:
+    model: the U-Net.
+    image: [B, H, W, 1] in [0, 1].
+    masks: [B, M, H, W] annotations in {0, 1}.
+    annotation_rng: picks one annotation per example.
+    noise_rng: the diffusion time and noise.
+    diffusion_config: the diffusion.
+    preprocessing: config.dataset.image_preprocessing.
+    compute_dtype: the dtype the network's image input is cast to.
+    dropout_rng: dropout randomness (None: no dropout).
+
+  Returns:
+    float32 [B] weighted losses.
+  """
+  x0 = augment.choose_annotation(annotation_rng, masks)
+  net_image = network_image(image, preprocessing=preprocessing).astype(compute_dtype)
+  rngs = None if dropout_rng is None else nnx.Rngs(dropout=dropout_rng)
+  losses, _ = diffusion.loss(make_denoise_fn(model, rngs=rngs), x0=x0, image=net_image,
+                             rng=noise_rng, config=diffusion_config)
+  return losses
 
 
 def _check_choice(key: str, value: str, choices) -> None:

@@ -47,10 +47,19 @@ import os
 import re
 from typing import Any
 
+from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
+from diffseg_jax import checkpoint
+from diffseg_jax import input_pipeline
+from diffseg_jax import metric_writers
 from diffseg_jax import metrics
+from diffseg_jax import parallel
+from diffseg_jax import sampling
+from diffseg_jax import settings as settings_lib
+from diffseg_jax import visualize
 
 PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
@@ -380,3 +389,77 @@ def _write_results(out_dir, *, split_name, num_samples, summary, per_image, mark
       f.write(json.dumps(record, sort_keys=True) + '\n')
   with open(os.path.join(out_dir, 'metrics.md'), 'w') as f:
     f.write(markdown)
+
+
+# `--mode=evaluate`: the protocol above on a checkpoint.
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Samples config.eval.num_samples_list[-1] masks per image of config.eval.split and scores them.
+
+  Loads the (EMA, config.eval.use_ema) parameters of the latest checkpoint in WORKDIR/checkpoints and
+  writes WORKDIR/eval/<config.eval.output_name or split>/{metrics.json, per_image.jsonl, metrics.md,
+  grid.png}; a separate output_name per sampler setting lets one checkpoint be scored many ways.
+  Logs images done, rate and ETA every config.eval.log_every_images images.
+  """
+  settings = settings_lib.resolve(config)
+  input_pipeline.prepare_dataset(name=config.dataset.name, data_dir=config.dataset.data_dir,
+                                 split=config.eval.split)
+  mesh = parallel.make_mesh(config.mesh.data)
+  graphdef, params, step = checkpoint.load_params(workdir, settings.unet, mesh,
+                                                  use_ema=config.eval.use_ema)
+  split = config.eval.split
+  source = input_pipeline.load_source(name=config.dataset.name, split=split,
+                                      data_dir=config.dataset.data_dir)
+  # The image-blind baseline draws with the training split's average mode probabilities.
+  blind_mode_probs = average_mode_probs(input_pipeline.load_source(
+      name=config.dataset.name, split=config.dataset.train_split, data_dir=config.dataset.data_dir))
+  num = len(source) if config.eval.num_examples < 0 else min(config.eval.num_examples, len(source))
+  batches = input_pipeline.eval_batches(source, batch_size=config.eval.batch_size, num_examples=num)
+  sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
+  is_main = jax.process_index() == 0
+  out_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'eval',
+                         config.eval.output_name or split)
+  first = {}
+
+  def sample_fn(image, rng, num_samples):
+    samples = sampler(params, image, rng, num_samples)
+    first.setdefault('samples', samples)
+    return samples
+
+  progress = metric_writers.ReportProgress(
+      total=num, every=config.eval.log_every_images, unit='images',
+      what=f'evaluate {split} (step {step}):')
+  logging.info('Evaluating step %d on %d images of %s with %d samples each.', step, num, split,
+               max(config.eval.num_samples_list))
+  results = evaluate(
+      sample_fn, _with_progress(_remember_first(batches, first), progress, num),
+      num_samples_list=tuple(config.eval.num_samples_list),
+      out_dir=out_dir if is_main else None, rng=jax.random.PRNGKey(config.eval.seed),
+      split_name=split, blind_mode_probs=blind_mode_probs, log=logging.info)
+  if is_main and first:
+    k = config.num_grid_images
+    visualize.save_grid(os.path.join(out_dir, 'grid.png'), image=first['image'][:k],
+                        annotations=first['masks'][:k], samples=first['samples'][:k])
+    logging.info('Evaluated step %d on %s: results in %s', step, split, out_dir)
+  return results
+
+
+def _remember_first(batches, first):
+  """Passes `batches` through, keeping the first one's images and masks for the picture."""
+  for batch in batches:
+    if 'masks' not in first:
+      first.update(image=batch['image'], masks=batch['masks'].astype(bool))
+    yield batch
+
+
+def _with_progress(batches, progress, total):
+  """Passes `batches` through, reporting the images done when the next batch is asked for.
+
+  The first report only starts the clock, so the rate leaves out the first batch's compilation.
+  """
+  done = 0
+  for batch in batches:
+    yield batch
+    done = min(done + int(np.sum(batch.get('valid', np.ones(len(batch['image']), bool)))), total)
+    progress(done)

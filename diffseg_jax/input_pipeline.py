@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """From a built data set to global, sharded `jax.Array` batches (and host eval batches).
 
 Training order is a pure function of (seed, step): epoch e is the permutation
@@ -23,6 +37,7 @@ from typing import Any
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -96,6 +111,33 @@ def load_source(*, name: str, split: str, data_dir: str):
   return builder.as_data_source(split=split)
 
 
+def prepare_dataset(*, name: str, data_dir: str, split: str = 'train') -> None:
+  """Builds a synthetic data set on first use (no download); LIDC sets must be built by the user.
+
+  Process 0 builds while the others wait at a barrier. Does nothing for other data sets or when
+  `split` of `name` already exists in `data_dir` at the builder's current version (a build of an
+  older version, which may lack features, is not reused: the current one is built beside it).
+  """
+  if not name.startswith('synthetic_lesions/'):
+    return
+  from tfds_lidc import build  # pylint: disable=g-import-not-at-top
+  from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
+  current = name if ':' in name else f'{name}:{synthetic_lesions.SyntheticLesions.VERSION}'
+  try:
+    load_source(name=current, split=split, data_dir=data_dir)
+    return
+  except FileNotFoundError:
+    pass
+  if jax.process_index() == 0:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+
+    logging.info('Building %s into %s (first use).', name, data_dir)
+    build.build(name, os.path.expanduser(data_dir), log=logging.info)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'prepare_dataset:{name}')
+
+
 def epoch_permutation(*, seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """The order of epoch `epoch`: [num_examples] int64, a permutation of range(num_examples)."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -115,15 +157,6 @@ def batch_indices(*, seed: int, step: int, global_batch_size: int, num_examples:
     perm = epoch_permutation(seed=seed, epoch=int(epoch), num_examples=num_examples)
     out[epochs == epoch] = perm[offsets[epochs == epoch]]
   return out
-
-
-def process_rows(*, global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """Rows [start, stop) of the global batch that process `process_index` reads (even split)."""
-  if global_batch_size % process_count:
-    raise ValueError(f'global_batch_size={global_batch_size} is not divisible by the '
-                     f'{process_count} processes.')
-  share = global_batch_size // process_count
-  return process_index * share, (process_index + 1) * share
 
 
 def local_rows(*, sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int]:

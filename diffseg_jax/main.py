@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 r"""Train, evaluate or predict with a diffusion segmentation model.
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
@@ -78,6 +92,11 @@ def fail(message: str, *, code: int = EXIT_USER_ERROR, hard: bool = False) -> No
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override reported in one line."""
+  renamed = renamed_key_errors(argv[1:])
+  if renamed:
+    for message in renamed:
+      print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
   try:
     args = FLAGS(argv)
     if FLAGS["config"].present:
@@ -132,14 +151,14 @@ def run(config, *, mode: str, workdir: str, input_path: Optional[str], output: O
           "Process 0 could not write or lock the output folder (see its error); this process stops.")
     current.update(path=folders[0][0], flag=folders[0][1])
     # pylint: disable=g-import-not-at-top
-    from diffseg_jax import train
-
     if mode == "train":
+      from diffseg_jax import train
+
       train.train_and_evaluate(config, workdir)
     if mode == "evaluate" or (mode == "train" and config.evaluate_after_training):
-      from diffseg_jax import inference
+      from diffseg_jax import evaluation
 
-      inference.evaluate_checkpoint(config, workdir)
+      evaluation.evaluate_checkpoint(config, workdir)
     if mode == "predict":
       from diffseg_jax import predict
 
@@ -166,6 +185,19 @@ def main(argv):
     if message is None:
       raise
     fail(message, hard=errors.find_io_fault(e) is not None)
+
+
+def renamed_key_errors(argv) -> list[str]:
+  """One message per `--config.KEY=...` override of a key that was renamed or removed."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  out = []
+  for arg in argv:
+    key = arg.partition("=")[0].removeprefix("--config.")
+    if arg.startswith("--config.") and key in default.RENAMED_KEYS:
+      new = default.RENAMED_KEYS[key]
+      out.append(f"--config.{key} was removed" + (f"; use --config.{new}." if new else "."))
+  return out
 
 
 if __name__ == "__main__":

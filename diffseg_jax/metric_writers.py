@@ -1,103 +1,65 @@
-"""clu metric writers without TensorFlow: TensorBoard (tensorboardX) and JSON lines.
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-`clu.metric_writers/__init__.py` imports its TensorFlow summary writer eagerly. Before importing clu we
-register `clu.metric_writers.summary_writer` as a module whose `SummaryWriter` is our tensorboardX
-writer, so clu's interface, logging, multi and async writers and `periodic_actions` all work without TF.
+"""Metric writers (TensorBoard events, JSON lines, the log) and progress lines.
+
+The writers have the method set of clu's `MetricWriter` (`write_scalars`,
+`write_images`, `write_texts`, `write_histograms`, `write_hparams`, `flush`,
+`close`), written here so that nothing depends on whether TensorFlow is
+installed: TensorBoard events are written by tensorboardX, never by TF.
 """
 
-import importlib.util
+import concurrent.futures
 import json
 import os
-import sys
 import time
-import types
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from absl import logging
 import numpy as np
 
 
-def _install_tf_free_summary_writer() -> None:
-  name = "clu.metric_writers.summary_writer"
-  if name in sys.modules or importlib.util.find_spec("tensorflow") is not None:
-    return
-  module = types.ModuleType(name)
-  module.__doc__ = "tensorboardX stand-in installed by diffseg_jax.metric_writers (no TensorFlow)."
+class MetricWriter:
+  """clu's MetricWriter interface; `step` is an int, values numpy-convertible.
 
-  def module_getattr(attr):
-    # Called by clu's package __init__ after it has imported `interface`.
-    if attr != "SummaryWriter":
-      raise AttributeError(attr)
-    cls = _make_tensorboard_writer_class(sys.modules["clu.metric_writers.interface"].MetricWriter)
-    module.SummaryWriter = cls
-    return cls
+  Subclasses implement `write_scalars` and whichever other kinds they store; the rest do nothing.
+  """
 
-  module.__getattr__ = module_getattr
-  sys.modules[name] = module
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Scalar values, e.g. {'train/loss': 0.1}."""
+    raise NotImplementedError
 
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """uint8 images [N, H, W, C] or [H, W, C]."""
+    del step, images
 
-def _make_tensorboard_writer_class(base):
-  """Returns a clu MetricWriter subclass writing TensorBoard events with tensorboardX."""
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    del step, texts
 
-  class TensorBoardWriter(base):
-    """Scalars, images, histograms, texts and hparams as TensorBoard events."""
+  def write_histograms(self, step: int, arrays: Mapping[str, Any],
+                       num_buckets: Mapping[str, int] | None = None) -> None:
+    del step, arrays, num_buckets
 
-    def __init__(self, logdir: str):
-      import tensorboardX  # pylint: disable=g-import-not-at-top
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    del hparams
 
-      self._writer = tensorboardX.SummaryWriter(logdir=logdir)
+  def flush(self) -> None:
+    pass
 
-    def write_summaries(self, step, values, metadata=None):
-      for key, value in values.items():
-        self._writer.add_scalar(key, float(np.asarray(value)), int(step))
-
-    def write_scalars(self, step, scalars):
-      for key, value in scalars.items():
-        self._writer.add_scalar(key, float(np.asarray(value)), int(step))
-
-    def write_images(self, step, images):
-      for key, value in images.items():
-        value = np.asarray(value)
-        if value.ndim == 3:
-          value = value[None]
-        self._writer.add_images(key, value, int(step), dataformats="NHWC")
-
-    def write_videos(self, step, videos):
-      del step, videos  # Not produced by this project.
-
-    def write_audios(self, step, audios, *, sample_rate):
-      del step, audios, sample_rate  # Not produced by this project.
-
-    def write_texts(self, step, texts):
-      for key, value in texts.items():
-        self._writer.add_text(key, str(value), int(step))
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-      del num_buckets
-      for key, value in arrays.items():
-        self._writer.add_histogram(key, np.asarray(value), int(step))
-
-    def write_hparams(self, hparams):
-      self._writer.add_text("hparams", json.dumps(_jsonable(hparams), indent=2, sort_keys=True), 0)
-
-    def flush(self):
-      self._writer.flush()
-
-    def close(self):
-      self._writer.close()
-
-  return TensorBoardWriter
-
-
-_install_tf_free_summary_writer()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from clu import metric_writers
-from clu import periodic_actions
-from clu.metric_writers import interface
-# pylint: enable=g-import-not-at-top,wrong-import-position
-
-TensorBoardWriter = sys.modules["clu.metric_writers.summary_writer"].SummaryWriter
-ReportProgress = periodic_actions.ReportProgress
+  def close(self) -> None:
+    pass
 
 
 def _jsonable(value: Any) -> Any:
@@ -105,45 +67,64 @@ def _jsonable(value: Any) -> Any:
     return {str(k): _jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [_jsonable(v) for v in value]
-  if isinstance(value, (np.generic, np.ndarray)):
-    return np.asarray(value).tolist()
-  if hasattr(value, "shape") and hasattr(value, "dtype"):
+  if hasattr(value, 'shape') and hasattr(value, 'dtype'):
     return np.asarray(value).tolist()
   return value
 
 
-class JsonLinesWriter(interface.MetricWriter):
-  """Appends one JSON object per `write_scalars` call: {"step": ..., "time": ..., key: value}."""
+class TensorBoardWriter(MetricWriter):
+  """Scalars, images, texts, histograms and hparams as TensorBoard events."""
 
-  def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")
+  def __init__(self, logdir: str):
+    import tensorboardX  # pylint: disable=g-import-not-at-top
 
-  def write_summaries(self, step, values, metadata=None):
-    self.write_scalars(step, values)
+    self._writer = tensorboardX.SummaryWriter(logdir=logdir)
 
   def write_scalars(self, step, scalars):
-    record = {"step": int(step), "time": time.time()}
-    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
+    for key, value in scalars.items():
+      self._writer.add_scalar(key, float(np.asarray(value)), int(step))
 
   def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
+    for key, value in images.items():
+      value = np.asarray(value)
+      if value.ndim == 3:
+        value = value[None]
+      self._writer.add_images(key, value, int(step), dataformats='NHWC')
 
   def write_texts(self, step, texts):
-    del step, texts
+    for key, value in texts.items():
+      self._writer.add_text(key, str(value), int(step))
 
   def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
+    del num_buckets
+    for key, value in arrays.items():
+      self._writer.add_histogram(key, np.asarray(value), int(step))
 
   def write_hparams(self, hparams):
-    self._file.write(json.dumps({"hparams": _jsonable(hparams)}) + "\n")
+    text = json.dumps(_jsonable(hparams), indent=2, sort_keys=True)
+    self._writer.add_text('hparams', text, 0)
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class JsonLinesWriter(MetricWriter):
+  """One JSON object per `write_scalars` call: {"step", "time", key: value}."""
+
+  def __init__(self, path: str):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    self._file = open(path, 'a', encoding='utf-8')
+
+  def write_scalars(self, step, scalars):
+    record = {'step': int(step), 'time': time.time()}
+    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + '\n')
+
+  def write_hparams(self, hparams):
+    self._file.write(json.dumps({'hparams': _jsonable(hparams)}) + '\n')
 
   def flush(self):
     self._file.flush()
@@ -152,15 +133,141 @@ class JsonLinesWriter(interface.MetricWriter):
     self._file.close()
 
 
-def create_writer(logdir: str, *, just_logging: bool = False) -> interface.MetricWriter:
-  """Console logging plus, unless `just_logging` (non-zero processes), TensorBoard and metrics.jsonl.
+class LoggingWriter(MetricWriter):
+  """Scalars and hparams as absl log lines."""
 
-  Writes happen on a background thread (clu's AsyncMultiWriter) so the training loop never waits on I/O.
+  def write_scalars(self, step, scalars):
+    values = ', '.join(f'{k}={float(np.asarray(v)):.6g}'
+                       for k, v in sorted(scalars.items()))
+    logging.info('[%d] %s', int(step), values)
+
+  def write_hparams(self, hparams):
+    logging.info('Hyper-parameters: %s', json.dumps(_jsonable(hparams)))
+
+
+class AsyncMultiWriter(MetricWriter):
+  """Writes to several writers on one background thread, in call order.
+
+  Arrays are copied to host numpy before queueing, so the caller may reuse its
+  buffers; `flush` waits for every queued write, and an error raised by a
+  writer surfaces at the next `flush` or `close`.
   """
-  if just_logging:
-    return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter()])
-  return metric_writers.AsyncMultiWriter([
-      metric_writers.LoggingWriter(),
-      TensorBoardWriter(logdir),
-      JsonLinesWriter(os.path.join(logdir, "metrics.jsonl")),
-  ])
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self._writers = tuple(writers)
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='metric_writers')
+    self._pending: list[concurrent.futures.Future] = []
+
+  def _submit(self, method: str, *args, **kwargs):
+    def run():
+      for writer in self._writers:
+        getattr(writer, method)(*args, **kwargs)
+    self._pending.append(self._pool.submit(run))
+    self._pending = [f for f in self._pending if not f.done() or f.exception()]
+
+  def write_scalars(self, step, scalars):
+    self._submit('write_scalars', int(step),
+                 {k: np.asarray(v) for k, v in scalars.items()})
+
+  def write_images(self, step, images):
+    self._submit('write_images', int(step),
+                 {k: np.asarray(v) for k, v in images.items()})
+
+  def write_texts(self, step, texts):
+    self._submit('write_texts', int(step), dict(texts))
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    self._submit('write_histograms', int(step),
+                 {k: np.asarray(v) for k, v in arrays.items()}, num_buckets)
+
+  def write_hparams(self, hparams):
+    self._submit('write_hparams', dict(hparams))
+
+  def flush(self):
+    self._submit('flush')
+    pending, self._pending = self._pending, []
+    for future in pending:
+      future.result()
+
+  def close(self):
+    try:
+      self.flush()
+      self._submit('close')
+      pending, self._pending = self._pending, []
+      for future in pending:
+        future.result()
+    finally:
+      self._pool.shutdown(wait=True)
+
+
+def create_writer(logdir: str, *, just_logging: bool = False) -> MetricWriter:
+  """The log, plus (unless `just_logging`) TensorBoard events and metrics.jsonl.
+
+  Non-zero processes of a multi-process run pass just_logging=True. Writes run
+  on a background thread so the training loop never waits on I/O.
+  """
+  writers = [LoggingWriter()]
+  if not just_logging:
+    writers += [TensorBoardWriter(logdir),
+                JsonLinesWriter(os.path.join(logdir, 'metrics.jsonl'))]
+  return AsyncMultiWriter(writers)
+
+
+class ReportProgress:
+  """Logs `done / total <unit>, rate and ETA` every `every` units of work.
+
+  `report(done)` is called after each piece of work (a train step, an
+  evaluated batch). With a `writer`, the rate also goes to
+  `<unit>_per_sec` scalars at step `done`.
+  """
+
+  def __init__(self, *, total: int, every: int, unit: str = 'steps',
+               what: str = '', writer: MetricWriter | None = None,
+               clock=time.monotonic):
+    self._total = int(total)
+    self._every = max(int(every), 1)
+    self._unit = unit
+    self._what = what
+    self._writer = writer
+    self._clock = clock
+    self._last_time = None
+    self._last_done = None
+    self._next = None
+
+  def __call__(self, done: int) -> str | None:
+    """Returns the line it logged, or None."""
+    now = self._clock()
+    if self._last_time is None:
+      # The first call times only from here: it usually includes compilation.
+      self._last_time, self._last_done = now, done
+      self._next = (done // self._every + 1) * self._every
+      return None
+    if done < self._next and done < self._total:
+      return None
+    self._next = (done // self._every + 1) * self._every
+    elapsed = max(now - self._last_time, 1e-9)
+    rate = (done - self._last_done) / elapsed
+    self._last_time, self._last_done = now, done
+    remaining = max(self._total - done, 0)
+    eta = remaining / rate if rate > 0 else float('inf')
+    line = (f'{self._what}{" " if self._what else ""}{done}/{self._total} '
+            f'{self._unit} ({100.0 * done / max(self._total, 1):.0f}%), '
+            f'{rate:.3g} {self._unit}/s, ETA {_duration(eta)}')
+    logging.info('%s', line)
+    if self._writer is not None:
+      self._writer.write_scalars(done, {f'{self._unit}_per_sec': rate})
+    return line
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  if minutes:
+    return f'{minutes}m{seconds:02d}s'
+  return f'{seconds}s'

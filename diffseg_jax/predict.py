@@ -29,11 +29,12 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from diffseg_jax import checkpoint
 from diffseg_jax import errors
-from diffseg_jax import inference
 from diffseg_jax import metrics
+from diffseg_jax import parallel
 from diffseg_jax import sampling
-from diffseg_jax import train
+from diffseg_jax import settings as settings_lib
 from diffseg_jax import visualize
 
 SUFFIXES = ('.png', '.npy', '.dcm')
@@ -309,9 +310,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str, input_path: str, *,
   if not windows:
     raise errors.DataError(
         f'No usable input in {input_path}:\n' + '\n'.join(bad))
-  mesh = train.make_mesh(config)
-  graphdef, params, step = inference.load_params(config, workdir, mesh)
-  sampler = sampling.Sampler(config, graphdef, mesh)
+  settings = settings_lib.resolve(config)
+  mesh = parallel.make_mesh(config.mesh.data)
+  graphdef, params, step = checkpoint.load_params(workdir, settings.unet, mesh,
+                                                  use_ema=config.eval.use_ema)
+  sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
   output_dir = os.path.expanduser(output_dir or os.path.join(workdir, "predict"))
   rng = jax.random.PRNGKey(config.seed)
   stems = []

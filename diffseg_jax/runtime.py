@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Process start-up: JAX's multi-process runtime, and the errors shown to users without a traceback."""
 
 import os
@@ -16,8 +30,8 @@ USER_ERRORS = (FileNotFoundError, errors.ConfigError, errors.DataError, errors.N
                errors.WorkdirInUseError, tfds_errors.CorruptFileError)
 
 # Config values that must be positive integers (0 or less fails late and obscurely).
-_POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "eval_batch_size",
-             "eval_num_images", "eval_num_samples", "eval.batch_size", "predict.num_samples",
+_POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "validation.batch_size",
+             "validation.num_images", "validation.num_samples", "eval.batch_size", "predict.num_samples",
              "sampler.num_steps", "sampling_batch")
 
 

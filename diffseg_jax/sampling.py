@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Batched, sharded sampling of many segmentations per image with the trained network."""
 
 
@@ -11,26 +25,35 @@ from jax.sharding import PartitionSpec as P
 
 from diffseg_jax import denoiser
 from diffseg_jax import diffusion
-
-DATA_AXIS = "data"
+from diffseg_jax.parallel import DATA_AXIS
 
 
 class Sampler:
   """`sampler(params, image [B,H,W,1] in [0,1], rng, num_samples) -> bool numpy [B, N, H, W]`.
 
   Images are split over the mesh's data axis (B is padded to a multiple of it); samples are drawn in
-  chunks so that one network call sees at most `config.sampling_batch` examples; every chunk is one
-  compiled `lax` loop over all sampler steps. Every process passes the same images and gets all samples.
+  equal chunks so that one network call sees at most `max_batch` examples per device; every chunk is
+  one compiled `lax` loop over all sampler steps, chunk i drawn with `fold_in(rng, i)`. Every process
+  passes the same images and gets all samples.
+
+  Args:
+    graphdef: the U-Net's graph (settings.Settings.unet, `unet.abstract_model`).
+    mesh: the device mesh (`parallel.make_mesh`).
+    diffusion_config: the diffusion the network was trained with.
+    sampler_config: sampler name, steps and variance.
+    preprocessing: config.dataset.image_preprocessing.
+    compute_dtype: the network's compute dtype.
+    max_batch: max examples (images x samples) per device and network call.
   """
 
-  def __init__(self, config, graphdef, mesh):
+  def __init__(self, graphdef, mesh, *, diffusion_config: diffusion.DiffusionConfig,
+               sampler_config: diffusion.SamplerConfig, preprocessing: str,
+               compute_dtype=jnp.float32, max_batch: int = 256):
     self._mesh = mesh
-    self._max_batch = int(config.sampling_batch)
+    self._max_batch = int(max_batch)
     self._image_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    dcfg = denoiser.diffusion_config(config)
-    scfg = denoiser.sampler_config(config)
-    preprocessing = config.dataset.image_preprocessing
-    compute_dtype = jnp.dtype(config.model.dtype)
+    dcfg = diffusion_config
+    scfg = sampler_config
 
     def sample(params, image, rng, num_samples):
       model = nnx.merge(graphdef, params)

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 r"""Design-space study on the synthetic set: generate (and optionally run) the paper's ablations.
 
 Studies (issue 6; every run trains with the same step budget on configs/quickstart.py):
@@ -24,7 +38,6 @@ WORKROOT/logs/<run>.log; a failed training skips the evaluations that need its c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,7 +45,9 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import NoReturn, Sequence
+
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "quickstart.py")
@@ -240,43 +255,61 @@ def _parse_eval_overrides(args) -> list[tuple[str, object]]:
   return out
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("study", None, list(STUDIES) + ["all"], "Which study to plan.", flag_values=fv)
+  flags.mark_flag_as_required("study", flag_values=fv)
+  flags.DEFINE_string("seeds", "0", "Comma-separated training seeds.", flag_values=fv)
+  flags.DEFINE_integer("steps", None, "Training steps of every run (default: the config's "
+                       "num_train_steps).", flag_values=fv)
+  flags.DEFINE_string("workroot", "~/runs/design_study", "One workdir per training goes here.",
+                      flag_values=fv)
+  flags.DEFINE_string("config", DEFAULT_CONFIG, "Base config file.", flag_values=fv)
+  flags.DEFINE_integer("eval_examples", None, "config.eval.num_examples for every run (default: "
+                       "the config's).", flag_values=fv)
+  flags.DEFINE_string("num_samples_list", "", "config.eval.num_samples_list, e.g. '4,16' "
+                      "(default: the config's).", flag_values=fv)
+  flags.DEFINE_multi_string("override", [], "Extra KEY=VALUE config override for every run "
+                            "(repeatable), e.g. dataset.data_dir=/data.", flag_values=fv)
+  flags.DEFINE_bool("run", False, "Run the commands one after another.", flag_values=fv)
+  flags.DEFINE_bool("dry", False, "Only print the commands; write nothing.", flag_values=fv)
+
+
+def _usage_error(message: str) -> NoReturn:
+  print(f"launch/sweep.py: error: {message}", file=sys.stderr)
+  raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--study", required=True, choices=list(STUDIES) + ["all"])
-  parser.add_argument("--seeds", default="0", help="Comma-separated training seeds.")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="Training steps of every run (default: the config's num_train_steps).")
-  parser.add_argument("--workroot", default="~/runs/design_study")
-  parser.add_argument("--config", default=DEFAULT_CONFIG, help="Base config file.")
-  parser.add_argument("--eval_examples", type=int, default=None,
-                      help="config.eval.num_examples for every run (default: the config's).")
-  parser.add_argument("--num_samples_list", default="",
-                      help="config.eval.num_samples_list, e.g. '4,16' (default: the config's).")
-  parser.add_argument("--override", action="append", default=[],
-                      help="Extra KEY=VALUE config override for every run (repeatable), "
-                      "e.g. dataset.data_dir=/data.")
-  parser.add_argument("--run", action="store_true", help="Run the commands one after another.")
-  parser.add_argument("--dry", action="store_true", help="Only print the commands; write nothing.")
-  args = parser.parse_args(argv)
+  """Parses the absl flags in `argv` (default: sys.argv[1:]) and plans, writes or runs the sweep."""
+  args = flags.FlagValues()
+  _define_flags(args)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "--help" in argv or "-h" in argv:
+    print(__doc__ + "\n" + args.get_help())
+    return 0
+  try:
+    args(["launch/sweep.py"] + argv)
+  except flags.Error as e:
+    _usage_error(str(e))
   if args.run and args.dry:
-    parser.error("--run and --dry exclude each other.")
+    _usage_error("--run and --dry exclude each other.")
   if args.steps is not None and args.steps < 1:
-    parser.error(f"--steps={args.steps} must be at least 1.")
+    _usage_error(f"--steps={args.steps} must be at least 1.")
   try:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:
-    parser.error(f"--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1.")
+    _usage_error(f"--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1.")
   if not seeds:
-    parser.error("--seeds is empty.")
+    _usage_error("--seeds is empty.")
   config = os.path.abspath(os.path.expanduser(args.config))
   if not os.path.isfile(config):
-    parser.error(f"--config={args.config}: no such file.")
+    _usage_error(f"--config={args.config}: no such file.")
   studies = list(STUDIES) if args.study == "all" else [args.study]
   try:
     runs, entries = plan(studies=studies, seeds=seeds, steps=args.steps, workroot=args.workroot,
                          eval_overrides=_parse_eval_overrides(args))
   except ValueError as e:
-    parser.error(str(e))
+    _usage_error(str(e))
   for run in runs:
     print(shlex.join(run.command(config=config, python="python")))
   trainings = sum(r.mode == "train" for r in runs)
@@ -284,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.dry:
     return 0
   manifest = write_plan(runs=runs, entries=entries, workroot=args.workroot, config=config,
-                        args=vars(args))
+                        args={name: args[name].value for name in args})
   print(f"# plan written to {manifest}")
   if not args.run:
     return 0

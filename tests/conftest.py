@@ -54,7 +54,7 @@ def tiny_config(data: TinyData, **overrides):
   config.dataset.name = data.name
   config.dataset.data_dir = data.data_dir
   config.batch_size = 4
-  config.eval_every_steps = 0
+  config.validation.every_steps = 0
   config.evaluate_after_training = False
   config.async_checkpointing = False
   for key, value in overrides.items():
@@ -69,7 +69,7 @@ def tiny_config(data: TinyData, **overrides):
 def config_flags(data: TinyData, **overrides) -> list[str]:
   """Command-line flags giving the same config as `tiny_config(data, **overrides)`."""
   values = {"dataset.name": data.name, "dataset.data_dir": data.data_dir, "batch_size": 4,
-            "eval_every_steps": 0, "evaluate_after_training": False, "async_checkpointing": False}
+            "validation.every_steps": 0, "evaluate_after_training": False, "async_checkpointing": False}
   values.update(overrides)
   return ["--config=" + os.path.join(REPO, "configs", "quickstart.py") + ":smoke"] + [
       f"--config.{k}={v}" for k, v in values.items()]

@@ -24,10 +24,11 @@ import pytest
 
 from diffseg_jax import checkpoint
 from diffseg_jax import errors
-from diffseg_jax import inference
+from diffseg_jax import parallel
 from diffseg_jax import runtime
-from diffseg_jax import train
+from diffseg_jax import settings
 from diffseg_jax import workdir_lock
+from diffseg_jax.models import unet
 from tests.conftest import REPO, config_flags, tiny_config
 
 
@@ -373,10 +374,10 @@ def test_checkpoint_of_another_width_is_one_line_without_event_loop_noise(tiny_s
                                                                           capfd):
   config = tiny_config(tiny_synthetic)
   checkpoint.save_params(str(tmp_path / "checkpoints"),
-                         train.init_params(config, jax.random.PRNGKey(0)))
+                         unet.init_params(settings.unet_config(config), jax.random.PRNGKey(0)))
   config.model.base_channels = 8
   with pytest.raises(errors.ConfigError) as e:
-    inference.load_params(config, str(tmp_path), train.make_mesh(config))
+    checkpoint.load_params(str(tmp_path), settings.unet_config(config), parallel.make_mesh(1))
   message = str(e.value)
   assert "\n" not in message
   assert "parameter shapes differ" in message and "base_channels" in message

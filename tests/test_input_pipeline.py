@@ -112,17 +112,14 @@ def test_simulated_processes_concatenate_to_the_global_batch():
   mesh = _mesh()
   sharding = NamedSharding(mesh, PartitionSpec('data'))
   assert ip.local_rows(sharding=sharding, global_batch_size=6) == (0, 6)
-  assert ip.process_rows(global_batch_size=6, process_index=0, process_count=1) == (0, 6)
   for step in (0, 2, 5):
     whole = ip.host_batch(source, seed=1, step=step, global_batch_size=6, rows=(0, 6))
     parts = [ip.host_batch(source, seed=1, step=step, global_batch_size=6,
-                           rows=ip.process_rows(global_batch_size=6, process_index=p, process_count=2))
+                           rows=(3 * p, 3 * p + 3))
              for p in range(2)]
     assert parts[0]['image'].shape[0] == 3
     for key in ('image', 'masks'):
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
-  with pytest.raises(ValueError, match='divisible'):
-    ip.process_rows(global_batch_size=6, process_index=0, process_count=4)
 
 
 def _assert_batches_equal(a, b):
@@ -167,8 +164,7 @@ def test_train_dataset_is_a_grain_map_dataset_of_steps():
 
 def test_two_processes_read_disjoint_rows_covering_the_global_batch():
   source = ListSource(12)  # Batches do not straddle epochs: their examples are distinct.
-  rows = [ip.process_rows(global_batch_size=6, process_index=p, process_count=2) for p in range(2)]
-  assert rows == [(0, 3), (3, 6)]
+  rows = [(0, 3), (3, 6)]  # Each process's devices hold half of the global batch.
   datasets = [ip.train_dataset(source, seed=1, global_batch_size=6, rows=r) for r in rows]
   iterators = [iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
                for ds in datasets]

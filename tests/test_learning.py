@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffseg_jax import inference
+from diffseg_jax import evaluation
 from diffseg_jax import train
 
 
@@ -16,11 +16,11 @@ def test_short_quickstart_training_beats_the_image_blind_baseline(tmp_path):
   config.dataset.data_dir = str(tmp_path / "data")
   config.num_train_steps = 800
   config.optim.decay_steps = 300
-  config.eval_every_steps = 0
+  config.validation.every_steps = 0
   config.evaluate_after_training = False
   config.eval.num_examples = 100
   train.train_and_evaluate(config, str(tmp_path / "work"))
-  inference.evaluate_checkpoint(config, str(tmp_path / "work"))
+  evaluation.evaluate_checkpoint(config, str(tmp_path / "work"))
   m = json.load(open(tmp_path / "work" / "eval" / "test" / "metrics.json"))["metrics"]
   assert m["ged_16"]["mean"] < m["blind_ged_16"]["mean"]
   assert m["mode_tv_16"]["mean"] < m["blind_mode_tv_16"]["mean"]

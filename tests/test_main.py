@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from diffseg_jax import errors
-from diffseg_jax import inference
+from diffseg_jax import evaluation
 from diffseg_jax import predict
 from diffseg_jax import train
 from tests.conftest import REPO, config_flags, tiny_config
@@ -27,7 +27,7 @@ def test_train_evaluate_predict_end_to_end(tiny_synthetic, tmp_path):
   config.eval.num_samples_list = (4, 8)
   config.eval.num_examples = 6  # Not a multiple of the batch size: exercises padding.
   train.train_and_evaluate(config, str(tmp_path))
-  results = inference.evaluate_checkpoint(config, str(tmp_path))
+  results = evaluation.evaluate_checkpoint(config, str(tmp_path))
   out = tmp_path / "eval" / "test"
   metrics = json.load(open(out / "metrics.json"))
   assert metrics["num_images"] == 6
@@ -78,13 +78,21 @@ def test_predict_rejects_bad_inputs(tmp_path):
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tiny_synthetic, tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    inference.evaluate_checkpoint(tiny_config(tiny_synthetic), str(tmp_path))
+    evaluation.evaluate_checkpoint(tiny_config(tiny_synthetic), str(tmp_path))
 
 
 def test_cli_mistyped_config_key_names_the_key(tiny_synthetic, tmp_path):
   result = _main(f"--workdir={tmp_path}", *config_flags(tiny_synthetic), "--config.optim.learnig_rate=0.1")
   assert result.returncode != 0
   assert "learnig_rate" in result.stderr
+
+
+def test_cli_renamed_config_key_names_the_new_key(tiny_synthetic, tmp_path):
+  result = _main(f"--workdir={tmp_path}", *config_flags(tiny_synthetic), "--config.eval_batch_size=2",
+                 "--config.dataset.eval_split=test")
+  assert result.returncode == 2
+  assert "--config.eval_batch_size was removed; use --config.validation.batch_size." in result.stderr
+  assert "--config.dataset.eval_split was removed; use --config.validation.split." in result.stderr
 
 
 def test_cli_invalid_choice_names_the_key(tiny_synthetic, tmp_path):
@@ -114,10 +122,10 @@ def test_crop64_lidc_config_trains_and_evaluates(tmp_path):
   config.dataset.data_dir = str(tmp_path / "data")
   config.batch_size = 4
   config.num_train_steps = 2
-  config.eval_every_steps = 2
+  config.validation.every_steps = 2
   config.async_checkpointing = False
   state = train.train_and_evaluate(config, str(tmp_path / "work"))
   assert int(state["step"]) == 2
-  inference.evaluate_checkpoint(config, str(tmp_path / "work"))
+  evaluation.evaluate_checkpoint(config, str(tmp_path / "work"))
   metrics = json.load(open(tmp_path / "work" / "eval" / "test" / "metrics.json"))
   assert metrics["num_images"] == 4 and "ged_4" in metrics["metrics"]

@@ -21,7 +21,8 @@ import pytest
 from diffseg_jax import checkpoint
 from diffseg_jax import errors
 from diffseg_jax import runtime
-from diffseg_jax import train
+from diffseg_jax import settings
+from diffseg_jax.models import unet
 from tests.conftest import REPO, config_flags, tiny_config
 
 NUM_STEPS = 2
@@ -66,12 +67,16 @@ def _run_all(commands, *, log_dir, timeout_s):
     pytest.fail(f"a process failed or ran past {timeout_s} s:\n" + "\n".join(tails))
 
 
+def _abstract_params(config):
+  return unet.abstract_model(settings.unet_config(config))[1].to_pure_dict()
+
+
 def _final_params(workdir, config):
   """(params, ema_params, step) of the latest checkpoint, restored onto this process's first device.
 
   The target carries its sharding: without one Orbax would restore into the saving run's topology.
   """
-  _, abstract = train.abstract_model(config)
+  abstract = _abstract_params(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
   params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract,
@@ -113,7 +118,8 @@ def test_two_processes_match_one_process(two_and_one_process_runs):
   params2, ema2, step2 = _final_params(str(runs["two"]), config)
   params1, ema1, step1 = _final_params(str(runs["one"]), config)
   assert step1 == step2 == NUM_STEPS
-  initial = train.init_params(config, jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  initial = unet.init_params(settings.unet_config(config),
+                             jax.random.split(jax.random.PRNGKey(config.seed))[0])
   moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
               for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(initial), strict=True))
   assert moved > 1e-4, "the steps did not change the parameters: the comparison would be empty"
@@ -135,7 +141,7 @@ def test_two_processes_checkpoint_the_same_data_iterator_state(two_and_one_proce
 
 def test_restore_params_without_shardings_reads_a_two_process_checkpoint(two_and_one_process_runs):
   config = two_and_one_process_runs["config"]
-  _, abstract = train.abstract_model(config)
+  abstract = _abstract_params(config)
   params, step = checkpoint.restore_params(
       os.path.join(two_and_one_process_runs["two"], "checkpoints"), abstract)
   assert step == NUM_STEPS and len(jax.tree.leaves(params)) == len(jax.tree.leaves(abstract))

@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import pytest
 from PIL import Image
 
+from diffseg_jax import checkpoint
 from diffseg_jax import errors
-from diffseg_jax import inference
 from diffseg_jax import predict
 from diffseg_jax import sampling
 from tests.conftest import REPO, tiny_config
@@ -37,8 +37,8 @@ class _Recorder:
   def __init__(self):
     self.images = []
 
-  def __call__(self, config, graphdef, mesh):
-    del config, graphdef, mesh
+  def __call__(self, graphdef, mesh, **kwargs):
+    del graphdef, mesh, kwargs
     return self._sample
 
   def _sample(self, params, image, rng, num_samples):
@@ -52,8 +52,8 @@ class _Recorder:
 @pytest.fixture
 def fake_model(monkeypatch):
   recorder = _Recorder()
-  monkeypatch.setattr(inference, 'load_params',
-                      lambda config, workdir, mesh: (None, None, 0))
+  monkeypatch.setattr(checkpoint, 'load_params',
+                      lambda *args, **kwargs: (None, None, 0))
   monkeypatch.setattr(sampling, 'Sampler', recorder)
   return recorder
 
@@ -65,7 +65,7 @@ def no_compute(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('predict loaded or sampled before refusing the input')
 
-  monkeypatch.setattr(inference, 'load_params', fail)
+  monkeypatch.setattr(checkpoint, 'load_params', fail)
   monkeypatch.setattr(sampling, 'Sampler', fail)
 
 

@@ -19,7 +19,7 @@ NUM_DEVICES = 4
 NUM_STEPS = 3
 # A one-level U-Net (with attention): the test time is mostly compilation, three times over.
 MODEL = {"model.channel_mult": (1,), "model.num_res_blocks": (1,), "model.num_middle_blocks": 1}
-# Lower than train.FSDP_MIN_SIZE so that the kernels of this U-Net get sharded.
+# Lower than parallel.FSDP_MIN_SIZE so that the kernels of this U-Net get sharded.
 FSDP_MIN_SIZE = 1024
 VARIANTS = {
     "one_device": {"mesh.data": 1, **MODEL},
@@ -39,19 +39,17 @@ def run_variants(data_dir: str, name: str, out_dir: str) -> None:
   """Child process: NUM_STEPS train steps per variant on the same global batches; writes results."""
   import jax  # pylint: disable=g-import-not-at-top
   from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
   from diffseg_jax import train  # pylint: disable=g-import-not-at-top
 
   if jax.device_count() != NUM_DEVICES:
     raise RuntimeError(f"expected {NUM_DEVICES} fake CPU devices, got {jax.devices()}")
-  train.FSDP_MIN_SIZE = FSDP_MIN_SIZE
+  parallel.FSDP_MIN_SIZE = FSDP_MIN_SIZE
   info = {}
   for label, overrides in VARIANTS.items():
     config = tiny_config(TinyData(data_dir, name), **overrides)
-    mesh = train.make_mesh(config)
-    optimizer = train.make_optimizer(config)
-    graphdef, _ = train.abstract_model(config)
-    state, shardings = train.create_train_state(config, mesh, optimizer)
-    step_fn = train.jit_train_step(train.make_train_step(config, graphdef, optimizer), mesh, shardings)
+    parts = train.build(config)
+    mesh, state, step_fn = parts.mesh, parts.state, parts.train_step
     source = input_pipeline.load_source(name=name, split="train", data_dir=data_dir)
     batches = input_pipeline.train_batches(source, global_batch_size=config.batch_size,
                                            seed=config.seed, mesh=mesh, prefetch=0)

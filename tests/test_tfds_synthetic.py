@@ -235,22 +235,19 @@ def test_draw_annotations_is_a_seeded_pure_function(chunk):
 
 
 def test_prepare_dataset_does_not_reuse_an_older_version(tmp_path, monkeypatch):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import train  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
   data_dir = str(tmp_path)
   name = build.build('synthetic_lesions/32', data_dir, overrides=TINY,
                      log=lambda *_: None)['dataset']
-  config = ml_collections.ConfigDict({'dataset': {
-      'name': name, 'data_dir': data_dir, 'train_split': 'train'}})
   calls = []
   monkeypatch.setattr(build, 'build', lambda name, *a, **k: calls.append(name))
-  train.prepare_dataset(config)
+  input_pipeline.prepare_dataset(name=name, data_dir=data_dir, split='train')
   assert not calls  # The current version is built: reused.
   base = os.path.join(data_dir, name)
   os.rename(os.path.join(base, str(syn.SyntheticLesions.VERSION)),
             os.path.join(base, '1.0.0'))
-  train.prepare_dataset(config)
+  input_pipeline.prepare_dataset(name=name, data_dir=data_dir, split='train')
   assert calls == [name]  # Only an older version: rebuilt.
 
 

@@ -14,12 +14,16 @@ import pytest
 from diffseg_jax import checkpoint
 from diffseg_jax import errors
 from diffseg_jax import input_pipeline
+from diffseg_jax import optimizer
+from diffseg_jax import parallel
+from diffseg_jax import settings
 from diffseg_jax import train
+from diffseg_jax.models import unet
 from tests.conftest import REPO, config_flags, tiny_config
 
 
 def _final_params(workdir, config):
-  _, abstract = train.abstract_model(config)
+  abstract = unet.abstract_model(settings.unet_config(config))[1].to_pure_dict()
   params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract, use_ema=False)
   return params, step
 
@@ -30,7 +34,7 @@ def _assert_trees_equal(a, b, atol=0.0):
 
 
 def test_train_writes_checkpoints_logs_and_grids(tiny_synthetic, tmp_path):
-  config = tiny_config(tiny_synthetic, num_train_steps=4, eval_every_steps=4)
+  config = tiny_config(tiny_synthetic, num_train_steps=4, **{'validation.every_steps': 4})
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state["step"]) == 4
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 4
@@ -144,7 +148,7 @@ def test_learning_rate_schedule_warmup_constant_cosine():
   config.num_train_steps = 1000
   config.optim.warmup_steps = 100
   config.optim.decay_steps = 400
-  lr = train.learning_rate_schedule(config.optim, config.num_train_steps)
+  lr = optimizer.learning_rate_schedule(settings.optimizer_config(config), config.num_train_steps)
   peak = config.optim.learning_rate
   np.testing.assert_allclose(float(lr(50)), peak * 0.5, rtol=1e-6)
   np.testing.assert_allclose(float(lr(100)), peak, rtol=1e-6)
@@ -157,8 +161,8 @@ def test_fsdp_rule_shards_large_params_only():
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   params = {"big": jax.ShapeDtypeStruct((3, 3, 64, 128), np.float32),
             "small": jax.ShapeDtypeStruct((128,), np.float32)}
-  shardings = train.param_sharding(mesh, params, "fsdp")
+  shardings = parallel.param_sharding(mesh, params, "fsdp")
   assert shardings["big"].spec == jax.sharding.PartitionSpec(None, None, None, "data")
   assert shardings["small"].spec == jax.sharding.PartitionSpec()
   with pytest.raises(errors.ConfigError, match="param_sharding"):
-    train.param_sharding(mesh, params, "zero3")
+    parallel.param_sharding(mesh, params, "zero3")

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Building blocks of the U-Net (NHWC), written to be exact and fast per back end.
 
 The blocks compute exactly the layers of the authors' guided-diffusion network
@@ -268,9 +282,8 @@ class AttentionBlock(nnx.Module):
     self.proj_out = Conv(channels, channels, kernel_size=1, zero_init=True,
                          dtype=dtype, impl=impl, rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+  def __call__(self, x):
     """x [B, H, W, C] -> [B, H, W, C]."""
-    del rngs
     batch, height, width, channels = x.shape
     head_dim = channels // self.num_heads
     qkv = self.qkv(self.norm(x)).reshape(
@@ -291,8 +304,7 @@ class Downsample(nnx.Module):
     self.op = Conv(channels, channels, stride=2, dtype=dtype, impl=impl,
                    rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-    del rngs
+  def __call__(self, x):
     return self.op(x)
 
 
@@ -302,7 +314,6 @@ class Upsample(nnx.Module):
   def __init__(self, channels: int, *, dtype, impl: str, rngs: nnx.Rngs):
     self.conv = Conv(channels, channels, dtype=dtype, impl=impl, rngs=rngs)
 
-  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-    del rngs
+  def __call__(self, x):
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return self.conv(x)

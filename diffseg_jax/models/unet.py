@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Guided-diffusion style U-Net in Flax NNX (NHWC), exactly the authors' network.
 
 The module computes the network of SPEC §2a: sinusoidal embedding of the raw
@@ -195,8 +209,19 @@ class UNet(nnx.Module):
     return h
 
 
+def abstract_model(config: UNetConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, parameter State of shapes only) of `UNet(config)`, allocating nothing."""
+  model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param)
+
+
+def init_params(config: UNetConfig, rng: jax.Array) -> dict:
+  """Freshly initialised parameters of `UNet(config)` as a pure dict."""
+  _, params = nnx.split(UNet(config, rngs=nnx.Rngs(params=rng)), nnx.Param)
+  return params.to_pure_dict()
+
+
 def count_params(config: UNetConfig) -> int:
   """Number of parameters of `UNet(config)`, from shapes only (no compute)."""
-  model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
-  leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-  return sum(int(jnp.size(leaf)) for leaf in leaves)
+  _, params = abstract_model(config)
+  return sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))

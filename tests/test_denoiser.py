@@ -1,0 +1,47 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The network's image input ('grey', 'imagenet_rgb') against a float64 reference."""
+
+import numpy as np
+import pytest
+
+from diffseg_jax import denoiser
+from diffseg_jax import errors
+
+
+def test_imagenet_rgb_matches_float64_reference():
+  rng = np.random.default_rng(0)
+  levels = np.arange(256) / 255.0
+  values = np.concatenate([levels, levels + 0.4 / 255, rng.random(200), [-0.3, 1.7]])
+  image = values.astype(np.float32).reshape(1, -1, 1, 1)
+  got = np.asarray(denoiser.network_image(image, preprocessing='imagenet_rgb'))
+
+  x = np.float64(image)
+  quantised = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
+  want = (np.repeat(quantised, 3, axis=-1) - np.array([0.485, 0.456, 0.406])) / np.array(
+      [0.229, 0.224, 0.225])
+  assert got.shape == (1, values.size, 1, 3) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+  # Pixel 255/255 is white in every channel: (1 - mean) / std.
+  np.testing.assert_allclose(got[0, 255, 0], (1 - np.array(denoiser.IMAGENET_MEAN))
+                             / np.array(denoiser.IMAGENET_STD), atol=2e-6)
+
+
+def test_grey_is_the_image_and_unknown_names_fail():
+  image = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4, 1)
+  np.testing.assert_array_equal(np.asarray(denoiser.network_image(image, preprocessing='grey')),
+                                image)
+  with pytest.raises(errors.ConfigError, match='image_preprocessing'):
+    denoiser.network_image(image, preprocessing='rgb')
