@@ -224,6 +224,20 @@ def test_cli_flags(tmp_path, capsys):
   assert 'python -m tfds_lidc.build --dataset=' in result.stdout
 
 
+def test_manual_dir_that_is_a_file_is_one_error_line(tmp_path):
+  pickle_file = tmp_path / 'data_lidc.pickle'
+  pickle_file.write_bytes(b'not a folder')
+  result = subprocess.run(
+      [sys.executable, '-m', 'tfds_lidc.build', '--dataset=lidc/knegt_pickle',
+       f'--data_dir={tmp_path / "out"}', f'--manual_dir={pickle_file}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('ERROR: ') and str(pickle_file) in last, result.stderr
+  assert 'is a file, not a folder' in last
+  assert 'Traceback' not in result.stderr
+
+
 def test_missing_manual_dir(tmp_path):
   with pytest.raises(errors.ManualDataError, match='data_lidc.pickle'):
     build.build('lidc/knegt_pickle', str(tmp_path / 'out'), None, **QUIET)

@@ -144,6 +144,13 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     errors.ManualDataError, errors.CorruptFileError, ValueError: bad input (the
       message names the file or key and the fix).
   """
+  if manual_dir:
+    manual_path = os.path.abspath(os.path.expanduser(manual_dir))
+    if os.path.exists(manual_path) and not os.path.isdir(manual_path):
+      raise errors.ManualDataError(
+          f'--manual_dir {manual_path} is a file, not a folder: pass the folder that holds '
+          f'the LIDC input files (for a single file such as data_lidc.pickle, its folder '
+          f'{os.path.dirname(manual_path)}).')
   builder = make_builder(name, data_dir, skip_corrupt=skip_corrupt, overrides=overrides,
                          allow_unmatched_ids=allow_unmatched_ids, num_workers=num_workers)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
@@ -223,6 +230,11 @@ def main(argv):
           allow_unmatched_ids=_ALLOW_UNMATCHED_IDS.value, num_workers=_NUM_WORKERS.value)
   except (errors.ManualDataError, errors.CorruptFileError, ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:  # A folder that cannot be read or written, a full disk.
+    where = f' ({e.filename})' if e.filename and str(e.filename) not in str(e) else ''
+    print(f'ERROR: {e}{where}: check the path and its permissions and free space.',
+          file=sys.stderr)
     return 1
   return 0
 
