@@ -41,22 +41,31 @@ sys.path.insert(0, HERE)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # (kind, side, dtype, batch or (images, samples)) in order of priority: what falls off the time
 # budget comes last. PyTorch runs in fp16 autocast ("float16").
-PLAN = (("train", "ours", "bfloat16", 8), ("train", "torch", "float16", 8),
-        ("train", "ours", "float32", 8),
-        ("sample", "ours", "bfloat16", (64, 16)), ("sample", "torch", "float16", (64, 16)),
-        ("train", "ours", "bfloat16", 256), ("train", "torch", "float16", 256),
-        ("train", "ours", "bfloat16", 64), ("train", "torch", "float16", 64),
-        ("train", "ours", "float32", 64), ("train", "ours", "float32", 256),
-        ("sample", "ours", "float32", (64, 16)))
-DRY_PLAN = (("train", "ours", "bfloat16", 2), ("train", "torch", "float16", 2),
-            ("train", "ours", "float32", 4),
-            ("sample", "ours", "bfloat16", (2, 4)), ("sample", "torch", "float16", (2, 4)))
+PLAN = (
+  ('train', 'ours', 'bfloat16', 8),
+  ('train', 'torch', 'float16', 8),
+  ('train', 'ours', 'float32', 8),
+  ('sample', 'ours', 'bfloat16', (64, 16)),
+  ('sample', 'torch', 'float16', (64, 16)),
+  ('train', 'ours', 'bfloat16', 256),
+  ('train', 'torch', 'float16', 256),
+  ('train', 'ours', 'bfloat16', 64),
+  ('train', 'torch', 'float16', 64),
+  ('train', 'ours', 'float32', 64),
+  ('train', 'ours', 'float32', 256),
+  ('sample', 'ours', 'float32', (64, 16)),
+)
+DRY_PLAN = (
+  ('train', 'ours', 'bfloat16', 2),
+  ('train', 'torch', 'float16', 2),
+  ('train', 'ours', 'float32', 4),
+  ('sample', 'ours', 'bfloat16', (2, 4)),
+  ('sample', 'torch', 'float16', (2, 4)),
+)
 
 
 def _median_seconds(fn, *, runs: int) -> float:
@@ -77,46 +86,88 @@ def matmul_peak_tflops(*, n: int, dtype, runs: int) -> float:
   return 2.0 * n**3 / _median_seconds(lambda: f(a, b), runs=runs) / 1e12
 
 
-def bench_train(*, side: str, dtype: str, batch: int, size: int, runs: int, dry: bool) -> dict:
-  result = {"kind": "train", "side": side, "dtype": dtype, "batch": batch, "size": size}
+def bench_train(
+  *, side: str, dtype: str, batch: int, size: int, runs: int, dry: bool
+) -> dict:
+  result = {
+    'kind': 'train',
+    'side': side,
+    'dtype': dtype,
+    'batch': batch,
+    'size': size,
+  }
   start = time.perf_counter()
-  if side == "ours":
+  if side == 'ours':
     cfg = side_by_side.config(batch=batch, dtype=dtype, smoke=dry)
     step, compiled = side_by_side.ours_train(cfg, size=size)
     flops = side_by_side.flops(compiled)
   else:
     cfg = side_by_side.config(batch=batch, smoke=dry)
     device = side_by_side.torch_device(jax.default_backend())
-    step = side_by_side.torch_train(cfg, size=size, device=device, fp16=dtype == "float16")
-    result["torch_device"] = device
+    step = side_by_side.torch_train(
+      cfg, size=size, device=device, fp16=dtype == 'float16'
+    )
+    result['torch_device'] = device
     flops = None
   step()
-  result["compile_s"] = time.perf_counter() - start  # First call included (PyTorch: warm-up).
-  seconds = side_by_side.time_round_robin({"step": step}, runs=runs)["step"]["seconds"]
-  result.update(step_ms=1e3 * seconds, img_per_s=batch / seconds,
-                tflop_per_step=None if flops is None else flops / 1e12,
-                tflop_per_s=None if flops is None else flops / seconds / 1e12)
+  # First call included (PyTorch: warm-up).
+  result['compile_s'] = time.perf_counter() - start
+  seconds = side_by_side.time_round_robin({'step': step}, runs=runs)['step'][
+    'seconds'
+  ]
+  result.update(
+    step_ms=1e3 * seconds,
+    img_per_s=batch / seconds,
+    tflop_per_step=None if flops is None else flops / 1e12,
+    tflop_per_s=None if flops is None else flops / seconds / 1e12,
+  )
   return result
 
 
-def bench_sample(*, side: str, dtype: str, images: int, samples: int, size: int, runs: int,
-                 dry: bool) -> dict:
+def bench_sample(
+  *,
+  side: str,
+  dtype: str,
+  images: int,
+  samples: int,
+  size: int,
+  runs: int,
+  dry: bool,
+) -> dict:
   steps = 2 if dry else 10
-  result = {"kind": "sample", "side": side, "dtype": dtype, "images": images,
-            "samples": samples, "size": size, "steps": steps}
+  result = {
+    'kind': 'sample',
+    'side': side,
+    'dtype': dtype,
+    'images': images,
+    'samples': samples,
+    'size': size,
+    'steps': steps,
+  }
   start = time.perf_counter()
-  if side == "ours":
+  if side == 'ours':
     cfg = side_by_side.config(batch=images, dtype=dtype, smoke=dry)
-    call = side_by_side.ours_sample(cfg, images=images, samples=samples, size=size, steps=steps)
+    call = side_by_side.ours_sample(
+      cfg, images=images, samples=samples, size=size, steps=steps
+    )
   else:
     cfg = side_by_side.config(batch=images, smoke=dry)
     device = side_by_side.torch_device(jax.default_backend())
-    call = side_by_side.torch_sample(cfg, images=images, samples=samples, size=size,
-                                     steps=steps, device=device, fp16=dtype == "float16")
-    result["torch_device"] = device
+    call = side_by_side.torch_sample(
+      cfg,
+      images=images,
+      samples=samples,
+      size=size,
+      steps=steps,
+      device=device,
+      fp16=dtype == 'float16',
+    )
+    result['torch_device'] = device
   call()
-  result["compile_s"] = time.perf_counter() - start
-  seconds = side_by_side.time_round_robin({"call": call}, runs=runs)["call"]["seconds"]
+  result['compile_s'] = time.perf_counter() - start
+  seconds = side_by_side.time_round_robin({'call': call}, runs=runs)['call'][
+    'seconds'
+  ]
   result.update(call_ms=1e3 * seconds, masks_per_s=images * samples / seconds)
   return result
 
@@ -134,162 +185,257 @@ def ratios(runs: list[dict]) -> dict:
   """ours / PyTorch of this run: bf16 vs fp16 (and fp32 vs fp16) train and sampling rates."""
   rate = {}
   for r in runs:
-    if r.get("status") == "ok":
-      key = r["batch"] if r["kind"] == "train" else (r["images"], r["samples"])
-      rate[(r["kind"], r["side"], r["dtype"], key)] = (
-          r["img_per_s"] if r["kind"] == "train" else r["masks_per_s"])
+    if r.get('status') == 'ok':
+      key = r['batch'] if r['kind'] == 'train' else (r['images'], r['samples'])
+      rate[(r['kind'], r['side'], r['dtype'], key)] = (
+        r['img_per_s'] if r['kind'] == 'train' else r['masks_per_s']
+      )
   out = {}
   for (kind, side, dtype, key), value in rate.items():
-    peer = rate.get((kind, "torch", "float16", key))
-    if side == "ours" and peer:
-      label = f"b{key}" if kind == "train" else f"{key[0]}x{key[1]}"
-      out[f"{kind}_{label}_{dtype}_vs_torch_fp16"] = value / peer
+    peer = rate.get((kind, 'torch', 'float16', key))
+    if side == 'ours' and peer:
+      label = f'b{key}' if kind == 'train' else f'{key[0]}x{key[1]}'
+      out[f'{kind}_{label}_{dtype}_vs_torch_fp16'] = value / peer
   return out
 
 
 def _error_summary(err: Exception) -> str:
-  text = f"{type(err).__name__}: {err}"
-  oom = any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM"))
+  text = f'{type(err).__name__}: {err}'
+  oom = any(
+    s in text
+    for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory', 'OOM')
+  )
   first = text.strip().splitlines()[0][:300]
-  return ("OOM: " if oom else "") + first
+  return ('OOM: ' if oom else '') + first
 
 
 def machine_info() -> dict:
   device = jax.devices()[0]
   try:
-    limit = (device.memory_stats() or {}).get("bytes_limit")
+    limit = (device.memory_stats() or {}).get('bytes_limit')
   except Exception:  # pylint: disable=broad-except
     limit = None
-  return {"backend": jax.default_backend(), "device": str(device.device_kind),
-          "device_count": jax.device_count(), "device_memory_limit_bytes": limit,
-          "jax_version": jax.__version__, "python": platform.python_version(),
-          "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-          "cpu_model": side_by_side.cpu_model(), "torch": _torch_info(),
-          "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  return {
+    'backend': jax.default_backend(),
+    'device': str(device.device_kind),
+    'device_count': jax.device_count(),
+    'device_memory_limit_bytes': limit,
+    'jax_version': jax.__version__,
+    'python': platform.python_version(),
+    'host': platform.node(),
+    'platform': platform.platform(),
+    'cpu_count': os.cpu_count(),
+    'cpu_model': side_by_side.cpu_model(),
+    'torch': _torch_info(),
+    'date': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+  }
 
 
 def _torch_info() -> str:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as err:
-    return f"not importable ({err})"
-  cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-  return f"{torch.__version__} ({cuda})"
+    return f'not importable ({err})'
+  cuda = (
+    torch.cuda.get_device_name(0)
+    if torch.cuda.is_available()
+    else 'no CUDA device'
+  )
+  return f'{torch.__version__} ({cuda})'
 
 
 def render(results: dict) -> str:
-  peak = results.get("matmul_peak_tflops_bf16")
-  lines = [f"device: {results['machine']['device']} ({results['machine']['backend']}), jax "
-           f"{results['machine']['jax_version']}; matmul peak bf16 "
-           f"{_fmt(peak, '.1f')} TFLOP/s, fp32 {_fmt(results.get('matmul_peak_tflops_fp32'), '.1f')} "
-           f"TFLOP/s; total {results.get('elapsed_s', 0):.0f} s", "",
-           "| measurement | dtype | batch | images/s or masks/s | ms per call | TFLOP/s | "
-           "% of bf16 peak | compile s | status |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for r in results["runs"]:
-    side = "PyTorch reference" if r.get("side") == "torch" else "ours"
-    if r["kind"] == "train":
-      what, batch, rate, ms = f"{side}: train step {r['size']}²", str(r["batch"]), r.get("img_per_s"), r.get("step_ms")
+  peak = results.get('matmul_peak_tflops_bf16')
+  lines = [
+    f'device: {results["machine"]["device"]} ({results["machine"]["backend"]}), jax '
+    f'{results["machine"]["jax_version"]}; matmul peak bf16 '
+    f'{_fmt(peak, ".1f")} TFLOP/s, fp32 {_fmt(results.get("matmul_peak_tflops_fp32"), ".1f")} '
+    f'TFLOP/s; total {results.get("elapsed_s", 0):.0f} s',
+    '',
+    '| measurement | dtype | batch | images/s or masks/s | ms per call | TFLOP/s | '
+    '% of bf16 peak | compile s | status |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in results['runs']:
+    side = 'PyTorch reference' if r.get('side') == 'torch' else 'ours'
+    if r['kind'] == 'train':
+      what, batch, rate, ms = (
+        f'{side}: train step {r["size"]}²',
+        str(r['batch']),
+        r.get('img_per_s'),
+        r.get('step_ms'),
+      )
     else:
-      what = f"{side}: DDPM {r.get('steps', 10)}-step sampler {r['size']}²"
-      batch, rate, ms = f"{r['images']}x{r['samples']}", r.get("masks_per_s"), r.get("call_ms")
-    tflops = r.get("tflop_per_s")
+      what = f'{side}: DDPM {r.get("steps", 10)}-step sampler {r["size"]}²'
+      batch, rate, ms = (
+        f'{r["images"]}x{r["samples"]}',
+        r.get('masks_per_s'),
+        r.get('call_ms'),
+      )
+    tflops = r.get('tflop_per_s')
     frac = None if tflops is None or not peak else 100 * tflops / peak
-    lines.append(f"| {what} | {r['dtype']} | {batch} | {_fmt(rate, '.1f')} | {_fmt(ms, '.1f')} | "
-                 f"{_fmt(tflops, '.2f')} | {_fmt(frac, '.1f')} | {_fmt(r.get('compile_s'), '.0f')} | "
-                 f"{r.get('status', 'ok')} |")
-  if results.get("ratios"):
-    lines += ["", "| same-run ratio (ours / PyTorch fp16) | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in results["ratios"].items()]
-  return "\n".join(lines)
+    lines.append(
+      f'| {what} | {r["dtype"]} | {batch} | {_fmt(rate, ".1f")} | {_fmt(ms, ".1f")} | '
+      f'{_fmt(tflops, ".2f")} | {_fmt(frac, ".1f")} | {_fmt(r.get("compile_s"), ".0f")} | '
+      f'{r.get("status", "ok")} |'
+    )
+  if results.get('ratios'):
+    lines += [
+      '',
+      '| same-run ratio (ours / PyTorch fp16) | value |',
+      '|---|---|',
+    ]
+    lines += [f'| {k} | {v:.2f} |' for k, v in results['ratios'].items()]
+  return '\n'.join(lines)
 
 
 def _fmt(value, spec):
-  return "-" if value is None else format(value, spec)
+  return '-' if value is None else format(value, spec)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--dry", action="store_true", help="Tiny network and sizes (CPU self-check).")
-  parser.add_argument("--budget_s", type=float, default=400.0,
-                      help="Start no measurement that would likely end after this many seconds.")
-  parser.add_argument("--runs", type=int, default=0, help="Timed runs per measurement (0: auto).")
-  parser.add_argument("--out", default=os.path.join(HERE, "results", "accelerator_check.json"))
+  parser.add_argument(
+    '--dry',
+    action='store_true',
+    help='Tiny network and sizes (CPU self-check).',
+  )
+  parser.add_argument(
+    '--budget_s',
+    type=float,
+    default=400.0,
+    help='Start no measurement that would likely end after this many seconds.',
+  )
+  parser.add_argument(
+    '--runs', type=int, default=0, help='Timed runs per measurement (0: auto).'
+  )
+  parser.add_argument(
+    '--out', default=os.path.join(HERE, 'results', 'accelerator_check.json')
+  )
   args = parser.parse_args(argv)
   t0 = time.perf_counter()
   size = 32 if args.dry else 128
   runs = args.runs or (2 if args.dry else 5)
-  results = {"machine": machine_info(), "dry": args.dry, "budget_s": args.budget_s, "runs": []}
+  results = {
+    'machine': machine_info(),
+    'dry': args.dry,
+    'budget_s': args.budget_s,
+    'runs': [],
+  }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
-  md_path = os.path.splitext(args.out)[0] + ".md"
+  md_path = os.path.splitext(args.out)[0] + '.md'
 
   def save():  # After every measurement: a killed run leaves its partial JSON and table.
-    results["elapsed_s"] = time.perf_counter() - t0
-    with open(args.out, "w", encoding="utf-8") as f:
+    results['elapsed_s'] = time.perf_counter() - t0
+    with open(args.out, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=1)
-    with open(md_path, "w", encoding="utf-8") as f:
-      f.write(render(results) + "\n")
+    with open(md_path, 'w', encoding='utf-8') as f:
+      f.write(render(results) + '\n')
 
-  print(f"accelerator check on {results['machine']['device']} ({results['machine']['backend']})",
-        flush=True)
+  print(
+    f'accelerator check on {results["machine"]["device"]} ({results["machine"]["backend"]})',
+    flush=True,
+  )
   n = 256 if args.dry else 8192
-  for key, dtype in (("bf16", jnp.bfloat16), ("fp32", jnp.float32)):
+  for key, dtype in (('bf16', jnp.bfloat16), ('fp32', jnp.float32)):
     try:
-      results[f"matmul_peak_tflops_{key}"] = matmul_peak_tflops(n=n, dtype=dtype, runs=runs)
+      results[f'matmul_peak_tflops_{key}'] = matmul_peak_tflops(
+        n=n, dtype=dtype, runs=runs
+      )
     except Exception as err:  # pylint: disable=broad-except
-      results[f"matmul_peak_tflops_{key}"] = None
-      results[f"matmul_peak_error_{key}"] = _error_summary(err)
-    print(f"matmul peak {key}: {_fmt(results[f'matmul_peak_tflops_{key}'], '.2f')} TFLOP/s", flush=True)
+      results[f'matmul_peak_tflops_{key}'] = None
+      results[f'matmul_peak_error_{key}'] = _error_summary(err)
+    print(
+      f'matmul peak {key}: {_fmt(results[f"matmul_peak_tflops_{key}"], ".2f")} TFLOP/s',
+      flush=True,
+    )
   save()
 
-  jobs = [dict(kind=k, side=side, dtype=d, **({"batch": b} if k == "train" else
-                                                {"images": b[0], "samples": b[1]}))
-          for k, side, d, b in (DRY_PLAN if args.dry else PLAN)]
-  longest = {"train": 0.0, "sample": 0.0}
+  jobs = [
+    dict(
+      kind=k,
+      side=side,
+      dtype=d,
+      **({'batch': b} if k == 'train' else {'images': b[0], 'samples': b[1]}),
+    )
+    for k, side, d, b in (DRY_PLAN if args.dry else PLAN)
+  ]
+  longest = {'train': 0.0, 'sample': 0.0}
   for job in jobs:
     elapsed = time.perf_counter() - t0
     record = dict(job, size=size)
-    if elapsed + 1.2 * longest[job["kind"]] > args.budget_s:
-      record["status"] = "skipped (time budget)"
-      results["runs"].append(record)
-      print(f"{job}: skipped, {elapsed:.0f} s of {args.budget_s:.0f} s used", flush=True)
+    if elapsed + 1.2 * longest[job['kind']] > args.budget_s:
+      record['status'] = 'skipped (time budget)'
+      results['runs'].append(record)
+      print(
+        f'{job}: skipped, {elapsed:.0f} s of {args.budget_s:.0f} s used',
+        flush=True,
+      )
       continue
     start = time.perf_counter()
     try:
-      if job["kind"] == "train":
-        record.update(bench_train(side=job["side"], dtype=job["dtype"], batch=job["batch"],
-                                  size=size, runs=runs, dry=args.dry))
+      if job['kind'] == 'train':
+        record.update(
+          bench_train(
+            side=job['side'],
+            dtype=job['dtype'],
+            batch=job['batch'],
+            size=size,
+            runs=runs,
+            dry=args.dry,
+          )
+        )
       else:
-        record.update(bench_sample(side=job["side"], dtype=job["dtype"], images=job["images"],
-                                   samples=job["samples"], size=size, runs=runs, dry=args.dry))
-      record["status"] = "ok"
+        record.update(
+          bench_sample(
+            side=job['side'],
+            dtype=job['dtype'],
+            images=job['images'],
+            samples=job['samples'],
+            size=size,
+            runs=runs,
+            dry=args.dry,
+          )
+        )
+      record['status'] = 'ok'
     except Exception as err:  # pylint: disable=broad-except  # OOM and friends: report, go on.
-      record["status"] = _error_summary(err)
-      record["traceback_tail"] = traceback.format_exc()[-1500:]
+      record['status'] = _error_summary(err)
+      record['traceback_tail'] = traceback.format_exc()[-1500:]
     duration = time.perf_counter() - start
-    longest[job["kind"]] = max(longest[job["kind"]], duration)
-    record["wall_s"] = duration
-    results["runs"].append(record)
+    longest[job['kind']] = max(longest[job['kind']], duration)
+    record['wall_s'] = duration
+    results['runs'].append(record)
     gc.collect()
     _free_torch_memory()
-    results["ratios"] = ratios(results["runs"])
+    results['ratios'] = ratios(results['runs'])
     save()
-    print(f"{job}: {record['status']} in {duration:.0f} s", flush=True)
-  peak = results.get("matmul_peak_tflops_bf16")
-  ours_flops = {r["batch"]: r["tflop_per_step"] for r in results["runs"]
-                if r["kind"] == "train" and r.get("side") == "ours" and r.get("tflop_per_step")}
-  for r in results["runs"]:
-    if r.get("side") == "torch" and r.get("status") == "ok" and r["kind"] == "train":
-      flops = ours_flops.get(r["batch"])
-      r["tflop_per_s"] = None if flops is None else flops * r["img_per_s"] / r["batch"]
-    if r.get("tflop_per_s") is not None and peak:
-      r["fraction_of_bf16_peak"] = r["tflop_per_s"] / peak
+    print(f'{job}: {record["status"]} in {duration:.0f} s', flush=True)
+  peak = results.get('matmul_peak_tflops_bf16')
+  ours_flops = {
+    r['batch']: r['tflop_per_step']
+    for r in results['runs']
+    if r['kind'] == 'train'
+    and r.get('side') == 'ours'
+    and r.get('tflop_per_step')
+  }
+  for r in results['runs']:
+    if (
+      r.get('side') == 'torch'
+      and r.get('status') == 'ok'
+      and r['kind'] == 'train'
+    ):
+      flops = ours_flops.get(r['batch'])
+      r['tflop_per_s'] = (
+        None if flops is None else flops * r['img_per_s'] / r['batch']
+      )
+    if r.get('tflop_per_s') is not None and peak:
+      r['fraction_of_bf16_peak'] = r['tflop_per_s'] / peak
   save()
-  print(f"wrote {args.out} and {md_path}\n", flush=True)
+  print(f'wrote {args.out} and {md_path}\n', flush=True)
   print(render(results), flush=True)
-  return 0 if all(r["status"] == "ok" for r in results["runs"]) else 1
+  return 0 if all(r['status'] == 'ok' for r in results['runs']) else 1
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

@@ -19,29 +19,42 @@ import os
 import sys
 from typing import Mapping, Sequence
 
-COLUMNS = (("ged", "GED"), ("hm_iou", "HM-IoU"), ("ci", "CI"), ("mode_tv", "mode TV"))
+COLUMNS = (
+  ('ged', 'GED'),
+  ('hm_iou', 'HM-IoU'),
+  ('ci', 'CI'),
+  ('mode_tv', 'mode TV'),
+)
 STUDY_TITLES = {
-    "input_scale": "Input scale b (x-prediction, SNR_plus1)",
-    "prediction": "Prediction type (b = 0.1, SNR_plus1)",
-    "weighting": "Loss weighting (x-prediction, b = 0.1)",
-    "sampler": "Sampler and number of steps (one model per seed: x, b = 0.1, SNR_plus1)",
+  'input_scale': 'Input scale b (x-prediction, SNR_plus1)',
+  'prediction': 'Prediction type (b = 0.1, SNR_plus1)',
+  'weighting': 'Loss weighting (x-prediction, b = 0.1)',
+  'sampler': 'Sampler and number of steps (one model per seed: x, b = 0.1, SNR_plus1)',
 }
-SETTING_KEYS = {"input_scale": ("b",), "prediction": ("prediction",), "weighting": ("weighting",),
-                "sampler": ("sampler", "steps")}
+SETTING_KEYS = {
+  'input_scale': ('b',),
+  'prediction': ('prediction',),
+  'weighting': ('weighting',),
+  'sampler': ('sampler', 'steps'),
+}
 
 
 def load_metrics(path: str) -> dict | None:
   """{key: {'mean', 'sem', 'n'}} of one metrics.json, or None if the run has not finished."""
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding='utf-8') as f:
     data = json.load(f)
-  if "metrics" not in data:
-    raise ValueError(f"{path} has no 'metrics' entry; it is not a diffseg_jax evaluation output.")
-  return data["metrics"]
+  if 'metrics' not in data:
+    raise ValueError(
+      f"{path} has no 'metrics' entry; it is not a diffseg_jax evaluation output."
+    )
+  return data['metrics']
 
 
-def combine(values: Sequence[Mapping]) -> tuple[float, float | None, str] | None:
+def combine(
+  values: Sequence[Mapping],
+) -> tuple[float, float | None, str] | None:
   """Mean ± standard error of one metric over seeds.
 
   Args:
@@ -51,104 +64,153 @@ def combine(values: Sequence[Mapping]) -> tuple[float, float | None, str] | None
     (mean, sem, basis): basis 'seeds' (sem = std over seed means / sqrt(k), k >= 2) or 'img'
     (one seed: the over-image sem of metrics.json); None if no value.
   """
-  means = [float(v["mean"]) for v in values if v is not None and v.get("mean") is not None]
+  means = [
+    float(v['mean'])
+    for v in values
+    if v is not None and v.get('mean') is not None
+  ]
   if not means:
     return None
   if len(means) == 1:
-    single = next(v for v in values if v is not None and v.get("mean") is not None)
-    sem = single.get("sem")
-    return means[0], (None if sem is None else float(sem)), "img"
+    single = next(
+      v for v in values if v is not None and v.get('mean') is not None
+    )
+    sem = single.get('sem')
+    return means[0], (None if sem is None else float(sem)), 'img'
   k = len(means)
   mean = sum(means) / k
   std = math.sqrt(sum((m - mean) ** 2 for m in means) / (k - 1))
-  return mean, std / math.sqrt(k), "seeds"
+  return mean, std / math.sqrt(k), 'seeds'
 
 
 def _cell(stat) -> str:
   if stat is None:
-    return "–"
+    return '–'
   mean, sem, basis = stat
   if sem is None:
-    return f"{mean:.4f}"
-  return f"{mean:.4f} ± {sem:.4f}" + (" (img)" if basis == "img" else "")
+    return f'{mean:.4f}'
+  return f'{mean:.4f} ± {sem:.4f}' + (' (img)' if basis == 'img' else '')
 
 
 def _label(study: str, setting: Mapping) -> str:
-  return ", ".join(str(setting[k]) for k in SETTING_KEYS[study])
+  return ', '.join(str(setting[k]) for k in SETTING_KEYS[study])
 
 
-def study_table(study: str, entries: Sequence[Mapping], *, num_samples: int = 16) -> str:
+def study_table(
+  study: str, entries: Sequence[Mapping], *, num_samples: int = 16
+) -> str:
   """Markdown table of one study from manifest entries (study, setting, seed, metrics path)."""
   settings: dict[str, list[dict | None]] = {}
   missing = []
   for e in entries:
-    if e["study"] != study:
+    if e['study'] != study:
       continue
-    label = _label(study, e["setting"])
-    loaded = load_metrics(e["metrics"])
+    label = _label(study, e['setting'])
+    loaded = load_metrics(e['metrics'])
     settings.setdefault(label, []).append(loaded)
     if loaded is None:
-      missing.append(f"{label} (seed {e['seed']})")
-  keys = [f"{name}_{num_samples}" for name, _ in COLUMNS]
-  header = "| " + " / ".join(SETTING_KEYS[study]) + " | seeds | " + " | ".join(
-      f"{title}_{num_samples}" for _, title in COLUMNS) + " |"
-  lines = [f"### {STUDY_TITLES[study]}", "", header, "|---" * (len(COLUMNS) + 2) + "|"]
+      missing.append(f'{label} (seed {e["seed"]})')
+  keys = [f'{name}_{num_samples}' for name, _ in COLUMNS]
+  header = (
+    '| '
+    + ' / '.join(SETTING_KEYS[study])
+    + ' | seeds | '
+    + ' | '.join(f'{title}_{num_samples}' for _, title in COLUMNS)
+    + ' |'
+  )
+  lines = [
+    f'### {STUDY_TITLES[study]}',
+    '',
+    header,
+    '|---' * (len(COLUMNS) + 2) + '|',
+  ]
   all_loaded = []
   for label, runs in settings.items():
     loaded = [m for m in runs if m is not None]
     all_loaded += loaded
     cells = [_cell(combine([m.get(k) for m in loaded])) for k in keys]
-    lines.append(f"| {label} | {len(loaded)}/{len(runs)} | " + " | ".join(cells) + " |")
-  for prefix, title in (("oracle_", "oracle (true distribution)"),
-                        ("blind_", "image-blind baseline")):
+    lines.append(
+      f'| {label} | {len(loaded)}/{len(runs)} | ' + ' | '.join(cells) + ' |'
+    )
+  for prefix, title in (
+    ('oracle_', 'oracle (true distribution)'),
+    ('blind_', 'image-blind baseline'),
+  ):
     # The baselines do not depend on the model: pooled over every finished run of the study.
-    cells = [_cell(combine([m.get(prefix + k) for m in all_loaded])) for k in keys]
-    if any(c != "–" for c in cells):
-      lines.append(f"| {title} | {len(all_loaded)} runs | " + " | ".join(cells) + " |")
+    cells = [
+      _cell(combine([m.get(prefix + k) for m in all_loaded])) for k in keys
+    ]
+    if any(c != '–' for c in cells):
+      lines.append(
+        f'| {title} | {len(all_loaded)} runs | ' + ' | '.join(cells) + ' |'
+      )
   if missing:
-    lines += ["", "Not finished: " + "; ".join(missing) + "."]
-  return "\n".join(lines)
+    lines += ['', 'Not finished: ' + '; '.join(missing) + '.']
+  return '\n'.join(lines)
 
 
-def report(manifest: Mapping, *, num_samples: int = 16, studies: Sequence[str] | None = None) -> str:
+def report(
+  manifest: Mapping,
+  *,
+  num_samples: int = 16,
+  studies: Sequence[str] | None = None,
+) -> str:
   """All study tables of a sweep manifest, in the order of STUDY_TITLES."""
-  entries = manifest["entries"]
-  present = [s for s in STUDY_TITLES if any(e["study"] == s for e in entries)]
+  entries = manifest['entries']
+  present = [s for s in STUDY_TITLES if any(e['study'] == s for e in entries)]
   if studies:
     present = [s for s in present if s in studies]
-  args = manifest.get("args", {})
-  intro = (f"Design-space study: config {os.path.basename(manifest.get('config', '?'))}, "
-           f"{args.get('steps') or 'config'} training steps per run, seeds {args.get('seeds', '?')}. "
-           f"Cells: mean ± standard error over seeds ('(img)': one seed, standard error over test "
-           f"images); lower GED and mode TV and higher HM-IoU are better; CI as SPEC defines it.")
-  return "\n\n".join([intro] + [study_table(s, entries, num_samples=num_samples) for s in present])
+  args = manifest.get('args', {})
+  intro = (
+    f'Design-space study: config {os.path.basename(manifest.get("config", "?"))}, '
+    f'{args.get("steps") or "config"} training steps per run, seeds {args.get("seeds", "?")}. '
+    f"Cells: mean ± standard error over seeds ('(img)': one seed, standard error over test "
+    f'images); lower GED and mode TV and higher HM-IoU are better; CI as SPEC defines it.'
+  )
+  return '\n\n'.join(
+    [intro]
+    + [study_table(s, entries, num_samples=num_samples) for s in present]
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workroot", default="~/runs/design_study")
-  parser.add_argument("--num_samples", type=int, default=16, help="N of the <metric>_N columns.")
-  parser.add_argument("--study", default="all", help="One study name, or 'all'.")
-  parser.add_argument("--out", default="", help="Also write the Markdown here "
-                      "(default WORKROOT/report.md).")
+  parser.add_argument('--workroot', default='~/runs/design_study')
+  parser.add_argument(
+    '--num_samples', type=int, default=16, help='N of the <metric>_N columns.'
+  )
+  parser.add_argument(
+    '--study', default='all', help="One study name, or 'all'."
+  )
+  parser.add_argument(
+    '--out',
+    default='',
+    help='Also write the Markdown here (default WORKROOT/report.md).',
+  )
   args = parser.parse_args(argv)
   workroot = os.path.abspath(os.path.expanduser(args.workroot))
-  path = os.path.join(workroot, "manifest.json")
+  path = os.path.join(workroot, 'manifest.json')
   if not os.path.exists(path):
-    print(f"ERROR: {path} does not exist; create the plan first with "
-          f"`python launch/sweep.py --study=... --workroot={args.workroot}`.", file=sys.stderr)
+    print(
+      f'ERROR: {path} does not exist; create the plan first with '
+      f'`python launch/sweep.py --study=... --workroot={args.workroot}`.',
+      file=sys.stderr,
+    )
     return 2
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding='utf-8') as f:
     manifest = json.load(f)
-  text = report(manifest, num_samples=args.num_samples,
-                studies=None if args.study == "all" else [args.study])
+  text = report(
+    manifest,
+    num_samples=args.num_samples,
+    studies=None if args.study == 'all' else [args.study],
+  )
   print(text)
-  out = args.out or os.path.join(workroot, "report.md")
-  with open(out, "w", encoding="utf-8") as f:
-    f.write(text + "\n")
-  print(f"\nwrote {out}")
+  out = args.out or os.path.join(workroot, 'report.md')
+  with open(out, 'w', encoding='utf-8') as f:
+    f.write(text + '\n')
+  print(f'\nwrote {out}')
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

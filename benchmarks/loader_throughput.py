@@ -33,7 +33,11 @@ import jax
 from diffseg_jax import augment
 from diffseg_jax import input_pipeline
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'loader_throughput.json')
+RESULTS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)),
+  'results',
+  'loader_throughput.json',
+)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,17 +48,31 @@ def build_synthetic(*, size, num_examples, data_dir):
   except ImportError as err:
     return None, f'tfds_lidc.build unavailable: {err}'
   num_eval = max(1, num_examples // 20)
-  overrides = dict(num_train=num_examples - 2 * num_eval, num_validation=num_eval, num_test=num_eval)
+  overrides = dict(
+    num_train=num_examples - 2 * num_eval,
+    num_validation=num_eval,
+    num_test=num_eval,
+  )
   start = time.perf_counter()
-  report = build.build(f'synthetic_lesions/{size}', data_dir, overrides=overrides, log=lambda *a: None)
+  report = build.build(
+    f'synthetic_lesions/{size}',
+    data_dir,
+    overrides=overrides,
+    log=lambda *a: None,
+  )
   return report['dataset'], time.perf_counter() - start
 
 
 def load_baseline(rev):
   """diffseg_jax/input_pipeline.py of git revision `rev`, imported as a module."""
   path = 'diffseg_jax/input_pipeline.py'
-  text = subprocess.run(['git', 'show', f'{rev}:{path}'], cwd=REPO, capture_output=True, text=True,
-                        check=True).stdout
+  text = subprocess.run(
+    ['git', 'show', f'{rev}:{path}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   module = types.ModuleType(f'input_pipeline_at_{rev}')
   exec(compile(text, f'{rev}:{path}', 'exec'), module.__dict__)  # pylint: disable=exec-used
   return module
@@ -65,7 +83,9 @@ def time_pipeline(pipeline, source, *, batch_size, steps, step_fn, mesh):
 
   With `step_fn` None, the loader alone (global batches on the device, not augmented).
   """
-  batches = pipeline.train_batches(source, global_batch_size=batch_size, seed=0, mesh=mesh)
+  batches = pipeline.train_batches(
+    source, global_batch_size=batch_size, seed=0, mesh=mesh
+  )
   rng = jax.random.key(0)
   step_fn = step_fn or (lambda rng, **batch: batch)
   for i in range(2):
@@ -82,7 +102,14 @@ def time_pipeline(pipeline, source, *, batch_size, steps, step_fn, mesh):
 def _cpu_model():
   try:
     with open('/proc/cpuinfo') as f:
-      return next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), None)
+      return next(
+        (
+          line.split(':', 1)[1].strip()
+          for line in f
+          if line.startswith('model name')
+        ),
+        None,
+      )
   except OSError:
     return None
 
@@ -101,8 +128,11 @@ def main():
   parser.add_argument('--steps', type=int, default=60)
   parser.add_argument('--out', default=RESULTS)
   parser.add_argument('--repeats', type=int, default=1)
-  parser.add_argument('--baseline', default=None,
-                      help='git revision whose input_pipeline.py is timed alongside (A/B)')
+  parser.add_argument(
+    '--baseline',
+    default=None,
+    help='git revision whose input_pipeline.py is timed alongside (A/B)',
+  )
   args = parser.parse_args()
 
   pipelines = {'current': input_pipeline}
@@ -112,74 +142,130 @@ def main():
   load_start = os.getloadavg()[0]
   data_dir = tempfile.mkdtemp(prefix='loader_throughput_')
   try:
-    name, build_result = build_synthetic(size=args.size, num_examples=args.num_build, data_dir=data_dir)
+    name, build_result = build_synthetic(
+      size=args.size, num_examples=args.num_build, data_dir=data_dir
+    )
     if name is None:
       raise SystemExit(f'cannot measure: {build_result}')
-    source = input_pipeline.load_source(name=name, split='train', data_dir=data_dir)
+    source = input_pipeline.load_source(
+      name=name, split='train', data_dir=data_dir
+    )
     mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
     config = augment.AugmentConfig()
-    step_fn = jax.jit(lambda rng, image, masks: _augment_and_choose(rng, image, masks, config))
+    step_fn = jax.jit(
+      lambda rng, image, masks: _augment_and_choose(rng, image, masks, config)
+    )
     runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
     raw_runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
     for repeat in range(args.repeats):
       # Alternate who goes first: the first pass of a repeat may read pages not yet cached.
-      for label, pipeline in list(pipelines.items())[::1 if repeat % 2 == 0 else -1]:
+      for label, pipeline in list(pipelines.items())[
+        :: 1 if repeat % 2 == 0 else -1
+      ]:
         for bs in batch_sizes:
-          runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs, steps=args.steps,
-                                               step_fn=step_fn, mesh=mesh))
-          raw_runs[label][bs].append(time_pipeline(pipeline, source, batch_size=bs,
-                                                   steps=args.steps, step_fn=None, mesh=mesh))
+          runs[label][bs].append(
+            time_pipeline(
+              pipeline,
+              source,
+              batch_size=bs,
+              steps=args.steps,
+              step_fn=step_fn,
+              mesh=mesh,
+            )
+          )
+          raw_runs[label][bs].append(
+            time_pipeline(
+              pipeline,
+              source,
+              batch_size=bs,
+              steps=args.steps,
+              step_fn=None,
+              mesh=mesh,
+            )
+          )
   finally:
     shutil.rmtree(data_dir, ignore_errors=True)
-  medians = {label: {bs: statistics.median(v) for bs, v in r.items()} for label, r in runs.items()}
-  raw_medians = {label: {bs: statistics.median(v) for bs, v in r.items()}
-                 for label, r in raw_runs.items()}
+  medians = {
+    label: {bs: statistics.median(v) for bs, v in r.items()}
+    for label, r in runs.items()
+  }
+  raw_medians = {
+    label: {bs: statistics.median(v) for bs, v in r.items()}
+    for label, r in raw_runs.items()
+  }
   rates = medians['current']
 
   result = dict(
-      examples_per_s=round(max(rates.values()), 1),
-      examples_per_s_by_batch={str(k): round(v, 1) for k, v in rates.items()},
-      repeats=args.repeats,
-      runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs['current'].items()},
+    examples_per_s=round(max(rates.values()), 1),
+    examples_per_s_by_batch={str(k): round(v, 1) for k, v in rates.items()},
+    repeats=args.repeats,
+    runs_by_batch={
+      str(k): [round(x, 1) for x in v] for k, v in runs['current'].items()
+    },
+    loader_only_examples_per_s_by_batch={
+      str(k): round(v, 1) for k, v in raw_medians['current'].items()
+    },
+    loader_only_runs_by_batch={
+      str(k): [round(x, 1) for x in v] for k, v in raw_runs['current'].items()
+    },
+    baseline=None
+    if not args.baseline
+    else dict(
+      rev=args.baseline,
+      examples_per_s_by_batch={
+        str(k): round(v, 1) for k, v in medians[args.baseline].items()
+      },
+      runs_by_batch={
+        str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()
+      },
       loader_only_examples_per_s_by_batch={
-          str(k): round(v, 1) for k, v in raw_medians['current'].items()},
+        str(k): round(v, 1) for k, v in raw_medians[args.baseline].items()
+      },
       loader_only_runs_by_batch={
-          str(k): [round(x, 1) for x in v] for k, v in raw_runs['current'].items()},
-      baseline=None if not args.baseline else dict(
-          rev=args.baseline,
-          examples_per_s_by_batch={str(k): round(v, 1) for k, v in medians[args.baseline].items()},
-          runs_by_batch={str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()},
-          loader_only_examples_per_s_by_batch={
-              str(k): round(v, 1) for k, v in raw_medians[args.baseline].items()},
-          loader_only_runs_by_batch={
-              str(k): [round(x, 1) for x in v] for k, v in raw_runs[args.baseline].items()}),
-      image_size=args.size,
-      steps=args.steps,
-      augment_config=str(config),
-      num_build=args.num_build,
-      build_seconds=round(build_result, 2),
-      build_s_synthetic_10k=round(build_result, 2) if args.num_build == 10000 else None,
-      device=str(jax.devices()[0]),
-      cpu_model=_cpu_model(),
-      cpu_count=os.cpu_count(),
-      load_average_1min_at_start=round(load_start, 2),
-      load_average_1min_at_end=round(os.getloadavg()[0], 2),
-      platform=platform.platform(),
-      jax_version=jax.__version__,
-      date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        str(k): [round(x, 1) for x in v]
+        for k, v in raw_runs[args.baseline].items()
+      },
+    ),
+    image_size=args.size,
+    steps=args.steps,
+    augment_config=str(config),
+    num_build=args.num_build,
+    build_seconds=round(build_result, 2),
+    build_s_synthetic_10k=round(build_result, 2)
+    if args.num_build == 10000
+    else None,
+    device=str(jax.devices()[0]),
+    cpu_model=_cpu_model(),
+    cpu_count=os.cpu_count(),
+    load_average_1min_at_start=round(load_start, 2),
+    load_average_1min_at_end=round(os.getloadavg()[0], 2),
+    platform=platform.platform(),
+    jax_version=jax.__version__,
+    date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
   )
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=2)
-  print('| measure | ' + ' | '.join(pipelines) + ' |\n|---|' + '---|' * len(pipelines))
+  print(
+    '| measure | '
+    + ' | '.join(pipelines)
+    + ' |\n|---|'
+    + '---|' * len(pipelines)
+  )
   for bs in batch_sizes:
     cells = ' | '.join(f'{medians[label][bs]:.1f}' for label in pipelines)
-    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented (median of {args.repeats}) '
-          f'| {cells} |')
+    print(
+      f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented (median of {args.repeats}) '
+      f'| {cells} |'
+    )
     cells = ' | '.join(f'{raw_medians[label][bs]:.1f}' for label in pipelines)
-    print(f'| examples/s, batch {bs}, {args.size}x{args.size}, loader only (median of '
-          f'{args.repeats}) | {cells} |')
-  print(f'| build {args.num_build} synthetic_lesions/{args.size} examples (s) | {build_result:.1f} |')
+    print(
+      f'| examples/s, batch {bs}, {args.size}x{args.size}, loader only (median of '
+      f'{args.repeats}) | {cells} |'
+    )
+  print(
+    f'| build {args.num_build} synthetic_lesions/{args.size} examples (s) | {build_result:.1f} |'
+  )
   print(f'wrote {args.out}')
 
 

@@ -20,9 +20,8 @@ parts, iou, dice, ncc) scores the first --ref_images images of the same masks:
 import argparse
 import json
 import os
-import time
-
 import sys
+import time
 
 import jax
 import numpy as np
@@ -40,8 +39,9 @@ def disc_masks(rng, shape, size):
   yy, xx = np.mgrid[:size, :size]
   centre = rng.normal(size / 2, size / 16, (count, 2))
   radius = rng.uniform(0, size / 8, count)
-  masks = ((yy - centre[:, :1, None])**2 + (xx - centre[:, 1:, None])**2
-           < radius[:, None, None]**2)
+  masks = (yy - centre[:, :1, None]) ** 2 + (
+    xx - centre[:, 1:, None]
+  ) ** 2 < radius[:, None, None] ** 2
   return masks.reshape(tuple(shape) + (size, size))
 
 
@@ -54,7 +54,9 @@ def time_n(*, num_samples, images, size, chunk, repeats, seed=0):
   for _ in range(repeats):
     start, start_cpu = time.perf_counter(), time.process_time()
     for i in range(0, images, chunk):
-      out = metrics.all_metrics(samples[i:i + chunk], annotations[i:i + chunk])
+      out = metrics.all_metrics(
+        samples[i : i + chunk], annotations[i : i + chunk]
+      )
     jax.block_until_ready(out)
     best_wall = min(best_wall, time.perf_counter() - start)
     best_cpu = min(best_cpu, time.process_time() - start_cpu)
@@ -67,12 +69,16 @@ def time_numpy_reference(*, num_samples, images, ref_images, size, seed=0):
   samples = disc_masks(rng, (images, num_samples), size)[:ref_images]
   annotations = disc_masks(rng, (images, 4), size)[:ref_images]
   start, start_cpu = time.perf_counter(), time.process_time()
-  rows = [numpy_reference_metrics.image_metrics(s, a)
-          for s, a in zip(samples, annotations)]
+  rows = [
+    numpy_reference_metrics.image_metrics(s, a)
+    for s, a in zip(samples, annotations)
+  ]
   wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
   ours = metrics.all_metrics(samples, annotations)
-  diff = max(np.max(np.abs(ours[k] - np.array([r[ref] for r in rows])))
-             for k, ref in (('ged', 'GED'), ('hm_iou', 'HM_IoU'), ('ci_compat', 'CI')))
+  diff = max(
+    np.max(np.abs(ours[k] - np.array([r[ref] for r in rows])))
+    for k, ref in (('ged', 'GED'), ('hm_iou', 'HM_IoU'), ('ci_compat', 'CI'))
+  )
   return 1000 * wall / ref_images, 1000 * cpu / ref_images, float(diff)
 
 
@@ -82,44 +88,71 @@ def main():
   parser.add_argument('--size', type=int, default=128)
   parser.add_argument('--chunk', type=int, default=32)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--ref_images', type=int, default=32,
-                      help='Images the numpy reference scores (it is slow).')
-  parser.add_argument('--ref_n', default='4,16',
-                      help='Comma-separated N for which the numpy reference runs.')
-  parser.add_argument('--out', default=os.path.join(
-      os.path.dirname(__file__), 'results', 'metrics_throughput.json'))
+  parser.add_argument(
+    '--ref_images',
+    type=int,
+    default=32,
+    help='Images the numpy reference scores (it is slow).',
+  )
+  parser.add_argument(
+    '--ref_n',
+    default='4,16',
+    help='Comma-separated N for which the numpy reference runs.',
+  )
+  parser.add_argument(
+    '--out',
+    default=os.path.join(
+      os.path.dirname(__file__), 'results', 'metrics_throughput.json'
+    ),
+  )
   args = parser.parse_args()
 
   load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
   ref_n = {int(n) for n in args.ref_n.split(',') if n}
-  result = {'load_average_1min_at_start': load, 'images': args.images,
-            'size': args.size, 'chunk': args.chunk,
-            'ref_images': min(args.ref_images, args.images),
-            'cpu_model': side_by_side.cpu_model(),
-            'backend': jax.default_backend(),
-            'device': str(jax.devices()[0].device_kind),
-            'cpu_count': os.cpu_count()}
+  result = {
+    'load_average_1min_at_start': load,
+    'images': args.images,
+    'size': args.size,
+    'chunk': args.chunk,
+    'ref_images': min(args.ref_images, args.images),
+    'cpu_model': side_by_side.cpu_model(),
+    'backend': jax.default_backend(),
+    'device': str(jax.devices()[0].device_kind),
+    'cpu_count': os.cpu_count(),
+  }
   print(f'{result["cpu_model"]}; {result["ref_images"]} images for numpy')
-  print('| N | ms / image (wall) | CPU ms / image | numpy ms / image (wall) | '
-        'speed-up (wall) | max abs diff |')
+  print(
+    '| N | ms / image (wall) | CPU ms / image | numpy ms / image (wall) | '
+    'speed-up (wall) | max abs diff |'
+  )
   print('|---|---|---|---|---|---|')
   for n in (4, 16, 100):
-    ms, cpu_ms = time_n(num_samples=n, images=args.images, size=args.size,
-                        chunk=args.chunk, repeats=args.repeats)
+    ms, cpu_ms = time_n(
+      num_samples=n,
+      images=args.images,
+      size=args.size,
+      chunk=args.chunk,
+      repeats=args.repeats,
+    )
     result[f'ms_per_image_n{n}'] = ms
     result[f'cpu_ms_per_image_n{n}'] = cpu_ms
     ref = diff = None
     if n in ref_n:
       ref, ref_cpu, diff = time_numpy_reference(
-          num_samples=n, images=args.images, size=args.size,
-          ref_images=result['ref_images'])
+        num_samples=n,
+        images=args.images,
+        size=args.size,
+        ref_images=result['ref_images'],
+      )
       result[f'numpy_ms_per_image_n{n}'] = ref
       result[f'numpy_cpu_ms_per_image_n{n}'] = ref_cpu
       result[f'speedup_vs_numpy_n{n}'] = ref / ms
       result[f'max_abs_diff_n{n}'] = diff
-    print(f'| {n} | {ms:.3f} | {cpu_ms:.3f} | {f"{ref:.1f}" if ref else "-"} | '
-          f'{f"{ref / ms:.0f}x" if ref else "-"} | '
-          f'{f"{diff:.1e}" if diff is not None else "-"} |')
+    print(
+      f'| {n} | {ms:.3f} | {cpu_ms:.3f} | {f"{ref:.1f}" if ref else "-"} | '
+      f'{f"{ref / ms:.0f}x" if ref else "-"} | '
+      f'{f"{diff:.1e}" if diff is not None else "-"} |'
+    )
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1, sort_keys=True)

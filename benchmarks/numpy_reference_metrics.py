@@ -45,13 +45,19 @@ def hm_iou(samples: np.ndarray, annotations: np.ndarray) -> float:
   return float(cost[rows, cols].mean())
 
 
-def collective_insight(samples: np.ndarray, annotations: np.ndarray) -> dict[str, float]:
+def collective_insight(
+  samples: np.ndarray, annotations: np.ndarray
+) -> dict[str, float]:
   """The authors' CI: S_c = |U(S) n U(Y)| / |U(S)|, D_max, D_a with i = k, 3abc / (a+b+c)."""
   union_s = np.any(samples, axis=0)
   union_y = np.any(annotations, axis=0)
   area = union_s.sum()
-  s_c = 1.0 if area == 0 else float(np.logical_and(union_s, union_y).sum() / area)
-  d_max = float(np.mean([max(pair_dice(s, y) for s in samples) for y in annotations]))
+  s_c = (
+    1.0 if area == 0 else float(np.logical_and(union_s, union_y).sum() / area)
+  )
+  d_max = float(
+    np.mean([max(pair_dice(s, y) for s in samples) for y in annotations])
+  )
 
   def variances(masks):
     f = masks.astype(np.float64)
@@ -71,8 +77,14 @@ def _xent(m: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def _ncc(a: np.ndarray, v: np.ndarray) -> float:
   a, v = a.ravel(), v.ravel()
-  return float(np.sum((a - a.mean()) / (a.std() * len(a) + 1e-8)
-                      * (v - v.mean()) / (v.std() + 1e-8)))
+  return float(
+    np.sum(
+      (a - a.mean())
+      / (a.std() * len(a) + 1e-8)
+      * (v - v.mean())
+      / (v.std() + 1e-8)
+    )
+  )
 
 
 def ncc(samples: np.ndarray, annotations: np.ndarray) -> float:
@@ -86,11 +98,20 @@ def ncc(samples: np.ndarray, annotations: np.ndarray) -> float:
   return float(np.mean(values))
 
 
-def image_metrics(samples: np.ndarray, annotations: np.ndarray) -> dict[str, float]:
+def image_metrics(
+  samples: np.ndarray, annotations: np.ndarray
+) -> dict[str, float]:
   """Every metric of one image: samples [N, H, W], annotations [M, H, W] (bool)."""
-  out = {'GED': ged(samples, annotations), 'HM_IoU': hm_iou(samples, annotations)}
+  out = {
+    'GED': ged(samples, annotations),
+    'HM_IoU': hm_iou(samples, annotations),
+  }
   out.update(collective_insight(samples, annotations))
-  out['iou'] = float(np.mean([pair_iou(y, s) for y in annotations for s in samples]))
-  out['dice'] = float(np.mean([pair_dice(y, s) for y in annotations for s in samples]))
+  out['iou'] = float(
+    np.mean([pair_iou(y, s) for y in annotations for s in samples])
+  )
+  out['dice'] = float(
+    np.mean([pair_dice(y, s) for y in annotations for s in samples])
+  )
   out['ncc'] = ncc(samples, annotations)
   return out

@@ -29,8 +29,12 @@ from diffseg_jax import evaluation
 from tfds_lidc import synthetic_lesions as syn
 
 KEYS = ('ged_16', 'hm_iou_16', 'ci_16', 'mode_tv_16')
-ROWS = (('', 'fresh draws (as a model)'), ('oracle_', 'oracle (true)'),
-        ('mode_oracle_', 'mode oracle'), ('blind_', 'image-blind'))
+ROWS = (
+  ('', 'fresh draws (as a model)'),
+  ('oracle_', 'oracle (true)'),
+  ('mode_oracle_', 'mode oracle'),
+  ('blind_', 'image-blind'),
+)
 
 
 def _cpu_model() -> str:
@@ -46,74 +50,116 @@ def _cpu_model() -> str:
 
 def _split(config, split, num):
   """The first `num` examples of `split`, as the builder generates them."""
-  chunks = [syn.generate_chunk(seed=config.seed, split=split, chunk=c,
-                               n=min(syn.CHUNK, num - c * syn.CHUNK),
-                               size=config.size)
-            for c in range(-(-num // syn.CHUNK))]
+  chunks = [
+    syn.generate_chunk(
+      seed=config.seed,
+      split=split,
+      chunk=c,
+      n=min(syn.CHUNK, num - c * syn.CHUNK),
+      size=config.size,
+    )
+    for c in range(-(-num // syn.CHUNK))
+  ]
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--size', type=int, default=32, choices=(32, 64, 128))
-  parser.add_argument('--num_images', type=int, default=None,
-                      help='test images (default: the whole test split)')
+  parser.add_argument(
+    '--num_images',
+    type=int,
+    default=None,
+    help='test images (default: the whole test split)',
+  )
   parser.add_argument('--batch', type=int, default=50)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'results',
-      'oracle_yardsticks.json'))
+  parser.add_argument(
+    '--out',
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)),
+      'results',
+      'oracle_yardsticks.json',
+    ),
+  )
   args = parser.parse_args()
 
-  config = next(c for c in syn.SyntheticLesions.BUILDER_CONFIGS
-                if c.size == args.size)
+  config = next(
+    c for c in syn.SyntheticLesions.BUILDER_CONFIGS if c.size == args.size
+  )
   start = time.perf_counter()
   train_probs = _split(config, 'train', config.num_train)['mode_probs']
   blind = evaluation.average_mode_probs(
-      [{'mode_probs': p} for p in train_probs])
+    [{'mode_probs': p} for p in train_probs]
+  )
   num = config.num_test if args.num_images is None else args.num_images
   test = _split(config, 'test', num)
   test['id'] = np.array([f'synth{args.size}-test-{i:06d}' for i in range(num)])
-  batches = [{k: v[i:i + args.batch] for k, v in test.items()}
-             for i in range(0, num, args.batch)]
-  by_image = {x['image'][b].tobytes(): (x['geometry'][b], x['mode_probs'][b])
-              for x in batches for b in range(len(x['image']))}
+  batches = [
+    {k: v[i : i + args.batch] for k, v in test.items()}
+    for i in range(0, num, args.batch)
+  ]
+  by_image = {
+    x['image'][b].tobytes(): (x['geometry'][b], x['mode_probs'][b])
+    for x in batches
+    for b in range(len(x['image']))
+  }
 
   def fresh_draws(image, rng, num_samples):
     geometry, probs = zip(*(by_image[x.tobytes()] for x in np.asarray(image)))
     return syn.draw_annotations(
-        geometry=np.stack(geometry), mode_probs=np.stack(probs),
-        num=num_samples, size=args.size,
-        seed=np.asarray(jax.random.key_data(rng)).ravel().tolist())
+      geometry=np.stack(geometry),
+      mode_probs=np.stack(probs),
+      num=num_samples,
+      size=args.size,
+      seed=np.asarray(jax.random.key_data(rng)).ravel().tolist(),
+    )
 
   summary = evaluation.evaluate(
-      fresh_draws, batches, num_samples_list=(16,), out_dir=None,
-      rng=jax.random.PRNGKey(args.seed), split_name='test',
-      blind_mode_probs=blind, log=lambda *_: None)
+    fresh_draws,
+    batches,
+    num_samples_list=(16,),
+    out_dir=None,
+    rng=jax.random.PRNGKey(args.seed),
+    split_name='test',
+    blind_mode_probs=blind,
+    log=lambda *_: None,
+  )
   seconds = time.perf_counter() - start
 
   header = '| yardstick | ' + ' | '.join(KEYS) + ' |'
   lines = [header, '|---' * (len(KEYS) + 1) + '|']
   for prefix, title in ROWS:
-    cells = [f"{summary[prefix + k]['mean']:.4f} ± {summary[prefix + k]['sem']:.4f}"
-             for k in KEYS]
+    cells = [
+      f'{summary[prefix + k]["mean"]:.4f} ± {summary[prefix + k]["sem"]:.4f}'
+      for k in KEYS
+    ]
     lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
-  ratio = summary['mode_oracle_ged_16']['mean'] / summary['oracle_ged_16']['mean']
-  print(f'synthetic_lesions/{args.size} test, {num} images, N=16 '
-        f'(mean ± s.e. over images; {seconds:.0f} s on {_cpu_model()}):\n')
+  ratio = (
+    summary['mode_oracle_ged_16']['mean'] / summary['oracle_ged_16']['mean']
+  )
+  print(
+    f'synthetic_lesions/{args.size} test, {num} images, N=16 '
+    f'(mean ± s.e. over images; {seconds:.0f} s on {_cpu_model()}):\n'
+  )
   print('\n'.join(lines))
   print(f'\nmode oracle GED_16 / true oracle GED_16 = {ratio:.3f}')
 
   result = {
-      'dataset': f'synthetic_lesions/{args.size}',
-      'split': 'test', 'num_images': num, 'num_samples': 16,
-      'seed': args.seed, 'blind_mode_probs': blind.tolist(),
-      'cpu_model': _cpu_model(), 'cpu_count': os.cpu_count(),
-      'seconds': seconds,
-      'command': 'python benchmarks/oracle_yardsticks.py'
-                 + (f' --size {args.size}' if args.size != 32 else ''),
-      'metrics': {prefix + k: summary[prefix + k]
-                  for prefix, _ in ROWS for k in KEYS},
+    'dataset': f'synthetic_lesions/{args.size}',
+    'split': 'test',
+    'num_images': num,
+    'num_samples': 16,
+    'seed': args.seed,
+    'blind_mode_probs': blind.tolist(),
+    'cpu_model': _cpu_model(),
+    'cpu_count': os.cpu_count(),
+    'seconds': seconds,
+    'command': 'python benchmarks/oracle_yardsticks.py'
+    + (f' --size {args.size}' if args.size != 32 else ''),
+    'metrics': {
+      prefix + k: summary[prefix + k] for prefix, _ in ROWS for k in KEYS
+    },
   }
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:

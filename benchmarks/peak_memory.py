@@ -25,12 +25,14 @@ import subprocess
 import sys
 import time
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "peak_memory.json")
+RESULTS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'results', 'peak_memory.json'
+)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
-    # name: (config module, image size, batch size)
-    "default_128_b8": ("default", 128, 8),
-    "quickstart_32_b32": ("quickstart", 32, 32),
+  # name: (config module, image size, batch size)
+  'default_128_b8': ('default', 128, 8),
+  'quickstart_32_b32': ('quickstart', 32, 32),
 }
 MIB = 2.0**20
 
@@ -38,16 +40,16 @@ MIB = 2.0**20
 def rss_peak_bytes() -> int:
   """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return int(peak if sys.platform == "darwin" else peak * 1024)
+  return int(peak if sys.platform == 'darwin' else peak * 1024)
 
 
-def build_config(module: str, *, batch_size: int, dtype: str = "float32"):
+def build_config(module: str, *, batch_size: int, dtype: str = 'float32'):
   """configs/<module>.py with the given global batch and compute dtype."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
   import importlib  # pylint: disable=g-import-not-at-top
 
-  config = importlib.import_module(f"configs.{module}").get_config()
+  config = importlib.import_module(f'configs.{module}').get_config()
   config.unlock()
   config.batch_size = batch_size
   config.model.dtype = dtype
@@ -73,8 +75,14 @@ def build_train_step(config, *, size: int):
   rng = np.random.default_rng(0)
   b = config.batch_size
   data = parallel.batch_sharding(parts.mesh)
-  batch = {"image": jax.device_put(rng.uniform(size=(b, size, size, 1)).astype(np.float32), data),
-           "masks": jax.device_put((rng.uniform(size=(b, 4, size, size)) > 0.7).astype(np.uint8), data)}
+  batch = {
+    'image': jax.device_put(
+      rng.uniform(size=(b, size, size, 1)).astype(np.float32), data
+    ),
+    'masks': jax.device_put(
+      (rng.uniform(size=(b, 4, size, size)) > 0.7).astype(np.uint8), data
+    ),
+  }
   compiled = step.lower(state, batch).compile()
   return compiled, state, batch
 
@@ -87,13 +95,22 @@ def memory_analysis_dict(compiled) -> dict:
     return {}
   if analysis is None:
     return {}
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  fields = (
+    'argument_size_in_bytes',
+    'output_size_in_bytes',
+    'alias_size_in_bytes',
+    'temp_size_in_bytes',
+    'generated_code_size_in_bytes',
+  )
   out = {f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}
   if out:
     # Arguments + outputs + temporaries, outputs aliased to donated arguments counted once.
-    out["total_bytes"] = (out.get("argument_size_in_bytes", 0) + out.get("output_size_in_bytes", 0)
-                          - out.get("alias_size_in_bytes", 0) + out.get("temp_size_in_bytes", 0))
+    out['total_bytes'] = (
+      out.get('argument_size_in_bytes', 0)
+      + out.get('output_size_in_bytes', 0)
+      - out.get('alias_size_in_bytes', 0)
+      + out.get('temp_size_in_bytes', 0)
+    )
   return out
 
 
@@ -101,7 +118,7 @@ def device_peak_bytes() -> int | None:
   import jax  # pylint: disable=g-import-not-at-top
 
   stats = jax.local_devices()[0].memory_stats()
-  return None if not stats else stats.get("peak_bytes_in_use")
+  return None if not stats else stats.get('peak_bytes_in_use')
 
 
 def measure_case(name: str, *, steps: int) -> dict:
@@ -109,9 +126,8 @@ def measure_case(name: str, *, steps: int) -> dict:
   module, size, batch_size = CASES[name]
   import jax  # pylint: disable=g-import-not-at-top
 
-  from diffseg_jax import train  # pylint: disable=g-import-not-at-top,unused-import
-
-  rss_start = rss_peak_bytes()  # After the imports: the rise is the model, step and data.
+  # After the imports: the rise is the model, step and data.
+  rss_start = rss_peak_bytes()
   config = build_config(module, batch_size=batch_size)
   start = time.perf_counter()
   compiled, state, batch = build_train_step(config, size=size)
@@ -123,91 +139,131 @@ def measure_case(name: str, *, steps: int) -> dict:
     state, step_metrics = compiled(state, batch)
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - t)
-  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
   rss_peak = rss_peak_bytes()
   device_peak = device_peak_bytes()
   return {
-      "case": name, "config": f"configs/{module}.py", "image_size": size, "batch_size": batch_size,
-      "params": int(num_params), "steps": steps, "build_and_compile_s": compile_s,
-      "step_s_last": times[-1] if times else None,
-      "rss_before_bytes": rss_start, "rss_peak_after_compile_bytes": rss_after_compile,
-      "rss_peak_bytes": rss_peak, "rss_rise_bytes": rss_peak - rss_start,
-      "device_peak_bytes_in_use": device_peak,
-      "xla_memory_analysis": memory_analysis_dict(compiled),
-      "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+    'case': name,
+    'config': f'configs/{module}.py',
+    'image_size': size,
+    'batch_size': batch_size,
+    'params': int(num_params),
+    'steps': steps,
+    'build_and_compile_s': compile_s,
+    'step_s_last': times[-1] if times else None,
+    'rss_before_bytes': rss_start,
+    'rss_peak_after_compile_bytes': rss_after_compile,
+    'rss_peak_bytes': rss_peak,
+    'rss_rise_bytes': rss_peak - rss_start,
+    'device_peak_bytes_in_use': device_peak,
+    'xla_memory_analysis': memory_analysis_dict(compiled),
+    'backend': jax.default_backend(),
+    'device': str(jax.devices()[0].device_kind),
   }
 
 
 def _run_child(name: str, steps: int) -> dict:
   """Measures a case in a fresh interpreter, so that ru_maxrss is that case's own peak."""
-  cmd = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--steps={steps}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    f'--child={name}',
+    f'--steps={steps}',
+  ]
+  proc = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, check=False
+  )
+  lines = [
+    line for line in proc.stdout.splitlines() if line.startswith('RESULT ')
+  ]
   if proc.returncode != 0 or not lines:
-    return {"case": name, "error": f"rc {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-  return json.loads(lines[-1][len("RESULT "):])
+    return {
+      'case': name,
+      'error': f'rc {proc.returncode}: {proc.stderr.strip()[-2000:]}',
+    }
+  return json.loads(lines[-1][len('RESULT ') :])
 
 
 def render(results: list[dict]) -> str:
-  lines = ["| case | params | host RSS peak (MiB) | RSS rise (MiB) | device peak (MiB) | "
-           "XLA args+out+temp (MiB) | XLA temp (MiB) | compile (s) | step (s) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    '| case | params | host RSS peak (MiB) | RSS rise (MiB) | device peak (MiB) | '
+    'XLA args+out+temp (MiB) | XLA temp (MiB) | compile (s) | step (s) |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
 
   def mib(v):
-    return "-" if v is None else f"{v / MIB:.0f}"
+    return '-' if v is None else f'{v / MIB:.0f}'
 
   for r in results:
-    if "error" in r:
-      lines.append(f"| {r['case']} | error: {r['error'].splitlines()[-1][:120]} |||||||| ")
+    if 'error' in r:
+      lines.append(
+        f'| {r["case"]} | error: {r["error"].splitlines()[-1][:120]} |||||||| '
+      )
       continue
-    xla = r["xla_memory_analysis"]
+    xla = r['xla_memory_analysis']
     lines.append(
-        f"| {r['case']} | {r['params']:,} | {mib(r['rss_peak_bytes'])} | {mib(r['rss_rise_bytes'])} | "
-        f"{mib(r['device_peak_bytes_in_use'])} | {mib(xla.get('total_bytes'))} | "
-        f"{mib(xla.get('temp_size_in_bytes'))} | {r['build_and_compile_s']:.1f} | "
-        f"{r['step_s_last']:.2f} |")
-  return "\n".join(lines)
+      f'| {r["case"]} | {r["params"]:,} | {mib(r["rss_peak_bytes"])} | {mib(r["rss_rise_bytes"])} | '
+      f'{mib(r["device_peak_bytes_in_use"])} | {mib(xla.get("total_bytes"))} | '
+      f'{mib(xla.get("temp_size_in_bytes"))} | {r["build_and_compile_s"]:.1f} | '
+      f'{r["step_s_last"]:.2f} |'
+    )
+  return '\n'.join(lines)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="Only the quickstart case (unless --cases is given), 2 steps.")
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--cases", default="")
-  parser.add_argument("--out", default=RESULTS)
-  parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+  parser.add_argument(
+    '--quick',
+    action='store_true',
+    help='Only the quickstart case (unless --cases is given), 2 steps.',
+  )
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--cases', default='')
+  parser.add_argument('--out', default=RESULTS)
+  parser.add_argument('--child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   steps = 2 if args.quick else args.steps
   if args.child:
-    print("RESULT " + json.dumps(measure_case(args.child, steps=steps)), flush=True)
+    print(
+      'RESULT ' + json.dumps(measure_case(args.child, steps=steps)), flush=True
+    )
     return 0
-  default_cases = ["quickstart_32_b32"] if args.quick else list(CASES)
-  names = [c for c in args.cases.split(",") if c] or default_cases
+  default_cases = ['quickstart_32_b32'] if args.quick else list(CASES)
+  names = [c for c in args.cases.split(',') if c] or default_cases
   unknown = sorted(set(names) - set(CASES))
   if unknown:
-    parser.error(f"--cases: unknown {unknown}; known: {sorted(CASES)}")
+    parser.error(f'--cases: unknown {unknown}; known: {sorted(CASES)}')
   results = [_run_child(name, steps) for name in names]
   import jax  # pylint: disable=g-import-not-at-top
 
-  out = {"cases": {r["case"]: r for r in results}, "steps": steps, "quick": args.quick,
-         "jax_version": jax.__version__, "backend": jax.default_backend(),
-         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+  out = {
+    'cases': {r['case']: r for r in results},
+    'steps': steps,
+    'quick': args.quick,
+    'jax_version': jax.__version__,
+    'backend': jax.default_backend(),
+    'cpu_count': os.cpu_count(),
+    'platform': platform.platform(),
+    'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+  }
   for r in results:
-    if "error" not in r:
-      out[f"rss_peak_mib_{r['case']}"] = r["rss_peak_bytes"] / MIB
-      if r["xla_memory_analysis"]:
-        out[f"xla_total_mib_{r['case']}"] = r["xla_memory_analysis"]["total_bytes"] / MIB
-      if r["device_peak_bytes_in_use"] is not None:
-        out[f"device_peak_mib_{r['case']}"] = r["device_peak_bytes_in_use"] / MIB
+    if 'error' not in r:
+      out[f'rss_peak_mib_{r["case"]}'] = r['rss_peak_bytes'] / MIB
+      if r['xla_memory_analysis']:
+        out[f'xla_total_mib_{r["case"]}'] = (
+          r['xla_memory_analysis']['total_bytes'] / MIB
+        )
+      if r['device_peak_bytes_in_use'] is not None:
+        out[f'device_peak_mib_{r["case"]}'] = (
+          r['device_peak_bytes_in_use'] / MIB
+        )
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
+  with open(args.out, 'w', encoding='utf-8') as f:
     json.dump(out, f, indent=1)
   print(render(results))
-  print(f"wrote {args.out}")
-  return 1 if any("error" in r for r in results) else 0
+  print(f'wrote {args.out}')
+  return 1 if any('error' in r for r in results) else 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

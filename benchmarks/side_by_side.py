@@ -30,10 +30,15 @@ import peak_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 def cpu_model() -> str:
   """`lscpu`'s model name (else /proc/cpuinfo's, else platform's)."""
   try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+      ['lscpu'], capture_output=True, text=True, check=False
+    ).stdout
   except OSError:
     out = ''
-  for text, key in ((out, 'Model name:'), (_read('/proc/cpuinfo'), 'model name')):
+  for text, key in (
+    (out, 'Model name:'),
+    (_read('/proc/cpuinfo'), 'model name'),
+  ):
     for line in text.splitlines():
       if line.strip().startswith(key):
         return line.split(':', 1)[1].strip()
@@ -58,8 +63,9 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
-def time_round_robin(cases: dict[str, Callable[[], object]], *, runs: int
-                     ) -> dict[str, dict[str, float]]:
+def time_round_robin(
+  cases: dict[str, Callable[[], object]], *, runs: int
+) -> dict[str, dict[str, float]]:
   """Warms each case up once, then times `runs` rounds of every case in turn.
 
   Returns:
@@ -75,11 +81,22 @@ def time_round_robin(cases: dict[str, Callable[[], object]], *, runs: int
       fn()
       wall[name].append(time.perf_counter() - start)
       cpu[name].append(time.process_time() - start_cpu)
-  return {name: {'seconds': statistics.median(wall[name]),
-                 'cpu_seconds': statistics.median(cpu[name])} for name in cases}
+  return {
+    name: {
+      'seconds': statistics.median(wall[name]),
+      'cpu_seconds': statistics.median(cpu[name]),
+    }
+    for name in cases
+  }
 
 
-def config(*, batch: int, dtype: str = 'float32', conv_impl: str = 'auto', smoke: bool = False):
+def config(
+  *,
+  batch: int,
+  dtype: str = 'float32',
+  conv_impl: str = 'auto',
+  smoke: bool = False,
+):
   """configs/default.py (the paper's network) with batch, compute dtype and conv impl set."""
   cfg = peak_memory.build_config('default', batch_size=batch, dtype=dtype)
   cfg.unlock()
@@ -131,13 +148,18 @@ def ours_sample(cfg, *, images: int, samples: int, size: int, steps: int):
   cfg.sampler.name = 'ddpm'
   cfg.sampler.variance = 'large'
   cfg.sampler.num_steps = steps
-  cfg.sampling_batch = images * samples  # One network call per step for all masks.
+  # One network call per step for all masks.
+  cfg.sampling_batch = images * samples
   settings = settings_lib.resolve(cfg)
   mesh = parallel.make_mesh(cfg.mesh.data)
   graphdef, _ = unet.abstract_model(settings.unet)
   params = jax.jit(lambda: unet.init_params(settings.unet, jax.random.key(0)))()
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
-  image = np.random.default_rng(0).uniform(size=(images, size, size, 1)).astype(np.float32)
+  image = (
+    np.random.default_rng(0)
+    .uniform(size=(images, size, size, 1))
+    .astype(np.float32)
+  )
   rng = jax.random.key(1)
   return lambda: sampler(params, image, rng, samples)  # Returns numpy: blocks.
 
@@ -154,10 +176,15 @@ def _torch_net(cfg, device: str):
 
   m = cfg.model
   net_config = torch_reference.NetConfig(
-      base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
-      num_res_blocks=tuple(m.num_res_blocks), num_middle_blocks=m.num_middle_blocks,
-      attention_levels=tuple(m.attention_levels), num_heads=m.num_heads, image_channels=1,
-      output_activation='tanh' if cfg.diffusion.prediction == 'x' else 'identity')
+    base_channels=m.base_channels,
+    channel_mult=tuple(m.channel_mult),
+    num_res_blocks=tuple(m.num_res_blocks),
+    num_middle_blocks=m.num_middle_blocks,
+    attention_levels=tuple(m.attention_levels),
+    num_heads=m.num_heads,
+    image_channels=1,
+    output_activation='tanh' if cfg.diffusion.prediction == 'x' else 'identity',
+  )
   return torch_reference.UNet(net_config).to(device)
 
 
@@ -177,9 +204,16 @@ def torch_train(cfg, *, size: int, device: str, fp16: bool):
   net = _torch_net(cfg, device).train()
   d, o = cfg.diffusion, cfg.optim
   step = torch_reference.make_train_step(
-      net, lr=o.learning_rate, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-      ema_decay=cfg.ema_decay, amp_dtype=torch.float16 if fp16 else None,
-      input_scale=d.input_scale, prediction=d.prediction, weighting=d.weighting)
+    net,
+    lr=o.learning_rate,
+    weight_decay=o.weight_decay,
+    grad_clip=o.grad_clip,
+    ema_decay=cfg.ema_decay,
+    amp_dtype=torch.float16 if fp16 else None,
+    input_scale=d.input_scale,
+    prediction=d.prediction,
+    weighting=d.weighting,
+  )
   b = cfg.batch_size
   image = torch.rand(b, 1, size, size, device=device)
   x0 = torch.where(torch.rand(b, 1, size, size, device=device) > 0.7, 1.0, -1.0)
@@ -191,8 +225,16 @@ def torch_train(cfg, *, size: int, device: str, fp16: bool):
   return run
 
 
-def torch_sample(cfg, *, images: int, samples: int, size: int, steps: int, device: str,
-                 fp16: bool):
+def torch_sample(
+  cfg,
+  *,
+  images: int,
+  samples: int,
+  size: int,
+  steps: int,
+  device: str,
+  fp16: bool,
+):
   """Callable drawing masks with the PyTorch reference's DDPM sampler (fp16 autocast if fp16)."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
@@ -205,9 +247,14 @@ def torch_sample(cfg, *, images: int, samples: int, size: int, steps: int, devic
   def run():
     with torch.autocast(device, dtype=torch.float16, enabled=fp16):
       masks = torch_reference.ddpm_sample(
-          net, image=image, num_samples=samples, num_steps=steps,
-          input_scale=cfg.diffusion.input_scale, prediction=cfg.diffusion.prediction,
-          generator=generator)
+        net,
+        image=image,
+        num_samples=samples,
+        num_steps=steps,
+        input_scale=cfg.diffusion.input_scale,
+        prediction=cfg.diffusion.prediction,
+        generator=generator,
+      )
     _sync(device)
     return masks
 

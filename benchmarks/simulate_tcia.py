@@ -40,10 +40,13 @@ def sample_patients(sample_root: str = SAMPLE) -> list[str]:
   """The patient folders (LIDC-IDRI-NNNN) of the sample, sorted."""
   root = os.path.join(sample_root, 'LIDC-IDRI')
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'No TCIA sample at {root}: pass --sample=DIR (the folder '
-                            'holding LIDC-IDRI/).')
-  return sorted(os.path.join(root, d) for d in os.listdir(root)
-                if _PATIENT_RE.fullmatch(d))
+    raise FileNotFoundError(
+      f'No TCIA sample at {root}: pass --sample=DIR (the folder '
+      'holding LIDC-IDRI/).'
+    )
+  return sorted(
+    os.path.join(root, d) for d in os.listdir(root) if _PATIENT_RE.fullmatch(d)
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +90,9 @@ def copy_patient(src_patient: str, out_root: str, patient_id: str) -> str:
     dirs.sort()
     rel = os.path.relpath(directory, src_patient)
     parts = [] if rel == '.' else rel.split(os.sep)
-    dst_dir = os.path.join(dst_patient, *(_rewrite_name(p, patient_id) for p in parts))
+    dst_dir = os.path.join(
+      dst_patient, *(_rewrite_name(p, patient_id) for p in parts)
+    )
     os.makedirs(dst_dir, exist_ok=True)
     for name in sorted(files):
       src = os.path.join(directory, name)
@@ -98,16 +103,27 @@ def copy_patient(src_patient: str, out_root: str, patient_id: str) -> str:
   return dst_patient
 
 
-def simulate(out_root: str, num_patients: int, *, first: int = 1,
-             sample_root: str = SAMPLE, log=None) -> list[str]:
+def simulate(
+  out_root: str,
+  num_patients: int,
+  *,
+  first: int = 1,
+  sample_root: str = SAMPLE,
+  log=None,
+) -> list[str]:
   """Writes num_patients distinct patients LIDC-IDRI-{first..} under out_root/LIDC-IDRI."""
   if first + num_patients - 1 > 9999:
-    raise ValueError(f'Patient numbers end at 9999; got first={first}, N={num_patients}.')
+    raise ValueError(
+      f'Patient numbers end at 9999; got first={first}, N={num_patients}.'
+    )
   sources = sample_patients(sample_root)
   out = []
   for k in range(num_patients):
-    out.append(copy_patient(sources[k % len(sources)], out_root,
-                            f'LIDC-IDRI-{first + k:04d}'))
+    out.append(
+      copy_patient(
+        sources[k % len(sources)], out_root, f'LIDC-IDRI-{first + k:04d}'
+      )
+    )
     if log and (k + 1) % 50 == 0:
       log(f'{k + 1}/{num_patients} patients written')
   return out
@@ -116,8 +132,12 @@ def simulate(out_root: str, num_patients: int, *, first: int = 1,
 def _define_flags():
   """Flags of the command line only, so that importing this module defines none."""
   flags.DEFINE_integer('patients', 200, 'Number of simulated patients.')
-  flags.DEFINE_string('out', None, 'Output folder (LIDC-IDRI/ is written in it).')
-  flags.DEFINE_integer('first', 1, 'Number of the first patient (LIDC-IDRI-NNNN).')
+  flags.DEFINE_string(
+    'out', None, 'Output folder (LIDC-IDRI/ is written in it).'
+  )
+  flags.DEFINE_integer(
+    'first', 1, 'Number of the first patient (LIDC-IDRI-NNNN).'
+  )
   flags.DEFINE_string('sample', SAMPLE, 'The shared sample (holds LIDC-IDRI/).')
   flags.DEFINE_bool('clean', False, 'Delete OUT/LIDC-IDRI first.')
 
@@ -130,8 +150,13 @@ def main(argv):
     raise app.UsageError('--out=DIR is required.')
   if f.clean:
     shutil.rmtree(os.path.join(f.out, 'LIDC-IDRI'), ignore_errors=True)
-  simulate(f.out, f.patients, first=f.first, sample_root=f.sample,
-           log=lambda m: print(m, file=sys.stderr))
+  simulate(
+    f.out,
+    f.patients,
+    first=f.first,
+    sample_root=f.sample,
+    log=lambda m: print(m, file=sys.stderr),
+  )
   print(f'{f.patients} patients in {os.path.join(f.out, "LIDC-IDRI")}')
 
 

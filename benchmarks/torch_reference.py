@@ -27,6 +27,7 @@ LOGSNR_MAX = 20.0
 @dataclasses.dataclass(frozen=True)
 class NetConfig:
   """The network's hyper-parameters (defaults: the paper's 6.9 M network)."""
+
   base_channels: int = 32
   channel_mult: Sequence[int] = (1, 1, 2, 4)
   num_res_blocks: Sequence[int] = (1, 2, 3, 4)
@@ -53,8 +54,11 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def timestep_embedding(t, *, channels: int, max_period: float):
   """[cos(t f), sin(t f)], f_k = exp(-ln(max_period) k / half): [B, channels]."""
   half = channels // 2
-  freqs = torch.exp(-math.log(max_period) * torch.arange(
-      half, dtype=torch.float32, device=t.device) / half)
+  freqs = torch.exp(
+    -math.log(max_period)
+    * torch.arange(half, dtype=torch.float32, device=t.device)
+    / half
+  )
   args = t.float()[:, None] * freqs[None]
   return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -64,14 +68,19 @@ class ResBlock(nn.Module):
 
   def __init__(self, cin: int, cout: int, emb_channels: int):
     super().__init__()
-    self.in_layers = nn.Sequential(group_norm(cin), nn.SiLU(),
-                                   nn.Conv2d(cin, cout, 3, padding=1))
+    self.in_layers = nn.Sequential(
+      group_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1)
+    )
     self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, cout))
-    self.out_layers = nn.Sequential(group_norm(cout), nn.SiLU(),
-                                    nn.Dropout(0.0),
-                                    nn.Conv2d(cout, cout, 3, padding=1))
-    self.skip_connection = (nn.Identity() if cin == cout
-                            else nn.Conv2d(cin, cout, 1))
+    self.out_layers = nn.Sequential(
+      group_norm(cout),
+      nn.SiLU(),
+      nn.Dropout(0.0),
+      nn.Conv2d(cout, cout, 3, padding=1),
+    )
+    self.skip_connection = (
+      nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+    )
 
   def forward(self, x, emb):
     h = self.in_layers(x)
@@ -95,7 +104,7 @@ class AttentionBlock(nn.Module):
     qkv = self.qkv(self.norm(flat))
     head = c // self.num_heads
     q, k, v = qkv.reshape(b * self.num_heads, 3 * head, -1).split(head, dim=1)
-    scale = head ** -0.25
+    scale = head**-0.25
     weight = torch.einsum('bct,bcs->bts', q * scale, k * scale)
     weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
     out = torch.einsum('bts,bcs->bct', weight, v).reshape(b, c, -1)
@@ -103,7 +112,6 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-
   def __init__(self, channels: int):
     super().__init__()
     self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
@@ -113,7 +121,6 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-
   def __init__(self, channels: int):
     super().__init__()
     self.conv = nn.Conv2d(channels, channels, 3, padding=1)
@@ -138,15 +145,20 @@ class UNet(nn.Module):
     emb_channels = 4 * base
     levels = len(config.channel_mult)
     attention = {level % levels for level in config.attention_levels}
-    self.time_embed = nn.Sequential(nn.Linear(base, emb_channels), nn.SiLU(),
-                                    nn.Linear(emb_channels, emb_channels))
+    self.time_embed = nn.Sequential(
+      nn.Linear(base, emb_channels),
+      nn.SiLU(),
+      nn.Linear(emb_channels, emb_channels),
+    )
 
-    blocks = [nn.ModuleList([nn.Conv2d(1 + config.image_channels, base, 3,
-                                       padding=1)])]
+    blocks = [
+      nn.ModuleList([nn.Conv2d(1 + config.image_channels, base, 3, padding=1)])
+    ]
     skips = [base]
     ch = base
-    for level, (mult, num_res) in enumerate(zip(config.channel_mult,
-                                                config.num_res_blocks)):
+    for level, (mult, num_res) in enumerate(
+      zip(config.channel_mult, config.num_res_blocks)
+    ):
       for _ in range(num_res):
         block = [ResBlock(ch, mult * base, emb_channels)]
         ch = mult * base
@@ -180,13 +192,17 @@ class UNet(nn.Module):
           block.append(Upsample(ch))
         blocks.append(nn.ModuleList(block))
     self.output_blocks = nn.ModuleList(blocks)
-    self.out = nn.Sequential(nn.Identity(), group_norm(ch), nn.SiLU(),
-                             nn.Conv2d(ch, 1, 3, padding=1))
+    self.out = nn.Sequential(
+      nn.Identity(), group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 1, 3, padding=1)
+    )
 
   def forward(self, z, t, image):
     config = self.config
-    emb = self.time_embed(timestep_embedding(
-        t, channels=config.base_channels, max_period=config.time_max_period))
+    emb = self.time_embed(
+      timestep_embedding(
+        t, channels=config.base_channels, max_period=config.time_max_period
+      )
+    )
     h = torch.cat([z, image], dim=1)
     hs = []
     for block in self.input_blocks:
@@ -215,7 +231,7 @@ def logsnr_cosine(t, *, input_scale: float):
 
   def gamma_b(tt):
     g = torch.cos(0.5 * math.pi * tt) ** 2
-    b2 = input_scale ** 2
+    b2 = input_scale**2
     return b2 * g / ((b2 - 1) * g + 1)
 
   one = torch.ones((), dtype=torch.float64, device=t.device)
@@ -237,7 +253,7 @@ def weight_fn(logsnr, weighting: str):
   if weighting == 'snr_trunc':
     return torch.clamp(torch.exp(logsnr), min=1.0)
   if weighting.startswith('sigmoid_'):
-    return torch.sigmoid(logsnr - float(weighting[len('sigmoid_'):]))
+    return torch.sigmoid(logsnr - float(weighting[len('sigmoid_') :]))
   raise ValueError(f'unknown weighting {weighting!r}')
 
 
@@ -257,8 +273,18 @@ def predict_x0(*, z, output, logsnr, prediction: str):
   raise ValueError(f'unknown prediction {prediction!r}')
 
 
-def diffusion_loss(net, *, x0, image, t=None, eps=None, input_scale=0.1,
-                   prediction='x', weighting='snr_plus1', decoupled=False):
+def diffusion_loss(
+  net,
+  *,
+  x0,
+  image,
+  t=None,
+  eps=None,
+  input_scale=0.1,
+  prediction='x',
+  weighting='snr_plus1',
+  decoupled=False,
+):
   """Per-example w(t) * mean((x0_hat - x0)^2) [B]; t stratified when None.
 
   Returns:
@@ -299,9 +325,16 @@ def ddpm_step(*, z_t, x0_hat, logsnr_t, logsnr_s, noise):
 
 
 @torch.no_grad()
-def ddpm_sample(net, *, image, num_samples: int, num_steps: int = 10,
-                input_scale: float = 0.1, prediction: str = 'x',
-                generator: torch.Generator | None = None):
+def ddpm_sample(
+  net,
+  *,
+  image,
+  num_samples: int,
+  num_steps: int = 10,
+  input_scale: float = 0.1,
+  prediction: str = 'x',
+  generator: torch.Generator | None = None,
+):
   """Ancestral DDPM (large variance) from t = 1 to 0 on the grid i / N.
 
   Args:
@@ -323,18 +356,28 @@ def ddpm_sample(net, *, image, num_samples: int, num_steps: int = 10,
     logsnr_t = logsnr_cosine(t, input_scale=input_scale).float()
     logsnr_s = logsnr_cosine(s, input_scale=input_scale).float()
     output = net(z, t, images).float()
-    x0_hat = predict_x0(z=z, output=output, logsnr=logsnr_t,
-                        prediction=prediction).clamp(-1.0, 1.0)
+    x0_hat = predict_x0(
+      z=z, output=output, logsnr=logsnr_t, prediction=prediction
+    ).clamp(-1.0, 1.0)
     if i == num_steps - 1:
       break
     noise = torch.randn(z.shape, generator=generator, device=z.device)
-    z = ddpm_step(z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t, logsnr_s=logsnr_s,
-                  noise=noise)
+    z = ddpm_step(
+      z_t=z, x0_hat=x0_hat, logsnr_t=logsnr_t, logsnr_s=logsnr_s, noise=noise
+    )
   return (x0_hat > 0).reshape(b, num_samples, hgt, wid)
 
 
-def make_train_step(net, *, lr=1e-4, weight_decay=0.01, grad_clip=1.0,
-                    ema_decay=0.9999, amp_dtype=None, **loss_kwargs):
+def make_train_step(
+  net,
+  *,
+  lr=1e-4,
+  weight_decay=0.01,
+  grad_clip=1.0,
+  ema_decay=0.9999,
+  amp_dtype=None,
+  **loss_kwargs,
+):
   """The authors' kind of step: AdamW, grad-norm clip, EMA, optional autocast.
 
   amp_dtype=torch.float16 trains under autocast with a GradScaler (as the
@@ -343,16 +386,20 @@ def make_train_step(net, *, lr=1e-4, weight_decay=0.01, grad_clip=1.0,
   Returns:
     step(image [B,C,H,W], x0 [B,1,H,W]) -> loss (a 0-d tensor).
   """
-  optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.999),
-                                weight_decay=weight_decay)
+  optimizer = torch.optim.AdamW(
+    net.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay
+  )
   device = next(net.parameters()).device
   scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
   ema = [p.detach().clone() for p in net.parameters()]
 
   def step(image, x0):
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
+    with torch.autocast(
+      device.type,
+      dtype=amp_dtype or torch.float32,
+      enabled=amp_dtype is not None,
+    ):
       losses, _ = diffusion_loss(net, x0=x0, image=image, **loss_kwargs)
       loss = losses.mean()
     scaler.scale(loss).backward()
@@ -361,8 +408,9 @@ def make_train_step(net, *, lr=1e-4, weight_decay=0.01, grad_clip=1.0,
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():
-      torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()],
-                           1.0 - ema_decay)
+      torch._foreach_lerp_(
+        ema, [p.detach() for p in net.parameters()], 1.0 - ema_decay
+      )
     return loss.detach()
 
   return step
@@ -373,5 +421,7 @@ def load_state_dict(net: UNet, arrays) -> None:
   state = {k: torch.as_tensor(v) for k, v in arrays.items()}
   missing, unexpected = net.load_state_dict(state, strict=False)
   if missing or unexpected:
-    raise ValueError(f'state dict does not fit the network: missing '
-                     f'{sorted(missing)}, unexpected {sorted(unexpected)}.')
+    raise ValueError(
+      f'state dict does not fit the network: missing '
+      f'{sorted(missing)}, unexpected {sorted(unexpected)}.'
+    )

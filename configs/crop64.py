@@ -26,6 +26,6 @@ from configs import default
 
 def get_config(arg=None):
   config = default.get_config(arg)
-  config.dataset.name = "lidc/knegt_pickle_crop64"
+  config.dataset.name = 'lidc/knegt_pickle_crop64'
   config.augment.crop_size = 64
   return config

@@ -26,12 +26,12 @@ import ml_collections
 
 # Keys that moved (old -> new); `python -m diffseg_jax.main` names the new key for an old override.
 RENAMED_KEYS = {
-    "eval_every_steps": "validation.every_steps",
-    "eval_num_images": "validation.num_images",
-    "eval_num_samples": "validation.num_samples",
-    "eval_batch_size": "validation.batch_size",
-    "dataset.eval_split": "validation.split",
-    "dataset.manual_dir": None,  # Never read: pass --manual_dir to python -m tfds_lidc.build.
+  'eval_every_steps': 'validation.every_steps',
+  'eval_num_images': 'validation.num_images',
+  'eval_num_samples': 'validation.num_samples',
+  'eval_batch_size': 'validation.batch_size',
+  'dataset.eval_split': 'validation.split',
+  'dataset.manual_dir': None,  # Never read: pass --manual_dir to python -m tfds_lidc.build.
 }
 
 
@@ -41,10 +41,12 @@ def get_config(arg=None):
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "lidc/knegt_pickle"  # TFDS name/config; see tfds_lidc/.
-  config.dataset.data_dir = "~/tensorflow_datasets"
-  config.dataset.train_split = "train"
-  config.dataset.image_preprocessing = "grey"  # 'grey' | 'imagenet_rgb' (the authors' 3-channel input).
+  config.dataset.name = 'lidc/knegt_pickle'  # TFDS name/config; see tfds_lidc/.
+  config.dataset.data_dir = '~/tensorflow_datasets'
+  config.dataset.train_split = 'train'
+  config.dataset.image_preprocessing = (
+    'grey'  # 'grey' | 'imagenet_rgb' (the authors' 3-channel input).
+  )
 
   config.model = ml_collections.ConfigDict()
   config.model.base_channels = 32
@@ -54,22 +56,32 @@ def get_config(arg=None):
   config.model.attention_levels = (-1,)
   config.model.num_heads = 4
   config.model.dropout = 0.0
-  config.model.dtype = "float32"  # Compute dtype: 'float32' | 'bfloat16' (mixed precision).
-  config.model.conv_impl = "auto"  # 'auto' picks per back end; 'xla' | 'cpu_fast' force one.
+  config.model.dtype = (
+    'float32'  # Compute dtype: 'float32' | 'bfloat16' (mixed precision).
+  )
+  config.model.conv_impl = (
+    'auto'  # 'auto' picks per back end; 'xla' | 'cpu_fast' force one.
+  )
 
   config.diffusion = ml_collections.ConfigDict()
-  config.diffusion.schedule = "cosine"  # cosine | linear | linear_simple | parabola
+  config.diffusion.schedule = (
+    'cosine'  # cosine | linear | linear_simple | parabola
+  )
   config.diffusion.input_scale = 0.1
-  config.diffusion.prediction = "x"  # x | v | eps
-  config.diffusion.weighting = "snr_plus1"  # uniform | snr | snr_plus1 | snr_trunc | sigmoid_<k>
+  config.diffusion.prediction = 'x'  # x | v | eps
+  config.diffusion.weighting = (
+    'snr_plus1'  # uniform | snr | snr_plus1 | snr_trunc | sigmoid_<k>
+  )
   config.diffusion.decoupled = False
-  config.diffusion.time_conditioning = "t"  # the network sees 't' (the paper) or 'logsnr'
+  config.diffusion.time_conditioning = (
+    't'  # the network sees 't' (the paper) or 'logsnr'
+  )
 
   config.sampler = ml_collections.ConfigDict()
-  config.sampler.name = "ddpm"  # ddpm | ddim | dpm_solver_pp_2m
+  config.sampler.name = 'ddpm'  # ddpm | ddim | dpm_solver_pp_2m
   config.sampler.num_steps = 10
-  config.sampler.variance = "large"  # large | small (DDPM only)
-  config.sampler.ddim_eps = "clipped"  # clipped | authors: DDIM's eps from the clipped or unclipped x0_hat
+  config.sampler.variance = 'large'  # large | small (DDPM only)
+  config.sampler.ddim_eps = 'clipped'  # clipped | authors: DDIM's eps from the clipped or unclipped x0_hat
 
   config.augment = ml_collections.ConfigDict()
   config.augment.dihedral = True
@@ -77,7 +89,9 @@ def get_config(arg=None):
   config.augment.brightness_contrast_p = 0.3
   config.augment.affine_p = 0.3
   config.augment.max_rotation_deg = 20.0
-  config.augment.crop_size = 0  # 64 for the crop64 benchmark (a fresh window every step).
+  config.augment.crop_size = (
+    0  # 64 for the crop64 benchmark (a fresh window every step).
+  )
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-4
@@ -85,7 +99,9 @@ def get_config(arg=None):
   config.optim.b2 = 0.999
   config.optim.weight_decay = 0.01  # Released code; the research runs used 0.
   config.optim.warmup_steps = 1000
-  config.optim.decay_steps = 100_000  # Cosine decay to 0 over the last `decay_steps` steps.
+  config.optim.decay_steps = (
+    100_000  # Cosine decay to 0 over the last `decay_steps` steps.
+  )
   config.optim.grad_clip = 1.0
   config.ema_decay = 0.9999
 
@@ -94,7 +110,9 @@ def get_config(arg=None):
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # Devices on the data axis; -1 = all.
-  config.mesh.param_sharding = "replicated"  # 'replicated' | 'fsdp' (shard large params over 'data').
+  config.mesh.param_sharding = (
+    'replicated'  # 'replicated' | 'fsdp' (shard large params over 'data').
+  )
 
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5000
@@ -103,34 +121,40 @@ def get_config(arg=None):
 
   # Validation during training (few samples: a health check, not the paper protocol).
   config.validation = ml_collections.ConfigDict()
-  config.validation.split = "validation"
+  config.validation.split = 'validation'
   config.validation.every_steps = 10_000  # 0 = never.
   config.validation.num_images = 64
   config.validation.num_samples = 4
   config.validation.batch_size = 16
   config.num_grid_images = 8  # Rows of the validation and evaluation grid.png.
-  config.evaluate_after_training = False  # Run --mode=evaluate right after training.
+  config.evaluate_after_training = (
+    False  # Run --mode=evaluate right after training.
+  )
   config.sampling_batch = 256  # Max examples per network call when sampling (images x samples / device).
 
   # --mode=evaluate (the paper protocol and more).
   config.eval = ml_collections.ConfigDict()
-  config.eval.split = "test"
+  config.eval.split = 'test'
   config.eval.num_samples_list = (4, 16, 32, 100)
   config.eval.num_examples = -1  # -1 = the whole split.
   config.eval.batch_size = 16
   config.eval.use_ema = True
   config.eval.seed = 0
-  config.eval.output_name = ""  # Results go to WORKDIR/eval/<output_name or split>/.
+  config.eval.output_name = (
+    ''  # Results go to WORKDIR/eval/<output_name or split>/.
+  )
   config.eval.log_every_images = 100  # Progress line (images done, rate, ETA).
 
   # --mode=predict.
   config.predict = ml_collections.ConfigDict()
   config.predict.num_samples = 16
 
-  if arg == "smoke":
+  if arg == 'smoke':
     apply_smoke(config)
   elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'smoke'.")
+    raise ValueError(
+      f"Unknown config argument {arg!r}; the only one is 'smoke'."
+    )
   config.lock()
   return config
 

@@ -27,5 +27,5 @@ from configs import default
 
 def get_config(arg=None):
   config = default.get_config(arg)
-  config.diffusion.prediction = "eps"
+  config.diffusion.prediction = 'eps'
   return config

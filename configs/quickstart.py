@@ -30,8 +30,8 @@ from configs import default
 
 def get_config(arg=None):
   config = default.get_config(arg)
-  config.dataset.name = "synthetic_lesions/32"
-  config.validation.split = "validation"
+  config.dataset.name = 'synthetic_lesions/32'
+  config.validation.split = 'validation'
   config.model.base_channels = 16
   config.model.channel_mult = (1, 2, 4)
   config.model.num_res_blocks = (1, 1, 1)
@@ -53,12 +53,12 @@ def get_config(arg=None):
   config.validation.every_steps = 1000
   config.validation.num_images = 32
   config.validation.batch_size = 32
-  config.eval.split = "test"
+  config.eval.split = 'test'
   config.eval.num_samples_list = (4, 16)
   config.eval.num_examples = 500
   config.eval.batch_size = 50
   config.evaluate_after_training = True
   config.sampling_batch = 1600
-  if arg == "smoke":
+  if arg == 'smoke':
     default.apply_smoke(config)
   return config

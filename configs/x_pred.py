@@ -27,5 +27,5 @@ from configs import default
 
 def get_config(arg=None):
   config = default.get_config(arg)
-  config.diffusion.prediction = "x"
+  config.diffusion.prediction = 'x'
   return config

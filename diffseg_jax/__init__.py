@@ -14,4 +14,4 @@
 
 """diffseg_jax: diffusion-based ambiguous image segmentation in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

@@ -36,8 +36,12 @@ import numpy as np
 _ROT90 = np.array([[0, -1], [1, 0]], np.float32)
 _TRANSPOSE = np.array([[0, 1], [1, 0]], np.float32)
 DIHEDRAL_MATRICES = np.stack(
-    [np.linalg.matrix_power(_ROT90, k % 4) @ (_TRANSPOSE if k >= 4 else np.eye(2, dtype=np.float32))
-     for k in range(8)]).astype(np.float32)
+  [
+    np.linalg.matrix_power(_ROT90, k % 4)
+    @ (_TRANSPOSE if k >= 4 else np.eye(2, dtype=np.float32))
+    for k in range(8)
+  ]
+).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,7 @@ class AugmentConfig:
     shift_limit: shift ~ U(+-shift_limit) times the image size, per axis.
     scale_limit: zoom factor ~ 1 + U(+-scale_limit).
   """
+
   dihedral: bool = True
   gamma_p: float = 0.3
   brightness_contrast_p: float = 0.3
@@ -72,10 +77,14 @@ class AugmentConfig:
 
   def __post_init__(self):
     # Hashable (a static jit argument) even when built from lists, e.g. config overrides.
-    object.__setattr__(self, 'gamma_range', tuple(float(g) for g in self.gamma_range))
+    object.__setattr__(
+      self, 'gamma_range', tuple(float(g) for g in self.gamma_range)
+    )
     for name in ('gamma_p', 'brightness_contrast_p', 'affine_p'):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f'AugmentConfig.{name}={getattr(self, name)} must be a probability in [0, 1].')
+        raise ValueError(
+          f'AugmentConfig.{name}={getattr(self, name)} must be a probability in [0, 1].'
+        )
 
 
 def affine_matrix(*, angle_deg, scale):
@@ -108,23 +117,38 @@ def warp(*, image, masks, matrix, offset):
   """
   height, width = image.shape[:2]
   centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0], jnp.float32)
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing='ij')
-  out = jnp.stack([rows, cols], axis=0).reshape(2, -1) - centre[:, None] - offset[:, None]
+  rows, cols = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32),
+    jnp.arange(width, dtype=jnp.float32),
+    indexing='ij',
+  )
+  out = (
+    jnp.stack([rows, cols], axis=0).reshape(2, -1)
+    - centre[:, None]
+    - offset[:, None]
+  )
   src = (matrix @ out + centre[:, None]).reshape(2, height, width)
 
   def sample(channel, order):
-    return jax.scipy.ndimage.map_coordinates(channel, [src[0], src[1]], order=order, mode='mirror')
+    return jax.scipy.ndimage.map_coordinates(
+      channel, [src[0], src[1]], order=order, mode='mirror'
+    )
 
-  image = jax.vmap(lambda ch: sample(ch, 1), in_axes=-1, out_axes=-1)(image.astype(jnp.float32))
+  image = jax.vmap(lambda ch: sample(ch, 1), in_axes=-1, out_axes=-1)(
+    image.astype(jnp.float32)
+  )
   warped_masks = jax.vmap(lambda ch: sample(ch, 0))(masks.astype(jnp.float32))
   return image, warped_masks.astype(masks.dtype)
 
 
 def crop(*, image, masks, top, left, size):
   """The window [top:top+size, left:left+size] of image [H,W,C] and masks [M,H,W]."""
-  image = jax.lax.dynamic_slice(image, (top, left, 0), (size, size, image.shape[-1]))
-  masks = jax.lax.dynamic_slice(masks, (0, top, left), (masks.shape[0], size, size))
+  image = jax.lax.dynamic_slice(
+    image, (top, left, 0), (size, size, image.shape[-1])
+  )
+  masks = jax.lax.dynamic_slice(
+    masks, (0, top, left), (masks.shape[0], size, size)
+  )
   return image, masks
 
 
@@ -166,17 +190,25 @@ def augment_example(rng, image, masks, config: AugmentConfig):
   offset = jnp.zeros((2,), jnp.float32)
   if config.dihedral:
     if height != width:
-      raise ValueError(f'dihedral augmentation needs square images, got {height}x{width}; '
-                       'set AugmentConfig(dihedral=False) for non-square data.')
-    matrix = jnp.asarray(DIHEDRAL_MATRICES)[jax.random.randint(keys[0], (), 0, 8)]
+      raise ValueError(
+        f'dihedral augmentation needs square images, got {height}x{width}; '
+        'set AugmentConfig(dihedral=False) for non-square data.'
+      )
+    matrix = jnp.asarray(DIHEDRAL_MATRICES)[
+      jax.random.randint(keys[0], (), 0, 8)
+    ]
   if config.affine_p > 0:
     apply = jax.random.bernoulli(keys[1], config.affine_p)
     angle = _uniform(keys[2], -config.max_rotation_deg, config.max_rotation_deg)
     scale = 1.0 + _uniform(keys[3], -config.scale_limit, config.scale_limit)
-    shift = jax.random.uniform(keys[4], (2,), jnp.float32, -config.shift_limit, config.shift_limit)
+    shift = jax.random.uniform(
+      keys[4], (2,), jnp.float32, -config.shift_limit, config.shift_limit
+    )
     shift = shift * jnp.array([height, width], jnp.float32)
     # Dihedral first, then the affine warp: the inverse maps compose in reverse order.
-    matrix = jnp.where(apply, matrix @ affine_matrix(angle_deg=angle, scale=scale), matrix)
+    matrix = jnp.where(
+      apply, matrix @ affine_matrix(angle_deg=angle, scale=scale), matrix
+    )
     offset = jnp.where(apply, shift, offset)
   if config.dihedral or config.affine_p > 0:
     image, masks = warp(image=image, masks=masks, matrix=matrix, offset=offset)
@@ -184,19 +216,31 @@ def augment_example(rng, image, masks, config: AugmentConfig):
   if config.crop_size:
     size = config.crop_size
     if size > min(height, width):
-      raise ValueError(f'crop_size={size} exceeds the image size {height}x{width}.')
+      raise ValueError(
+        f'crop_size={size} exceeds the image size {height}x{width}.'
+      )
     top = jax.random.randint(keys[5], (), 0, height - size + 1)
     left = jax.random.randint(keys[6], (), 0, width - size + 1)
     image, masks = crop(image=image, masks=masks, top=top, left=left, size=size)
   if config.gamma_p > 0:
     gamma = _uniform(keys[7], *config.gamma_range)
-    image = jnp.where(jax.random.bernoulli(keys[8], config.gamma_p),
-                      jnp.clip(image, 0.0, 1.0) ** gamma, image)
+    image = jnp.where(
+      jax.random.bernoulli(keys[8], config.gamma_p),
+      jnp.clip(image, 0.0, 1.0) ** gamma,
+      image,
+    )
   if config.brightness_contrast_p > 0:
-    contrast = 1.0 + _uniform(keys[9], -config.contrast_limit, config.contrast_limit)
-    brightness = _uniform(keys[10], -config.brightness_limit, config.brightness_limit)
-    image = jnp.where(jax.random.bernoulli(keys[11], config.brightness_contrast_p),
-                      image * contrast + brightness, image)
+    contrast = 1.0 + _uniform(
+      keys[9], -config.contrast_limit, config.contrast_limit
+    )
+    brightness = _uniform(
+      keys[10], -config.brightness_limit, config.brightness_limit
+    )
+    image = jnp.where(
+      jax.random.bernoulli(keys[11], config.brightness_contrast_p),
+      image * contrast + brightness,
+      image,
+    )
   return jnp.clip(image, 0.0, 1.0), masks
 
 
@@ -213,10 +257,18 @@ def augment(rng, image, masks, config: AugmentConfig):
   Returns:
     (image [B, h, w, C] float32 in [0, 1], masks [B, M, h, w] of the masks' dtype).
   """
-  if image.ndim != 4 or masks.ndim != 4 or image.shape[:3] != (masks.shape[0],) + masks.shape[2:]:
-    raise ValueError(f'augment expects image [B,H,W,C] and masks [B,M,H,W] of the same B, H, W; '
-                     f'got image {image.shape} and masks {masks.shape}.')
-  return map_examples(lambda k, x, m: augment_example(k, x, m, config), rng, image, masks)
+  if (
+    image.ndim != 4
+    or masks.ndim != 4
+    or image.shape[:3] != (masks.shape[0],) + masks.shape[2:]
+  ):
+    raise ValueError(
+      f'augment expects image [B,H,W,C] and masks [B,M,H,W] of the same B, H, W; '
+      f'got image {image.shape} and masks {masks.shape}.'
+    )
+  return map_examples(
+    lambda k, x, m: augment_example(k, x, m, config), rng, image, masks
+  )
 
 
 @jax.jit

@@ -31,8 +31,8 @@ import orbax.checkpoint as ocp
 from diffseg_jax import errors
 from diffseg_jax.models import unet
 
-TRAIN_ITEMS = ("params", "ema_params", "opt_state", "train", "meta", "data")
-PARAM_ITEMS = ("params", "ema_params")
+TRAIN_ITEMS = ('params', 'ema_params', 'opt_state', 'train', 'meta', 'data')
+PARAM_ITEMS = ('params', 'ema_params')
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -44,7 +44,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def _key_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
 def _check_shapes(item_dir: str, abstract_params: Any) -> None:
@@ -63,73 +63,114 @@ def _check_shapes(item_dir: str, abstract_params: Any) -> None:
     return
   finally:
     handler.close()
-  stored = {_key_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)
-            if hasattr(m, "shape")}
-  wanted = {_key_str(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  stored = {
+    _key_str(p): tuple(m.shape)
+    for p, m in jax.tree_util.tree_leaves_with_path(stored)
+    if hasattr(m, 'shape')
+  }
+  wanted = {
+    _key_str(p): tuple(x.shape)
+    for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)
+  }
   if not stored or stored == wanted:
     return
-  shapes = [f"{k} {stored[k]} vs {wanted[k]}" for k in sorted(wanted)
-            if k in stored and stored[k] != wanted[k]]
+  shapes = [
+    f'{k} {stored[k]} vs {wanted[k]}'
+    for k in sorted(wanted)
+    if k in stored and stored[k] != wanted[k]
+  ]
   only_stored = sorted(set(stored) - set(wanted))
   only_wanted = sorted(set(wanted) - set(stored))
   parts = []
   if shapes:
-    parts.append(f"{len(shapes)} of {len(wanted)} parameter shapes differ (checkpoint vs config), "
-                 f"e.g. {'; '.join(shapes[:3])}")
+    parts.append(
+      f'{len(shapes)} of {len(wanted)} parameter shapes differ (checkpoint vs config), '
+      f'e.g. {"; ".join(shapes[:3])}'
+    )
   if only_stored:
-    parts.append(f"{len(only_stored)} parameters only in the checkpoint, e.g. {', '.join(only_stored[:3])}")
+    parts.append(
+      f'{len(only_stored)} parameters only in the checkpoint, e.g. {", ".join(only_stored[:3])}'
+    )
   if only_wanted:
-    parts.append(f"{len(only_wanted)} parameters only in the config's network, e.g. "
-                 f"{', '.join(only_wanted[:3])}")
+    parts.append(
+      f"{len(only_wanted)} parameters only in the config's network, e.g. "
+      f'{", ".join(only_wanted[:3])}'
+    )
   raise CheckpointMismatchError(
-      "; ".join(parts) + ": config.model (base_channels, channel_mult, num_res_blocks, "
-      "num_middle_blocks, attention_levels, num_heads) or the image channels differ from the run "
-      "that wrote it")
+    '; '.join(parts)
+    + ': config.model (base_channels, channel_mult, num_res_blocks, '
+    'num_middle_blocks, attention_levels, num_heads) or the image channels differ from the run '
+    'that wrote it'
+  )
 
 
-def _manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,
-             read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(
+  directory: str,
+  *,
+  max_to_keep: Optional[int] = 3,
+  async_save: bool = True,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   # A reader (evaluation while training runs) neither creates nor cleans up anything.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=None if read_only else max_to_keep,
-      enable_async_checkpointing=async_save,
-      create=not read_only,
-      cleanup_tmp_directories=not read_only,
+    max_to_keep=None if read_only else max_to_keep,
+    enable_async_checkpointing=async_save,
+    create=not read_only,
+    cleanup_tmp_directories=not read_only,
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=TRAIN_ITEMS)
+  return ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_names=TRAIN_ITEMS
+  )
 
 
 class Checkpointer:
   """Periodic (async) saves of the full train state and exact restore of it."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(
+    self, directory: str, *, max_to_keep: int = 3, async_save: bool = True
+  ):
     self.directory = os.path.abspath(directory)
-    self._manager = _manager(self.directory, max_to_keep=max_to_keep, async_save=async_save)
+    self._manager = _manager(
+      self.directory, max_to_keep=max_to_keep, async_save=async_save
+    )
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], *,
-           data_iterator: Any = None, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    *,
+    data_iterator: Any = None,
+    force: bool = False,
+  ) -> bool:
     """Saves `state` (params, ema_params, opt_state, step, rng) at `step`; returns whether it saved.
 
     `data_iterator` (with `get_state()` -> JSON-able dict) is saved as item `data`; it
     must be positioned at the batch of step `step`.
     """
     items = dict(
-        params=ocp.args.StandardSave(state["params"]),
-        ema_params=ocp.args.StandardSave(state["ema_params"]),
-        opt_state=ocp.args.StandardSave(state["opt_state"]),
-        train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
-        meta=ocp.args.JsonSave(dict(meta)),
+      params=ocp.args.StandardSave(state['params']),
+      ema_params=ocp.args.StandardSave(state['ema_params']),
+      opt_state=ocp.args.StandardSave(state['opt_state']),
+      train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+      meta=ocp.args.JsonSave(dict(meta)),
     )
     if data_iterator is not None:
-      items["data"] = ocp.args.JsonSave(dict(data_iterator.get_state()))
-    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+      items['data'] = ocp.args.JsonSave(dict(data_iterator.get_state()))
+    return self._manager.save(
+      int(step), args=ocp.args.Composite(**items), force=force
+    )
 
-  def restore(self, abstract_state: Mapping[str, Any], step: Optional[int] = None, *,
-              data_iterator: Any = None):
+  def restore(
+    self,
+    abstract_state: Mapping[str, Any],
+    step: Optional[int] = None,
+    *,
+    data_iterator: Any = None,
+  ):
     """Restores the full state into the shapes/shardings of `abstract_state`; returns (state, meta).
 
     With `data_iterator`, also calls its `set_state` with the saved item `data`
@@ -141,37 +182,44 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointNotFoundError(f"No checkpoint in {self.directory}.")
+      raise CheckpointNotFoundError(f'No checkpoint in {self.directory}.')
     items = dict(
-        params=ocp.args.StandardRestore(abstract_state["params"]),
-        ema_params=ocp.args.StandardRestore(abstract_state["ema_params"]),
-        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
-        train=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}),
-        meta=ocp.args.JsonRestore(),
+      params=ocp.args.StandardRestore(abstract_state['params']),
+      ema_params=ocp.args.StandardRestore(abstract_state['ema_params']),
+      opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
+      train=ocp.args.StandardRestore(
+        {'step': abstract_state['step'], 'rng': abstract_state['rng']}
+      ),
+      meta=ocp.args.JsonRestore(),
     )
-    data_dir = os.path.join(self.directory, str(step), "data")
+    data_dir = os.path.join(self.directory, str(step), 'data')
     has_data = data_iterator is not None and os.path.isdir(data_dir)
     if has_data:
-      items["data"] = ocp.args.JsonRestore()
+      items['data'] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     if data_iterator is not None:
-      train_step = int(restored.train["step"])
-      data_state = restored.data if has_data else {"next_index": restored.meta.get("data_step", train_step)}
-      if data_state.get("next_index") != train_step:
+      train_step = int(restored.train['step'])
+      data_state = (
+        restored.data
+        if has_data
+        else {'next_index': restored.meta.get('data_step', train_step)}
+      )
+      if data_state.get('next_index') != train_step:
         raise errors.ConfigError(
-            f"{data_dir}: the data iterator is at batch {data_state.get('next_index')} but the train "
-            f"state at step {train_step}: the checkpoint is inconsistent; delete {os.path.dirname(data_dir)} "
-            "to resume from the previous checkpoint.")
+          f'{data_dir}: the data iterator is at batch {data_state.get("next_index")} but the train '
+          f'state at step {train_step}: the checkpoint is inconsistent; delete {os.path.dirname(data_dir)} '
+          'to resume from the previous checkpoint.'
+        )
       try:
         data_iterator.set_state(data_state)
       except errors.ConfigError as e:
-        raise errors.ConfigError(f"{data_dir}: {e}") from None
+        raise errors.ConfigError(f'{data_dir}: {e}') from None
     state = {
-        "params": restored.params,
-        "ema_params": restored.ema_params,
-        "opt_state": restored.opt_state,
-        "step": restored.train["step"],
-        "rng": restored.train["rng"],
+      'params': restored.params,
+      'ema_params': restored.ema_params,
+      'opt_state': restored.opt_state,
+      'step': restored.train['step'],
+      'rng': restored.train['rng'],
     }
     return state, dict(restored.meta)
 
@@ -180,15 +228,24 @@ class Checkpointer:
     self._manager.close()
 
 
-def save_params(directory: str, params: Any, *, step: int = 0,
-                meta: Optional[Mapping[str, Any]] = None) -> str:
+def save_params(
+  directory: str,
+  params: Any,
+  *,
+  step: int = 0,
+  meta: Optional[Mapping[str, Any]] = None,
+) -> str:
   """Writes an inference-only checkpoint (params doubling as EMA params) that evaluation can restore."""
   manager = _manager(directory, max_to_keep=None, async_save=False)
-  manager.save(int(step), args=ocp.args.Composite(
+  manager.save(
+    int(step),
+    args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),
       ema_params=ocp.args.StandardSave(params),
-      meta=ocp.args.JsonSave(dict(meta or {"kind": "exported_params"})),
-  ), force=True)
+      meta=ocp.args.JsonSave(dict(meta or {'kind': 'exported_params'})),
+    ),
+    force=True,
+  )
   manager.wait_until_finished()
   manager.close()
   return os.path.abspath(directory)
@@ -196,56 +253,90 @@ def save_params(directory: str, params: Any, *, step: int = 0,
 
 def _saved_model_settings(manager: ocp.CheckpointManager, step: int) -> str:
   """' (the run that wrote it had model.x=..., ...)' from a train checkpoint's meta, else ''."""
-  keys = ("base_channels", "channel_mult", "num_res_blocks", "num_middle_blocks",
-          "attention_levels", "num_heads")
+  keys = (
+    'base_channels',
+    'channel_mult',
+    'num_res_blocks',
+    'num_middle_blocks',
+    'attention_levels',
+    'num_heads',
+  )
   try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    model = meta["config"]["model"]
-    image = meta["config"]["dataset"]["image_preprocessing"]
+    meta = manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    ).meta
+    model = meta['config']['model']
+    image = meta['config']['dataset']['image_preprocessing']
   except Exception:  # pylint: disable=broad-except
-    return ""  # Exported checkpoints carry no config.
-  settings = [f"model.{k}={tuple(v) if isinstance(v, list) else v}" for k in keys
-              if (v := model.get(k)) is not None]
-  return (f" (the run that wrote it had {', '.join(settings)}, "
-          f"dataset.image_preprocessing={image!r})")
+    return ''  # Exported checkpoints carry no config.
+  settings = [
+    f'model.{k}={tuple(v) if isinstance(v, list) else v}'
+    for k in keys
+    if (v := model.get(k)) is not None
+  ]
+  return (
+    f' (the run that wrote it had {", ".join(settings)}, '
+    f'dataset.image_preprocessing={image!r})'
+  )
 
 
-def restore_params(directory: str, abstract_params: Any, *, use_ema: bool = True,
-                   step: Optional[int] = None):
+def restore_params(
+  directory: str,
+  abstract_params: Any,
+  *,
+  use_ema: bool = True,
+  step: Optional[int] = None,
+):
   """Restores only the (EMA) parameters of the latest (or given) step; returns (params, step)."""
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointNotFoundError(
-        f"Checkpoint directory {directory} does not exist: train first (--mode=train) or convert "
-        "weights with `python -m diffseg_jax.convert --out=...`.")
+      f'Checkpoint directory {directory} does not exist: train first (--mode=train) or convert '
+      'weights with `python -m diffseg_jax.convert --out=...`.'
+    )
   manager = _manager(directory, read_only=True, async_save=False)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointNotFoundError(
-        f"No checkpoint steps in {directory}: train first (--mode=train) or convert weights.")
-  item = "ema_params" if use_ema else "params"
+      f'No checkpoint steps in {directory}: train first (--mode=train) or convert weights.'
+    )
+  item = 'ema_params' if use_ema else 'params'
   # Without a sharding Orbax would restore into the saving run's device topology.
-  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("all",)),
-                                          jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(jax.devices(), ('all',)), jax.sharding.PartitionSpec()
+  )
   abstract_params = jax.tree.map(
-      lambda x: x if getattr(x, "sharding", None) is not None
-      else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params)
+    lambda x: (
+      x
+      if getattr(x, 'sharding', None) is not None
+      else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+    ),
+    abstract_params,
+  )
   try:
     # Checked first: a restore that fails midway leaves TensorStore callbacks printing "Event loop
     # is closed" tracebacks.
     try:
       _check_shapes(os.path.join(directory, str(step), item), abstract_params)
     except CheckpointMismatchError as e:
-      raise CheckpointMismatchError(f"{e}{_saved_model_settings(manager, step)}") from None
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(abstract_params)}))
+      raise CheckpointMismatchError(
+        f'{e}{_saved_model_settings(manager, step)}'
+      ) from None
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(abstract_params)}
+      ),
+    )
   finally:
     manager.close()
-  logging.info("Restored %s of step %d from %s", item, step, directory)
+  logging.info('Restored %s of step %d from %s', item, step, directory)
   return restored[item], step
 
 
-def load_params(workdir: str, unet_config: unet.UNetConfig, mesh, *, use_ema: bool = True):
+def load_params(
+  workdir: str, unet_config: unet.UNetConfig, mesh, *, use_ema: bool = True
+):
   """(graphdef, params, step) of the latest checkpoint in WORKDIR/checkpoints, params replicated on `mesh`.
 
   Raises:
@@ -254,20 +345,34 @@ def load_params(workdir: str, unet_config: unet.UNetConfig, mesh, *, use_ema: bo
   """
   graphdef, abstract_params = unet.abstract_model(unet_config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                        abstract_params.to_pure_dict())
-  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    abstract_params.to_pure_dict(),
+  )
+  directory = os.path.join(
+    os.path.abspath(os.path.expanduser(workdir)), 'checkpoints'
+  )
   try:
     params, step = restore_params(directory, target, use_ema=use_ema)
   except ValueError as e:
     raise errors.ConfigError(
-        f'The checkpoint in {directory} does not fit the network of this config ({e}). Evaluate with '
-        'the config it was trained with (saved as WORKDIR/config.json).') from e
+      f'The checkpoint in {directory} does not fit the network of this config ({e}). Evaluate with '
+      'the config it was trained with (saved as WORKDIR/config.json).'
+    ) from e
   return graphdef, params, step
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:
   """ShapeDtypeStructs (with shardings, if given) describing `tree`, for restoring into it."""
   if shardings is None:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, 'sharding', None)
+      ),
+      tree,
+    )
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
+  )

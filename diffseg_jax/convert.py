@@ -52,25 +52,27 @@ from diffseg_jax import settings
 from diffseg_jax.models import unet
 
 _RES_BLOCK_PARTS = {
-    'in_layers.0': 'in_norm',
-    'in_layers.2': 'in_conv',
-    'emb_layers.1': 'emb_linear',
-    'out_layers.0': 'out_norm',
-    'out_layers.3': 'out_conv',
-    'skip_connection': 'skip',
-    'norm': 'norm',
-    'qkv': 'qkv',
-    'proj_out': 'proj_out',
-    'op': 'op',
-    'conv': 'conv',
+  'in_layers.0': 'in_norm',
+  'in_layers.2': 'in_conv',
+  'emb_layers.1': 'emb_linear',
+  'out_layers.0': 'out_norm',
+  'out_layers.3': 'out_conv',
+  'skip_connection': 'skip',
+  'norm': 'norm',
+  'qkv': 'qkv',
+  'proj_out': 'proj_out',
+  'op': 'op',
+  'conv': 'conv',
 }
 _TOP_LEVEL = {
-    'time_embed.0': ('time_embed', 'linear_0'),
-    'time_embed.2': ('time_embed', 'linear_2'),
-    'out.1': ('out_norm',),
-    'out.3': ('out_conv',),
+  'time_embed.0': ('time_embed', 'linear_0'),
+  'time_embed.2': ('time_embed', 'linear_2'),
+  'out.1': ('out_norm',),
+  'out.3': ('out_conv',),
 }
-_BLOCK_RE = re.compile(r'^(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?$')
+_BLOCK_RE = re.compile(
+  r'^(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?$'
+)
 _MIDDLE_RE = re.compile(r'^middle_block\.(\d+)(?:\.(.+))?$')
 
 
@@ -90,8 +92,7 @@ def torch_name_to_path(name: str) -> tuple[Any, ...] | None:
     group, i, j, part = match.groups()
     if part is not None and part not in _RES_BLOCK_PARTS:
       return None
-    path = (group, int(i), int(j)) + (
-        (_RES_BLOCK_PARTS[part],) if part else ())
+    path = (group, int(i), int(j)) + ((_RES_BLOCK_PARTS[part],) if part else ())
   elif match := _MIDDLE_RE.match(module):
     j, part = match.groups()
     if part not in _RES_BLOCK_PARTS:
@@ -122,8 +123,9 @@ def _path_str(path) -> str:
   return '/'.join(str(p) for p in path)
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray],
-                       config: unet.UNetConfig) -> nnx.State:
+def convert_state_dict(
+  state_dict: Mapping[str, np.ndarray], config: unet.UNetConfig
+) -> nnx.State:
   """Maps the authors' PyTorch state dict onto the parameters of UNet(config).
 
   Args:
@@ -139,8 +141,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     shape-mismatched key.
   """
   _, target = unet.abstract_model(config)
-  expected = {tuple(path): leaf.shape
-              for path, leaf in nnx.to_flat_state(target)}
+  expected = {
+    tuple(path): leaf.shape for path, leaf in nnx.to_flat_state(target)
+  }
   converted = {}
   unexpected, mismatched, mismatched_paths = [], [], set()
   for name, value in state_dict.items():
@@ -151,13 +154,17 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     array = torch_to_flax_layout(value)
     if array.shape != tuple(expected[path]):
       mismatched.append(
-          f'{name}: checkpoint {tuple(np.shape(value))} -> {array.shape}, '
-          f'network {_path_str(path)} needs {tuple(expected[path])}')
+        f'{name}: checkpoint {tuple(np.shape(value))} -> {array.shape}, '
+        f'network {_path_str(path)} needs {tuple(expected[path])}'
+      )
       mismatched_paths.add(path)
       continue
     converted[path] = array
-  missing = [_path_str(p) for p in expected
-             if p not in converted and p not in mismatched_paths]
+  missing = [
+    _path_str(p)
+    for p in expected
+    if p not in converted and p not in mismatched_paths
+  ]
   if unexpected or mismatched or missing:
     lines = ['The state dict does not fit UNet(config):']
     if mismatched:
@@ -167,9 +174,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     if missing:
       lines.append('missing parameters: ' + ', '.join(missing))
     lines.append(
-        f'Check the config ({config}); the authors\' checkpoints use '
-        'image_channels=3 and their channel_mult / num_res_blocks / '
-        'num_middle_blocks / attention_levels / num_heads.')
+      f"Check the config ({config}); the authors' checkpoints use "
+      'image_channels=3 and their channel_mult / num_res_blocks / '
+      'num_middle_blocks / attention_levels / num_heads.'
+    )
     raise errors.DataError('\n'.join(lines))
   pure: dict[Any, Any] = {}
   for path, array in converted.items():
@@ -181,23 +189,33 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
   return target
 
 
-def load_npz_state_dict(path: str, *, prefix: str = '') -> dict[str, np.ndarray]:
+def load_npz_state_dict(
+  path: str, *, prefix: str = ''
+) -> dict[str, np.ndarray]:
   """Reads a state dict saved with np.savez (keys = PyTorch names, optionally
   under `prefix`, e.g. 'weights/')."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--npz {path} does not exist (or is not a file).')
   try:
     with np.load(path) as data:
-      out = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+      out = {
+        k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)
+      }
   except (OSError, ValueError, AttributeError) as e:
-    raise errors.DataError(f'Cannot read {path} as an .npz archive (np.savez): {e}') from e
+    raise errors.DataError(
+      f'Cannot read {path} as an .npz archive (np.savez): {e}'
+    ) from e
   if not out:
-    raise errors.DataError(f'{path} holds no arrays with prefix {prefix!r}: set --npz_prefix to '
-                           'the prefix of its keys, or save the state dict with np.savez.')
+    raise errors.DataError(
+      f'{path} holds no arrays with prefix {prefix!r}: set --npz_prefix to '
+      'the prefix of its keys, or save the state dict with np.savez.'
+    )
   return out
 
 
-def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+def load_torch_state_dict(
+  path: str, *, allow_pickle: bool = False
+) -> dict[str, np.ndarray]:
   """Reads the authors' .pt file: a dict whose 'model' entry is the state dict
   (a bare state dict is accepted too).
 
@@ -210,64 +228,89 @@ def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict[str,
       PyTorch checkpoint, or holds no state dict.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--torch_checkpoint {path} does not exist (or is not a file).')
+    raise FileNotFoundError(
+      f'--torch_checkpoint {path} does not exist (or is not a file).'
+    )
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        f'Reading {path} needs PyTorch: `pip install torch` (or '
-        '`pip install -e ".[torch]"`), or pass a state dict saved as '
-        '--npz instead.') from e
+      f'Reading {path} needs PyTorch: `pip install torch` (or '
+      '`pip install -e ".[torch]"`), or pass a state dict saved as '
+      '--npz instead.'
+    ) from e
   if allow_pickle:
-    logging.warning('Loading %s with weights_only=False: this runs any code pickled in it.', path)
+    logging.warning(
+      'Loading %s with weights_only=False: this runs any code pickled in it.',
+      path,
+    )
     checkpoint = torch.load(path, map_location='cpu', weights_only=False)
   else:
     try:
       checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
       raise errors.DataError(
-          f'{path} holds objects other than tensors, and loading them would run code from the '
-          f'file ({str(e).splitlines()[0]}). If you trust the file, pass --allow_pickle; or save '
-          'its state dict with np.savez and pass --npz.') from e
+        f'{path} holds objects other than tensors, and loading them would run code from the '
+        f'file ({str(e).splitlines()[0]}). If you trust the file, pass --allow_pickle; or save '
+        'its state dict with np.savez and pass --npz.'
+      ) from e
     except Exception as e:  # pylint: disable=broad-except
-      raise errors.DataError(f'Cannot read {path} as a PyTorch checkpoint: {e}') from e
+      raise errors.DataError(
+        f'Cannot read {path} as a PyTorch checkpoint: {e}'
+      ) from e
   if isinstance(checkpoint, Mapping) and 'model' in checkpoint:
     checkpoint = checkpoint['model']
   if not isinstance(checkpoint, Mapping) or not all(
-      hasattr(v, 'detach') for v in checkpoint.values()):
-    raise errors.DataError(f'{path} is neither a dict with a "model" state dict nor '
-                           'a state dict of tensors.')
+    hasattr(v, 'detach') for v in checkpoint.values()
+  ):
+    raise errors.DataError(
+      f'{path} is neither a dict with a "model" state dict nor '
+      'a state dict of tensors.'
+    )
   return {k: v.detach().cpu().float().numpy() for k, v in checkpoint.items()}
 
 
-def check_image_channels(state_dict: Mapping[str, np.ndarray], config: unet.UNetConfig) -> None:
+def check_image_channels(
+  state_dict: Mapping[str, np.ndarray], config: unet.UNetConfig
+) -> None:
   """Fails, saying what to set, when the checkpoint's input width differs from the config's."""
   first = state_dict.get('input_blocks.0.0.weight')
   if first is None:
     raise errors.DataError(
-        'The state dict has no input_blocks.0.0.weight (the first convolution): it is not the '
-        'authors\' U-Net, or its keys carry a prefix (pass --npz_prefix=PREFIX/).')
+      'The state dict has no input_blocks.0.0.weight (the first convolution): it is not the '
+      "authors' U-Net, or its keys carry a prefix (pass --npz_prefix=PREFIX/)."
+    )
   expected = int(np.shape(first)[1]) - 1
   if expected != config.image_channels:
     raise errors.ConfigError(
-        f'The checkpoint takes {expected} image channel(s) but the config gives '
-        f'{config.image_channels}. The authors\' checkpoints take their 3-channel ImageNet-normalised '
-        'input: pass --config.dataset.image_preprocessing=imagenet_rgb.')
+      f'The checkpoint takes {expected} image channel(s) but the config gives '
+      f"{config.image_channels}. The authors' checkpoints take their 3-channel ImageNet-normalised "
+      'input: pass --config.dataset.image_preprocessing=imagenet_rgb.'
+    )
 
 
 _TORCH_CHECKPOINT = flags.DEFINE_string(
-    'torch_checkpoint', None, 'The authors\' .pt file (needs torch).')
+  'torch_checkpoint', None, "The authors' .pt file (needs torch)."
+)
 _NPZ = flags.DEFINE_string(
-    'npz', None, 'Alternatively, a state dict saved with np.savez.')
+  'npz', None, 'Alternatively, a state dict saved with np.savez.'
+)
 _NPZ_PREFIX = flags.DEFINE_string(
-    'npz_prefix', '', 'Key prefix of the state dict inside --npz, e.g. weights/.')
+  'npz_prefix', '', 'Key prefix of the state dict inside --npz, e.g. weights/.'
+)
 _ALLOW_PICKLE = flags.DEFINE_bool(
-    'allow_pickle', False, 'Load --torch_checkpoint with weights_only=False, which runs code pickled '
-    'in the file: only for files you trust.')
+  'allow_pickle',
+  False,
+  'Load --torch_checkpoint with weights_only=False, which runs code pickled '
+  'in the file: only for files you trust.',
+)
 _OUT = flags.DEFINE_string('out', None, 'Output checkpoint directory.')
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'The config to evaluate with (configs/*.py); its model and '
-    'dataset.image_preprocessing must match the checkpoint.')
+  'config',
+  None,
+  'The config to evaluate with (configs/*.py); its model and '
+  'dataset.image_preprocessing must match the checkpoint.',
+)
 
 
 def main(argv):
@@ -276,10 +319,13 @@ def main(argv):
     _convert(argv)
   except Exception as e:  # pylint: disable=broad-except
     message = errors.io_fault_message(e, path=str(_OUT.value), flag='--out')
-    if isinstance(e, (FileNotFoundError, ImportError, errors.ConfigError, errors.DataError)):
+    if isinstance(
+      e, (FileNotFoundError, ImportError, errors.ConfigError, errors.DataError)
+    ):
       message = str(e)
-    if message is None or os.environ.get('DIFFSEG_TRACEBACK', '').strip().lower() in (
-        '1', 'true', 'yes'):
+    if message is None or os.environ.get(
+      'DIFFSEG_TRACEBACK', ''
+    ).strip().lower() in ('1', 'true', 'yes'):
       raise
     print(f'ERROR: {message}', file=sys.stderr)
     sys.exit(2)
@@ -288,6 +334,7 @@ def main(argv):
 def _convert(argv):
   del argv
   from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   if (_TORCH_CHECKPOINT.value is None) == (_NPZ.value is None):
     raise app.UsageError('Pass exactly one of --torch_checkpoint or --npz.')
   if _OUT.value is None or _CONFIG.value is None:
@@ -295,17 +342,24 @@ def _convert(argv):
   if _NPZ.value is not None:
     state_dict = load_npz_state_dict(_NPZ.value, prefix=_NPZ_PREFIX.value)
   else:
-    state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value, allow_pickle=_ALLOW_PICKLE.value)
+    state_dict = load_torch_state_dict(
+      _TORCH_CHECKPOINT.value, allow_pickle=_ALLOW_PICKLE.value
+    )
   config = settings.unet_config(_CONFIG.value)
   check_image_channels(state_dict, config)
   params = convert_state_dict(state_dict, config)
   out = checkpoint.save_params(
-      os.path.join(_OUT.value, 'checkpoints'), nnx.to_pure_dict(params), step=0,
-      meta={'kind': 'converted_torch', 'unet_config': repr(config)})
+    os.path.join(_OUT.value, 'checkpoints'),
+    nnx.to_pure_dict(params),
+    step=0,
+    meta={'kind': 'converted_torch', 'unet_config': repr(config)},
+  )
   logging.info('Wrote %d tensors to %s', len(state_dict), out)
-  print(f'Converted {len(state_dict)} tensors for {config} -> {out}\n'
-        f'Evaluate: python -m diffseg_jax.main --config=CONFIG --workdir={_OUT.value} '
-        '--mode=evaluate (the same config and overrides)')
+  print(
+    f'Converted {len(state_dict)} tensors for {config} -> {out}\n'
+    f'Evaluate: python -m diffseg_jax.main --config=CONFIG --workdir={_OUT.value} '
+    '--mode=evaluate (the same config and overrides)'
+  )
 
 
 if __name__ == '__main__':

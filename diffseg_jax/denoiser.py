@@ -29,12 +29,14 @@ from diffseg_jax import errors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_PREPROCESSINGS = ("grey", "imagenet_rgb")
+IMAGE_PREPROCESSINGS = ('grey', 'imagenet_rgb')
 
 
 def image_channels(preprocessing: str) -> int:
-  _check_choice("dataset.image_preprocessing", preprocessing, IMAGE_PREPROCESSINGS)
-  return 3 if preprocessing == "imagenet_rgb" else 1
+  _check_choice(
+    'dataset.image_preprocessing', preprocessing, IMAGE_PREPROCESSINGS
+  )
+  return 3 if preprocessing == 'imagenet_rgb' else 1
 
 
 def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
@@ -43,9 +45,11 @@ def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
   'imagenet_rgb' is the authors' input (SPEC §2a): quantised to uint8, repeated to 3 channels and
   normalised with ImageNet statistics; their released checkpoints need exactly this.
   """
-  _check_choice("dataset.image_preprocessing", preprocessing, IMAGE_PREPROCESSINGS)
+  _check_choice(
+    'dataset.image_preprocessing', preprocessing, IMAGE_PREPROCESSINGS
+  )
   image = image.astype(jnp.float32)
-  if preprocessing == "grey":
+  if preprocessing == 'grey':
     return image
   quantised = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0) / 255.0
   rgb = jnp.repeat(quantised, 3, axis=-1)
@@ -64,9 +68,18 @@ def make_denoise_fn(model, *, rngs=None):
   return denoise_fn
 
 
-def example_losses(model, *, image, masks, annotation_rng, noise_rng,
-                   diffusion_config: diffusion.DiffusionConfig, preprocessing: str,
-                   compute_dtype=jnp.float32, dropout_rng=None) -> jax.Array:
+def example_losses(
+  model,
+  *,
+  image,
+  masks,
+  annotation_rng,
+  noise_rng,
+  diffusion_config: diffusion.DiffusionConfig,
+  preprocessing: str,
+  compute_dtype=jnp.float32,
+  dropout_rng=None,
+) -> jax.Array:
   """The diffusion loss of each example against one of its annotations drawn at random.
 
   The one loss of training (after augmentation) and validation.
@@ -86,13 +99,22 @@ def example_losses(model, *, image, masks, annotation_rng, noise_rng,
     float32 [B] weighted losses.
   """
   x0 = augment.choose_annotation(annotation_rng, masks)
-  net_image = network_image(image, preprocessing=preprocessing).astype(compute_dtype)
+  net_image = network_image(image, preprocessing=preprocessing).astype(
+    compute_dtype
+  )
   rngs = None if dropout_rng is None else nnx.Rngs(dropout=dropout_rng)
-  losses, _ = diffusion.loss(make_denoise_fn(model, rngs=rngs), x0=x0, image=net_image,
-                             rng=noise_rng, config=diffusion_config)
+  losses, _ = diffusion.loss(
+    make_denoise_fn(model, rngs=rngs),
+    x0=x0,
+    image=net_image,
+    rng=noise_rng,
+    config=diffusion_config,
+  )
   return losses
 
 
 def _check_choice(key: str, value: str, choices) -> None:
   if value not in choices:
-    raise errors.ConfigError(f"config.{key}={value!r} is not one of {list(choices)}.")
+    raise errors.ConfigError(
+      f'config.{key}={value!r} is not one of {list(choices)}.'
+    )

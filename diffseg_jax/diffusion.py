@@ -79,10 +79,10 @@ def _parabola(t):
 # Base schedules: name -> f(t) = (gamma(t), 1 - gamma(t)), both computed
 # directly so neither loses precision where the other is close to 1.
 SCHEDULES: dict[str, Callable[[Array], tuple[Array, Array]]] = {
-    'cosine': _cosine,
-    'linear': _linear,
-    'linear_simple': _linear_simple,
-    'parabola': _parabola,
+  'cosine': _cosine,
+  'linear': _linear,
+  'linear_simple': _linear_simple,
+  'parabola': _parabola,
 }
 
 
@@ -98,8 +98,9 @@ def _schedule_fn(schedule: str):
     return SCHEDULES[schedule]
   except KeyError:
     raise ValueError(
-        f'Unknown noise schedule {schedule!r}; choose one of '
-        f'{sorted(SCHEDULES)} (DiffusionConfig.schedule).') from None
+      f'Unknown noise schedule {schedule!r}; choose one of '
+      f'{sorted(SCHEDULES)} (DiffusionConfig.schedule).'
+    ) from None
 
 
 def scaled_gamma(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
@@ -124,8 +125,14 @@ def scaled_gamma(t, *, schedule: str = 'cosine', input_scale: float = 1.0):
   return b2 * gamma / denom, one_minus_gamma / denom
 
 
-def logsnr_schedule(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
-                    logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+def logsnr_schedule(
+  t,
+  *,
+  schedule: str = 'cosine',
+  input_scale: float = 1.0,
+  logsnr_min: float = -20.0,
+  logsnr_max: float = 20.0,
+):
   """logSNR(t) of the endpoint-mapped, input-scaled schedule (SPEC 2).
 
   gamma'(t) = s(min) + (s(max) - s(min)) r(t), s = sigmoid,
@@ -165,8 +172,14 @@ def logsnr_schedule(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
   return jnp.where(r > 0.5, near_start, near_end)
 
 
-def dlogsnr_dt(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
-               logsnr_min: float = -20.0, logsnr_max: float = 20.0):
+def dlogsnr_dt(
+  t,
+  *,
+  schedule: str = 'cosine',
+  input_scale: float = 1.0,
+  logsnr_min: float = -20.0,
+  logsnr_max: float = 20.0,
+):
   """d logSNR / dt <= 0, elementwise, shaped like t.
 
   Forward-mode derivative of logsnr_schedule. Where the exact derivative is
@@ -176,15 +189,18 @@ def dlogsnr_dt(t, *, schedule: str = 'cosine', input_scale: float = 1.0,
   """
   t = _as_float(t)
   fn = lambda tt: logsnr_schedule(  # pylint: disable=g-long-lambda
-      tt, schedule=schedule, input_scale=input_scale, logsnr_min=logsnr_min,
-      logsnr_max=logsnr_max)
+    tt,
+    schedule=schedule,
+    input_scale=input_scale,
+    logsnr_min=logsnr_min,
+    logsnr_max=logsnr_max,
+  )
   return jnp.minimum(jax.jvp(fn, (t,), (jnp.ones_like(t),))[1], 0.0)
 
 
 def alpha_sigma(logsnr):
   """(alpha, sigma) with alpha^2 = sigmoid(logSNR), sigma^2 = sigmoid(-logSNR)."""
-  return (jnp.sqrt(jax.nn.sigmoid(logsnr)),
-          jnp.sqrt(jax.nn.sigmoid(-logsnr)))
+  return (jnp.sqrt(jax.nn.sigmoid(logsnr)), jnp.sqrt(jax.nn.sigmoid(-logsnr)))
 
 
 # --------------------------------------------------------------------------
@@ -230,11 +246,13 @@ def predict_v_from_x_and_eps(*, x, eps, logsnr):
 
 # Prediction types: name -> f(z=, output=, logsnr=) -> x0 estimate.
 PREDICTIONS: dict[str, Callable[..., Array]] = {
-    'x': lambda *, z, output, logsnr: output,
-    'eps': lambda *, z, output, logsnr: predict_x_from_eps(
-        z=z, eps=output, logsnr=logsnr),
-    'v': lambda *, z, output, logsnr: predict_x_from_v(
-        z=z, v=output, logsnr=logsnr),
+  'x': lambda *, z, output, logsnr: output,
+  'eps': lambda *, z, output, logsnr: predict_x_from_eps(
+    z=z, eps=output, logsnr=logsnr
+  ),
+  'v': lambda *, z, output, logsnr: predict_x_from_v(
+    z=z, v=output, logsnr=logsnr
+  ),
 }
 
 
@@ -247,8 +265,9 @@ def predict_x(*, z, output, logsnr, prediction: str):
     fn = PREDICTIONS[prediction]
   except KeyError:
     raise ValueError(
-        f'Unknown prediction type {prediction!r}; choose one of '
-        f'{sorted(PREDICTIONS)} (DiffusionConfig.prediction).') from None
+      f'Unknown prediction type {prediction!r}; choose one of '
+      f'{sorted(PREDICTIONS)} (DiffusionConfig.prediction).'
+    ) from None
   return fn(z=z, output=jnp.asarray(output).astype(z.dtype), logsnr=logsnr)
 
 
@@ -260,11 +279,11 @@ def predict_x(*, z, output, logsnr, prediction: str):
 # 'sigmoid_<k>' (e.g. 'sigmoid_2', 'sigmoid_-1.5') selects it; see
 # get_weighting.
 WEIGHTINGS: dict[str, Callable[..., Array]] = {
-    'uniform': lambda logsnr: jnp.ones_like(logsnr),
-    'snr': lambda logsnr: jnp.exp(logsnr),
-    'snr_plus1': lambda logsnr: jnp.exp(logsnr) + 1.0,
-    'snr_trunc': lambda logsnr: jnp.maximum(jnp.exp(logsnr), 1.0),
-    'sigmoid': lambda logsnr, k: jax.nn.sigmoid(logsnr - k),
+  'uniform': lambda logsnr: jnp.ones_like(logsnr),
+  'snr': lambda logsnr: jnp.exp(logsnr),
+  'snr_plus1': lambda logsnr: jnp.exp(logsnr) + 1.0,
+  'snr_trunc': lambda logsnr: jnp.maximum(jnp.exp(logsnr), 1.0),
+  'sigmoid': lambda logsnr, k: jax.nn.sigmoid(logsnr - k),
 }
 
 
@@ -275,15 +294,16 @@ def get_weighting(name: str) -> Callable[[Array], Array]:
     return WEIGHTINGS[key]
   if key.startswith('sigmoid_'):
     try:
-      k = float(key[len('sigmoid_'):])
+      k = float(key[len('sigmoid_') :])
     except ValueError:
       k = None
     if k is not None and math.isfinite(k):
       return lambda logsnr: WEIGHTINGS['sigmoid'](logsnr, k)
   raise ValueError(
-      f'Unknown loss weighting {name!r}; choose uniform, snr, snr_plus1, '
-      "snr_trunc or sigmoid_<k> such as 'sigmoid_2' "
-      '(DiffusionConfig.weighting).')
+    f'Unknown loss weighting {name!r}; choose uniform, snr, snr_plus1, '
+    "snr_trunc or sigmoid_<k> such as 'sigmoid_2' "
+    '(DiffusionConfig.weighting).'
+  )
 
 
 # --------------------------------------------------------------------------
@@ -306,6 +326,7 @@ class DiffusionConfig:
     conditioning: what the network receives as time: 't' (SPEC default) or
       'logsnr'.
   """
+
   schedule: str = 'cosine'
   input_scale: float = 0.1
   logsnr_min: float = -20.0
@@ -319,19 +340,29 @@ class DiffusionConfig:
     _schedule_fn(self.schedule)
     get_weighting(self.weighting)
     if self.prediction not in PREDICTIONS:
-      raise ValueError(f'DiffusionConfig.prediction={self.prediction!r}; '
-                       f'choose one of {sorted(PREDICTIONS)}.')
+      raise ValueError(
+        f'DiffusionConfig.prediction={self.prediction!r}; '
+        f'choose one of {sorted(PREDICTIONS)}.'
+      )
     if self.conditioning not in ('t', 'logsnr'):
-      raise ValueError(f'DiffusionConfig.conditioning={self.conditioning!r};'
-                       " choose 't' or 'logsnr'.")
+      raise ValueError(
+        f'DiffusionConfig.conditioning={self.conditioning!r};'
+        " choose 't' or 'logsnr'."
+      )
     if not self.logsnr_min < self.logsnr_max:
-      raise ValueError('DiffusionConfig needs logsnr_min < logsnr_max, got '
-                       f'{self.logsnr_min} and {self.logsnr_max}.')
+      raise ValueError(
+        'DiffusionConfig needs logsnr_min < logsnr_max, got '
+        f'{self.logsnr_min} and {self.logsnr_max}.'
+      )
 
 
 def _schedule_kwargs(config: DiffusionConfig) -> dict[str, Any]:
-  return dict(schedule=config.schedule, input_scale=config.input_scale,
-              logsnr_min=config.logsnr_min, logsnr_max=config.logsnr_max)
+  return dict(
+    schedule=config.schedule,
+    input_scale=config.input_scale,
+    logsnr_min=config.logsnr_min,
+    logsnr_max=config.logsnr_max,
+  )
 
 
 def config_logsnr(t, config: DiffusionConfig):
@@ -358,8 +389,16 @@ def _network_time(*, t, logsnr, config: DiffusionConfig):
   return logsnr if config.conditioning == 'logsnr' else t
 
 
-def loss(denoise_fn: DenoiseFn, *, x0, image, rng, config: DiffusionConfig,
-         t=None, eps=None):
+def loss(
+  denoise_fn: DenoiseFn,
+  *,
+  x0,
+  image,
+  rng,
+  config: DiffusionConfig,
+  t=None,
+  eps=None,
+):
   """Per-example weighted x-space MSE (SPEC 2).
 
   Args:
@@ -389,13 +428,17 @@ def loss(denoise_fn: DenoiseFn, *, x0, image, rng, config: DiffusionConfig,
     eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
   logsnr = config_logsnr(t, config)
   z = diffuse(x=x0, eps=jnp.asarray(eps, jnp.float32), logsnr=logsnr)
-  output = denoise_fn(z, _network_time(t=t, logsnr=logsnr, config=config),
-                      image)
+  output = denoise_fn(
+    z, _network_time(t=t, logsnr=logsnr, config=config), image
+  )
   if output.shape != x0.shape:
-    raise ValueError(f'loss: denoise_fn returned shape {output.shape}, '
-                     f'expected {x0.shape} (one output channel).')
-  x0_hat = predict_x(z=z, output=output, logsnr=logsnr,
-                     prediction=config.prediction)
+    raise ValueError(
+      f'loss: denoise_fn returned shape {output.shape}, '
+      f'expected {x0.shape} (one output channel).'
+    )
+  x0_hat = predict_x(
+    z=z, output=output, logsnr=logsnr, prediction=config.prediction
+  )
   mse = jnp.mean(jnp.square(x0_hat - x0), axis=tuple(range(1, x0.ndim)))
   weight = loss_weight(t=t, config=config)
   aux = dict(x0_hat=x0_hat, z=z, t=t, logsnr=logsnr, mse=mse, weight=weight)
@@ -423,6 +466,7 @@ class SamplerConfig:
       x0_hat, as the authors' code; compare with their numbers in this form).
       The two differ only for eps and v prediction with clip_x0.
   """
+
   name: str = 'ddpm'
   num_steps: int = 10
   variance: str = 'large'
@@ -431,17 +475,21 @@ class SamplerConfig:
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
-      raise ValueError(f'SamplerConfig.name={self.name!r}; choose one of '
-                       f'{sorted(SAMPLERS)}.')
+      raise ValueError(
+        f'SamplerConfig.name={self.name!r}; choose one of {sorted(SAMPLERS)}.'
+      )
     if self.variance not in ('large', 'small'):
-      raise ValueError(f"SamplerConfig.variance={self.variance!r}; choose "
-                       "'large' or 'small'.")
+      raise ValueError(
+        f"SamplerConfig.variance={self.variance!r}; choose 'large' or 'small'."
+      )
     if self.ddim_eps not in DDIM_EPS:
-      raise ValueError(f'SamplerConfig.ddim_eps={self.ddim_eps!r}; choose '
-                       f'one of {DDIM_EPS}.')
+      raise ValueError(
+        f'SamplerConfig.ddim_eps={self.ddim_eps!r}; choose one of {DDIM_EPS}.'
+      )
     if int(self.num_steps) < 1:
-      raise ValueError(f'SamplerConfig.num_steps must be >= 1, got '
-                       f'{self.num_steps}.')
+      raise ValueError(
+        f'SamplerConfig.num_steps must be >= 1, got {self.num_steps}.'
+      )
 
 
 DDIM_EPS = ('clipped', 'authors')
@@ -482,8 +530,9 @@ def ddim_step(*, z_t, x0_hat, logsnr_t, logsnr_s, x0_for_eps=None):
   return diffuse(x=x0_hat, eps=eps_hat, logsnr=logsnr_s)
 
 
-def dpm_solver_pp_2m_step(*, z_t, x0_hat, x0_prev, logsnr_t, logsnr_s,
-                          logsnr_prev, first):
+def dpm_solver_pp_2m_step(
+  *, z_t, x0_hat, x0_prev, logsnr_t, logsnr_s, logsnr_prev, first
+):
   """DPM-Solver++(2M) step (data prediction, multistep) in lambda = logSNR/2.
 
   z_s = (sigma_s/sigma_t) z_t + alpha_s (1 - exp(-h)) D, h = lambda_s -
@@ -517,6 +566,7 @@ class StepInputs(NamedTuple):
   previous step's x0_hat (zeros on the first step); logsnr_* are [M]; rng is
   the sampler's key (DDPM folds in the index).
   """
+
   z: Array
   x0_hat: Array
   x0_unclipped: Array
@@ -529,47 +579,74 @@ class StepInputs(NamedTuple):
 
 
 def _ddpm(x: StepInputs, sampler: SamplerConfig) -> Array:
-  noise = jax.random.normal(jax.random.fold_in(x.rng, x.index), x.z.shape,
-                            x.z.dtype)
-  return ddpm_step(z_t=x.z, x0_hat=x.x0_hat, logsnr_t=x.logsnr_t,
-                   logsnr_s=x.logsnr_s, noise=noise, variance=sampler.variance)
+  noise = jax.random.normal(
+    jax.random.fold_in(x.rng, x.index), x.z.shape, x.z.dtype
+  )
+  return ddpm_step(
+    z_t=x.z,
+    x0_hat=x.x0_hat,
+    logsnr_t=x.logsnr_t,
+    logsnr_s=x.logsnr_s,
+    noise=noise,
+    variance=sampler.variance,
+  )
 
 
 def _ddim(x: StepInputs, sampler: SamplerConfig) -> Array:
   x0_for_eps = x.x0_unclipped if sampler.ddim_eps == 'authors' else x.x0_hat
-  return ddim_step(z_t=x.z, x0_hat=x.x0_hat, logsnr_t=x.logsnr_t,
-                   logsnr_s=x.logsnr_s, x0_for_eps=x0_for_eps)
+  return ddim_step(
+    z_t=x.z,
+    x0_hat=x.x0_hat,
+    logsnr_t=x.logsnr_t,
+    logsnr_s=x.logsnr_s,
+    x0_for_eps=x0_for_eps,
+  )
 
 
 def _dpm_solver_pp_2m(x: StepInputs, sampler: SamplerConfig) -> Array:
   del sampler
   return dpm_solver_pp_2m_step(
-      z_t=x.z, x0_hat=x.x0_hat, x0_prev=x.x0_prev, logsnr_t=x.logsnr_t,
-      logsnr_s=x.logsnr_s, logsnr_prev=x.logsnr_prev, first=x.index == 0)
+    z_t=x.z,
+    x0_hat=x.x0_hat,
+    x0_prev=x.x0_prev,
+    logsnr_t=x.logsnr_t,
+    logsnr_s=x.logsnr_s,
+    logsnr_prev=x.logsnr_prev,
+    first=x.index == 0,
+  )
 
 
 # Samplers: name -> (StepInputs, SamplerConfig) -> z_s; sample_loop calls the
 # entry of SamplerConfig.name once per step.
 SAMPLERS: dict[str, Callable[[StepInputs, SamplerConfig], Array]] = {
-    'ddpm': _ddpm,
-    'ddim': _ddim,
-    'dpm_solver_pp_2m': _dpm_solver_pp_2m,
+  'ddpm': _ddpm,
+  'ddim': _ddim,
+  'dpm_solver_pp_2m': _dpm_solver_pp_2m,
 }
 
 
 def _check_num_steps(num_steps) -> None:
   try:
     concrete = int(num_steps)
-  except (jax.errors.ConcretizationTypeError,
-          jax.errors.TracerIntegerConversionError):
+  except (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+  ):
     return  # traced: the caller guarantees >= 1.
   if concrete < 1:
     raise ValueError(f'sample_loop: num_steps must be >= 1, got {concrete}.')
 
 
-def sample_loop(denoise_fn: DenoiseFn, *, image, z_init, rng,
-                diffusion: DiffusionConfig, sampler: SamplerConfig,
-                num_steps=None):
+def sample_loop(
+  denoise_fn: DenoiseFn,
+  *,
+  image,
+  z_init,
+  rng,
+  diffusion: DiffusionConfig,
+  sampler: SamplerConfig,
+  num_steps=None,
+):
   """Runs the sampler from z_init at t = 1; returns the final x0_hat.
 
   One lax.fori_loop over the steps whose bound, the step count, is an int32
@@ -606,25 +683,45 @@ def sample_loop(denoise_fn: DenoiseFn, *, image, z_init, rng,
     logsnr_t = config_logsnr(t, diffusion)
     logsnr_s = config_logsnr(s, diffusion)
     output = denoise_fn(
-        z, _network_time(t=t, logsnr=logsnr_t, config=diffusion), image)
-    x0_unclipped = predict_x(z=z, output=output, logsnr=logsnr_t,
-                             prediction=diffusion.prediction)
+      z, _network_time(t=t, logsnr=logsnr_t, config=diffusion), image
+    )
+    x0_unclipped = predict_x(
+      z=z, output=output, logsnr=logsnr_t, prediction=diffusion.prediction
+    )
     x0_hat = x0_unclipped
     if sampler.clip_x0:
       x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
-    z = step(StepInputs(
-        z=z, x0_hat=x0_hat, x0_unclipped=x0_unclipped, x0_prev=x0_prev,
-        logsnr_t=logsnr_t, logsnr_s=logsnr_s, logsnr_prev=logsnr_prev,
-        index=i, rng=rng), sampler)
+    z = step(
+      StepInputs(
+        z=z,
+        x0_hat=x0_hat,
+        x0_unclipped=x0_unclipped,
+        x0_prev=x0_prev,
+        logsnr_t=logsnr_t,
+        logsnr_s=logsnr_s,
+        logsnr_prev=logsnr_prev,
+        index=i,
+        rng=rng,
+      ),
+      sampler,
+    )
     return z, x0_hat, logsnr_t
 
   init = (z_init, jnp.zeros_like(z_init), jnp.zeros((m,), jnp.float32))
   return jax.lax.fori_loop(0, num_steps, body, init)[1]
 
 
-def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
-           diffusion: DiffusionConfig, sampler: SamplerConfig,
-           return_soft: bool = False, num_steps=None):
+def sample(
+  denoise_fn: DenoiseFn,
+  *,
+  image,
+  rng,
+  num_samples: int,
+  diffusion: DiffusionConfig,
+  sampler: SamplerConfig,
+  return_soft: bool = False,
+  num_steps=None,
+):
   """Draws num_samples masks per image with one batched network call a step.
 
   Args:
@@ -649,11 +746,18 @@ def sample(denoise_fn: DenoiseFn, *, image, rng, num_samples: int,
   b, hgt, wid, _ = image.shape
   images = jnp.repeat(image, num_samples, axis=0)
   init_rng, loop_rng = jax.random.split(rng)
-  z_init = jax.random.normal(init_rng, (b * num_samples, hgt, wid, 1),
-                             jnp.float32)
-  x0_hat = sample_loop(denoise_fn, image=images, z_init=z_init, rng=loop_rng,
-                       diffusion=diffusion, sampler=sampler,
-                       num_steps=num_steps)
+  z_init = jax.random.normal(
+    init_rng, (b * num_samples, hgt, wid, 1), jnp.float32
+  )
+  x0_hat = sample_loop(
+    denoise_fn,
+    image=images,
+    z_init=z_init,
+    rng=loop_rng,
+    diffusion=diffusion,
+    sampler=sampler,
+    num_steps=num_steps,
+  )
   soft = x0_hat.reshape(b, num_samples, hgt, wid)
   masks = soft > 0
   return (masks, soft) if return_soft else masks

@@ -38,15 +38,34 @@ class WorkdirInUseError(RuntimeError):
 
 # errno -> (what happened, how to fix it); {flag} is the flag that chose the folder.
 _IO_FAULTS = {
-    errno.ENOSPC: ('no space left on device while writing', 'free space or choose another {flag}'),
-    errno.EDQUOT: ('disk quota exceeded while writing', 'free space or choose another {flag}'),
-    errno.EFBIG: ('file too large (file system or `ulimit -f` limit) while writing',
-                  'raise the limit or choose another {flag}'),
-    errno.EROFS: ('read-only file system while writing', 'choose a writable {flag}'),
-    errno.EACCES: ('permission denied for', 'fix its permissions or choose another {flag}'),
-    errno.EPERM: ('operation not permitted for', 'fix its permissions or choose another {flag}'),
-    errno.ENOTDIR: ('a path component is a file, not a folder, in',
-                    'choose a folder for {flag}'),
+  errno.ENOSPC: (
+    'no space left on device while writing',
+    'free space or choose another {flag}',
+  ),
+  errno.EDQUOT: (
+    'disk quota exceeded while writing',
+    'free space or choose another {flag}',
+  ),
+  errno.EFBIG: (
+    'file too large (file system or `ulimit -f` limit) while writing',
+    'raise the limit or choose another {flag}',
+  ),
+  errno.EROFS: (
+    'read-only file system while writing',
+    'choose a writable {flag}',
+  ),
+  errno.EACCES: (
+    'permission denied for',
+    'fix its permissions or choose another {flag}',
+  ),
+  errno.EPERM: (
+    'operation not permitted for',
+    'fix its permissions or choose another {flag}',
+  ),
+  errno.ENOTDIR: (
+    'a path component is a file, not a folder, in',
+    'choose a folder for {flag}',
+  ),
 }
 
 
@@ -78,7 +97,9 @@ def find_io_fault(exc: BaseException) -> Optional[Tuple[int, Optional[str]]]:
   return None
 
 
-def io_fault_message(exc: BaseException, *, path: str, flag: str = '--workdir') -> Optional[str]:
+def io_fault_message(
+  exc: BaseException, *, path: str, flag: str = '--workdir'
+) -> Optional[str]:
   """One line naming the cause, the path and the fix of a disk fault behind `exc`, or None.
 
   Args:
@@ -96,7 +117,11 @@ def io_fault_message(exc: BaseException, *, path: str, flag: str = '--workdir') 
   if filename is not None:
     filename = os.fsdecode(filename)
     root = os.path.abspath(path)
-    if os.path.commonpath([root, os.path.abspath(filename)]) != root:  # Not in the output folder.
-      fix = ('free space on that disk' if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-             else 'check that path and its permissions')
+    # Not in the output folder.
+    if os.path.commonpath([root, os.path.abspath(filename)]) != root:
+      fix = (
+        'free space on that disk'
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        else 'check that path and its permissions'
+      )
   return f'{what} {filename or path}: {fix}.'

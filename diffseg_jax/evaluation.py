@@ -65,14 +65,17 @@ PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
 # Row groups of the table: the model, then the yardsticks.
 PREFIXES = ('', 'oracle_', 'mode_oracle_', 'blind_')
-_YARDSTICKS = (' oracle: fresh draws from the true annotation distribution; '
-               'mode_oracle: its jitter-free modes drawn with the true '
-               "probabilities; blind: those modes drawn with the training "
-               "split's average probabilities.")
+_YARDSTICKS = (
+  ' oracle: fresh draws from the true annotation distribution; '
+  'mode_oracle: its jitter-free modes drawn with the true '
+  'probabilities; blind: those modes drawn with the training '
+  "split's average probabilities."
+)
 
 
-def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
-            mode_probs: np.ndarray) -> np.ndarray:
+def mode_tv(
+  *, samples: np.ndarray, modes: np.ndarray, mode_probs: np.ndarray
+) -> np.ndarray:
   """Total variation between model and true mode frequencies, float64 [B].
 
   Each sample goes to the true mode it overlaps best by IoU. A sample with fewer
@@ -98,8 +101,9 @@ def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
   sample_empty = samples.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
   mode_empty = modes.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
   # Canonical class of each mode: the first empty mode for all empty ones.
-  first_empty = np.where(mode_empty.any(axis=1), np.argmax(mode_empty, axis=1),
-                         k)
+  first_empty = np.where(
+    mode_empty.any(axis=1), np.argmax(mode_empty, axis=1), k
+  )
   canon = np.where(mode_empty, first_empty[:, None], np.arange(k)[None, :])
   true = np.zeros((b, k + 1))
   np.add.at(true, (np.repeat(np.arange(b), k), canon.ravel()), probs.ravel())
@@ -114,16 +118,26 @@ def mode_tv(*, samples: np.ndarray, modes: np.ndarray,
   return 0.5 * np.abs(freq - true).sum(axis=1)
 
 
-def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
-                 mode_probs=None, authors=False) -> dict[str, np.ndarray]:
+def _set_metrics(
+  *,
+  samples,
+  masks,
+  num_samples,
+  prefix,
+  modes=None,
+  mode_probs=None,
+  authors=False,
+) -> dict[str, np.ndarray]:
   """Per-image metrics of one sample set [B, N_max, H, W] for every N.
 
   With `authors`, also `<prefix>authors_<key>_<N>[_pp]` (module doc).
   """
   out = {}
+
   def add(values, suffix):
     for name, value in values.items():
       out[f'{prefix}{name}{suffix}'] = value
+
   by_n = {n: metrics.all_metrics(samples[:, :n], masks) for n in num_samples}
   for n, values in by_n.items():
     add(values, f'_{n}')
@@ -139,36 +153,47 @@ def _set_metrics(*, samples, masks, num_samples, prefix, modes=None,
   if modes is not None:
     for n in num_samples:
       out[f'{prefix}mode_tv_{n}'] = mode_tv(
-          samples=samples[:, :n], modes=modes, mode_probs=mode_probs)
-    out[f'{prefix}mode_tv'] = mode_tv(samples=paper, modes=modes,
-                                      mode_probs=mode_probs)
+        samples=samples[:, :n], modes=modes, mode_probs=mode_probs
+      )
+    out[f'{prefix}mode_tv'] = mode_tv(
+      samples=paper, modes=modes, mode_probs=mode_probs
+    )
   return out
 
 
 def _draw_modes(*, rng, modes, probs, num_samples) -> np.ndarray:
   """num_samples modes per image drawn with probs [B, K] -> bool [B, N, H, W]."""
   logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-30))
-  index = np.asarray(jax.random.categorical(
-      rng, logits, axis=-1, shape=(num_samples, logits.shape[0]))).T
-  return np.take_along_axis(np.asarray(modes, bool),
-                            index[:, :, None, None], axis=1)
+  index = np.asarray(
+    jax.random.categorical(
+      rng, logits, axis=-1, shape=(num_samples, logits.shape[0])
+    )
+  ).T
+  return np.take_along_axis(
+    np.asarray(modes, bool), index[:, :, None, None], axis=1
+  )
 
 
 def _draw_true(*, rng, batch, index, size, num_samples) -> np.ndarray:
   """Fresh annotations from the true distribution -> bool [B, N, H, W]."""
   if 'geometry' not in batch:
     raise KeyError(
-        f"evaluation batch {index} has 'modes' but lacks 'geometry', which "
-        'synthetic_lesions >= 1.1.0 stores to draw fresh annotations from the '
-        'true distribution (the data set was built by an older version). '
-        'Rebuild it: python -m tfds_lidc.build --dataset=synthetic_lesions/S '
-        '--data_dir=DIR --overwrite (or let --mode=train build it on first use).')
+      f"evaluation batch {index} has 'modes' but lacks 'geometry', which "
+      'synthetic_lesions >= 1.1.0 stores to draw fresh annotations from the '
+      'true distribution (the data set was built by an older version). '
+      'Rebuild it: python -m tfds_lidc.build --dataset=synthetic_lesions/S '
+      '--data_dir=DIR --overwrite (or let --mode=train build it on first use).'
+    )
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
   seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
   return synthetic_lesions.draw_annotations(
-      geometry=np.asarray(batch['geometry'], np.float64),
-      mode_probs=np.asarray(batch['mode_probs'], np.float64), num=num_samples,
-      size=size, seed=seed)
+    geometry=np.asarray(batch['geometry'], np.float64),
+    mode_probs=np.asarray(batch['mode_probs'], np.float64),
+    num=num_samples,
+    size=size,
+    seed=seed,
+  )
 
 
 def average_mode_probs(source) -> np.ndarray | None:
@@ -186,36 +211,43 @@ def average_mode_probs(source) -> np.ndarray | None:
       examples = source.__getitems__(indices)
     else:
       examples = [source[i] for i in indices]
-    total = total + np.sum([np.asarray(ex['mode_probs'], np.float64)
-                            for ex in examples], axis=0)
+    total = total + np.sum(
+      [np.asarray(ex['mode_probs'], np.float64) for ex in examples], axis=0
+    )
   return total / len(source)
 
 
 def _require(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
   if key not in batch:
     raise KeyError(
-        f'evaluation batch {index} lacks {key!r} (has {sorted(batch)}); pass '
-        'batches from diffseg_jax.input_pipeline.eval_batches.')
+      f'evaluation batch {index} lacks {key!r} (has {sorted(batch)}); pass '
+      'batches from diffseg_jax.input_pipeline.eval_batches.'
+    )
   return np.asarray(batch[key])
 
 
-def _summary(per_image: list[dict[str, float]],
-             log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
+def _summary(
+  per_image: list[dict[str, float]], log: Callable[[str], Any] = print
+) -> dict[str, dict[str, Any]]:
   """{key: {'mean', 'sem', 'n'}} over all images; see the module doc."""
-  keys = sorted({k for record in per_image for k in record
-                 if k not in ('id', 'index')})
+  keys = sorted(
+    {k for record in per_image for k in record if k not in ('id', 'index')}
+  )
   out = {}
   for key in keys:
-    values = np.array([np.nan if r.get(key) is None else r[key]
-                       for r in per_image], np.float64)
+    values = np.array(
+      [np.nan if r.get(key) is None else r[key] for r in per_image], np.float64
+    )
     count = int(np.isfinite(values).sum())
     if count < values.size:
-      log(f'WARNING: {key} is not finite on {values.size - count} of '
-          f'{values.size} images; its mean is left empty.')
+      log(
+        f'WARNING: {key} is not finite on {values.size - count} of '
+        f'{values.size} images; its mean is left empty.'
+      )
       out[key] = {'mean': None, 'sem': None, 'n': count}
       continue
     mean = float(values.mean()) if count else None
-    sem = (float(values.std(ddof=1) / math.sqrt(count)) if count > 1 else None)
+    sem = float(values.std(ddof=1) / math.sqrt(count)) if count > 1 else None
     out[key] = {'mean': mean, 'sem': sem, 'n': count}
   return out
 
@@ -242,28 +274,42 @@ def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     if column not in columns:
       columns.append(column)
     cells[base, column] = stats
+
   def order(column):
     if column.startswith('N='):
       return (0, int(column[2:]))
     return (1, column)
+
   columns.sort(key=order)
   names = metrics.METRIC_NAMES + ('mode_tv',)
+
   def row_order(base):
     prefix = max((p for p in PREFIXES if base.startswith(p)), key=len)
-    name = base[len(prefix):]
-    return (PREFIXES.index(prefix),
-            names.index(name) if name in names else len(names), name)
+    name = base[len(prefix) :]
+    return (
+      PREFIXES.index(prefix),
+      names.index(name) if name in names else len(names),
+      name,
+    )
+
   rows.sort(key=row_order)
+
   def cell(stats):
     if stats is None or stats.get('mean') is None:
       return ''
     sem = stats.get('sem')
-    return f"{stats['mean']:.4f}" + ('' if sem is None else f' ± {sem:.4f}')
-  lines = ['| metric | ' + ' | '.join(columns) + ' |',
-           '|---' * (len(columns) + 1) + '|']
+    return f'{stats["mean"]:.4f}' + ('' if sem is None else f' ± {sem:.4f}')
+
+  lines = [
+    '| metric | ' + ' | '.join(columns) + ' |',
+    '|---' * (len(columns) + 1) + '|',
+  ]
   for base in rows:
-    lines.append(f'| {base} | ' + ' | '.join(
-        cell(cells.get((base, c))) for c in columns) + ' |')
+    lines.append(
+      f'| {base} | '
+      + ' | '.join(cell(cells.get((base, c))) for c in columns)
+      + ' |'
+    )
   return '\n'.join(lines)
 
 
@@ -272,12 +318,17 @@ def _jsonable(value):
   return value if math.isfinite(value) else None
 
 
-def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
-             batches: Iterable[Mapping[str, Any]], *,
-             num_samples_list: Iterable[int] = (4, 16, 32, 100),
-             out_dir: str | None, rng: jax.Array, split_name: str,
-             blind_mode_probs: np.ndarray | None = None,
-             log: Callable[[str], Any] = print) -> dict[str, dict[str, Any]]:
+def evaluate(
+  sample_fn: Callable[[Any, jax.Array, int], Any],
+  batches: Iterable[Mapping[str, Any]],
+  *,
+  num_samples_list: Iterable[int] = (4, 16, 32, 100),
+  out_dir: str | None,
+  rng: jax.Array,
+  split_name: str,
+  blind_mode_probs: np.ndarray | None = None,
+  log: Callable[[str], Any] = print,
+) -> dict[str, dict[str, Any]]:
   """Scores a sampler on a split and writes the reports (see module doc).
 
   Args:
@@ -303,12 +354,16 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
   """
   num_samples = sorted({int(n) for n in num_samples_list})
   if not num_samples or num_samples[0] < 1:
-    raise ValueError(f'num_samples_list={num_samples_list} must hold positive '
-                     'sample counts, e.g. (4, 16, 32, 100).')
+    raise ValueError(
+      f'num_samples_list={num_samples_list} must hold positive '
+      'sample counts, e.g. (4, 16, 32, 100).'
+    )
   n_max = num_samples[-1]
   if n_max < PAPER_NUM_SAMPLES:
-    raise ValueError(f'num_samples_list={num_samples_list}: the paper protocol '
-                     f'needs at least {PAPER_NUM_SAMPLES} samples per image.')
+    raise ValueError(
+      f'num_samples_list={num_samples_list}: the paper protocol '
+      f'needs at least {PAPER_NUM_SAMPLES} samples per image.'
+    )
   if blind_mode_probs is not None:
     blind_mode_probs = np.asarray(blind_mode_probs, np.float64)
   model_rng, blind_rng = jax.random.split(rng)
@@ -325,34 +380,48 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
     samples = np.asarray(sample_fn(image, sample_key, n_max))
     expected = (size, n_max) + masks.shape[-2:]
     if samples.shape != expected:
-      raise ValueError(f'sample_fn returned shape {samples.shape}, expected '
-                       f'{expected} = [B, num_samples, H, W] (bool).')
+      raise ValueError(
+        f'sample_fn returned shape {samples.shape}, expected '
+        f'{expected} = [B, num_samples, H, W] (bool).'
+      )
     samples = samples.astype(bool)
     modes = probs = None
     if 'modes' in batch:
       modes = np.asarray(batch['modes'], bool)
       probs = _require(batch, 'mode_probs', batch_index).astype(np.float64)
-    scored = functools.partial(_set_metrics, masks=masks,
-                               num_samples=num_samples, modes=modes,
-                               mode_probs=probs)
+    scored = functools.partial(
+      _set_metrics,
+      masks=masks,
+      num_samples=num_samples,
+      modes=modes,
+      mode_probs=probs,
+    )
     values = scored(samples=samples, prefix='', authors=True)
     if modes is not None:
-      true = _draw_true(rng=jax.random.fold_in(oracle_key, 1), batch=batch,
-                        index=batch_index, size=masks.shape[-1],
-                        num_samples=n_max)
+      true = _draw_true(
+        rng=jax.random.fold_in(oracle_key, 1),
+        batch=batch,
+        index=batch_index,
+        size=masks.shape[-1],
+        num_samples=n_max,
+      )
       values.update(scored(samples=true, prefix='oracle_'))
-      drawn = _draw_modes(rng=oracle_key, modes=modes, probs=probs,
-                          num_samples=n_max)
+      drawn = _draw_modes(
+        rng=oracle_key, modes=modes, probs=probs, num_samples=n_max
+      )
       values.update(scored(samples=drawn, prefix='mode_oracle_'))
       if blind_mode_probs is not None:
         if blind_mode_probs.shape != probs.shape[1:]:
           raise ValueError(
-              f'blind_mode_probs has shape {blind_mode_probs.shape}; the '
-              f"batches' mode_probs are [B, {probs.shape[1]}].")
+            f'blind_mode_probs has shape {blind_mode_probs.shape}; the '
+            f"batches' mode_probs are [B, {probs.shape[1]}]."
+          )
         blind = _draw_modes(
-            rng=jax.random.fold_in(blind_rng, batch_index), modes=modes,
-            probs=np.broadcast_to(blind_mode_probs, probs.shape),
-            num_samples=n_max)
+          rng=jax.random.fold_in(blind_rng, batch_index),
+          modes=modes,
+          probs=np.broadcast_to(blind_mode_probs, probs.shape),
+          num_samples=n_max,
+        )
         values.update(scored(samples=blind, prefix='blind_'))
     for row in np.flatnonzero(valid):
       identifier = ids[row]
@@ -364,26 +433,44 @@ def evaluate(sample_fn: Callable[[Any, jax.Array, int], Any],
 
   summary = _summary(per_image, log)
   table = render_table(summary)
-  header = (f'## {split_name}: {len(per_image)} images\n\n'
-            'Cells: mean ± standard error over images. N=n: the first n '
-            'samples; paper (4): 4 samples vs the annotations; paper pp: the '
-            'same after the area filter.'
-            + (_YARDSTICKS if any(k.startswith('oracle_') for k in summary)
-               else '') + '\n\n')
+  header = (
+    f'## {split_name}: {len(per_image)} images\n\n'
+    'Cells: mean ± standard error over images. N=n: the first n '
+    'samples; paper (4): 4 samples vs the annotations; paper pp: the '
+    'same after the area filter.'
+    + (_YARDSTICKS if any(k.startswith('oracle_') for k in summary) else '')
+    + '\n\n'
+  )
   if out_dir is not None:
-    _write_results(out_dir, split_name=split_name, num_samples=num_samples, summary=summary,
-                   per_image=per_image, markdown=header + table + '\n')
+    _write_results(
+      out_dir,
+      split_name=split_name,
+      num_samples=num_samples,
+      summary=summary,
+      per_image=per_image,
+      markdown=header + table + '\n',
+    )
   log(header + table)
   return summary
 
 
-def _write_results(out_dir, *, split_name, num_samples, summary, per_image, markdown):
+def _write_results(
+  out_dir, *, split_name, num_samples, summary, per_image, markdown
+):
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-    json.dump({'split': split_name, 'num_images': len(per_image),
-               'num_samples_list': num_samples,
-               'paper_num_samples': PAPER_NUM_SAMPLES,
-               'metrics': summary}, f, indent=1, sort_keys=True)
+    json.dump(
+      {
+        'split': split_name,
+        'num_images': len(per_image),
+        'num_samples_list': num_samples,
+        'paper_num_samples': PAPER_NUM_SAMPLES,
+        'metrics': summary,
+      },
+      f,
+      indent=1,
+      sort_keys=True,
+    )
   with open(os.path.join(out_dir, 'per_image.jsonl'), 'w') as f:
     for record in per_image:
       f.write(json.dumps(record, sort_keys=True) + '\n')
@@ -394,7 +481,9 @@ def _write_results(out_dir, *, split_name, num_samples, summary, per_image, mark
 # `--mode=evaluate`: the protocol above on a checkpoint.
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict:
   """Samples config.eval.num_samples_list[-1] masks per image of config.eval.split and scores them.
 
   Loads the (EMA, config.eval.use_ema) parameters of the latest checkpoint in WORKDIR/checkpoints and
@@ -403,23 +492,42 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   Logs images done, rate and ETA every config.eval.log_every_images images.
   """
   settings = settings_lib.resolve(config)
-  input_pipeline.prepare_dataset(name=config.dataset.name, data_dir=config.dataset.data_dir,
-                                 split=config.eval.split)
+  input_pipeline.prepare_dataset(
+    name=config.dataset.name,
+    data_dir=config.dataset.data_dir,
+    split=config.eval.split,
+  )
   mesh = parallel.make_mesh(config.mesh.data)
-  graphdef, params, step = checkpoint.load_params(workdir, settings.unet, mesh,
-                                                  use_ema=config.eval.use_ema)
+  graphdef, params, step = checkpoint.load_params(
+    workdir, settings.unet, mesh, use_ema=config.eval.use_ema
+  )
   split = config.eval.split
-  source = input_pipeline.load_source(name=config.dataset.name, split=split,
-                                      data_dir=config.dataset.data_dir)
+  source = input_pipeline.load_source(
+    name=config.dataset.name, split=split, data_dir=config.dataset.data_dir
+  )
   # The image-blind baseline draws with the training split's average mode probabilities.
-  blind_mode_probs = average_mode_probs(input_pipeline.load_source(
-      name=config.dataset.name, split=config.dataset.train_split, data_dir=config.dataset.data_dir))
-  num = len(source) if config.eval.num_examples < 0 else min(config.eval.num_examples, len(source))
-  batches = input_pipeline.eval_batches(source, batch_size=config.eval.batch_size, num_examples=num)
+  blind_mode_probs = average_mode_probs(
+    input_pipeline.load_source(
+      name=config.dataset.name,
+      split=config.dataset.train_split,
+      data_dir=config.dataset.data_dir,
+    )
+  )
+  num = (
+    len(source)
+    if config.eval.num_examples < 0
+    else min(config.eval.num_examples, len(source))
+  )
+  batches = input_pipeline.eval_batches(
+    source, batch_size=config.eval.batch_size, num_examples=num
+  )
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
   is_main = jax.process_index() == 0
-  out_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'eval',
-                         config.eval.output_name or split)
+  out_dir = os.path.join(
+    os.path.abspath(os.path.expanduser(workdir)),
+    'eval',
+    config.eval.output_name or split,
+  )
   first = {}
 
   def sample_fn(image, rng, num_samples):
@@ -428,19 +536,36 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     return samples
 
   progress = metric_writers.ReportProgress(
-      total=num, every=config.eval.log_every_images, unit='images',
-      what=f'evaluate {split} (step {step}):')
-  logging.info('Evaluating step %d on %d images of %s with %d samples each.', step, num, split,
-               max(config.eval.num_samples_list))
+    total=num,
+    every=config.eval.log_every_images,
+    unit='images',
+    what=f'evaluate {split} (step {step}):',
+  )
+  logging.info(
+    'Evaluating step %d on %d images of %s with %d samples each.',
+    step,
+    num,
+    split,
+    max(config.eval.num_samples_list),
+  )
   results = evaluate(
-      sample_fn, _with_progress(_remember_first(batches, first), progress, num),
-      num_samples_list=tuple(config.eval.num_samples_list),
-      out_dir=out_dir if is_main else None, rng=jax.random.PRNGKey(config.eval.seed),
-      split_name=split, blind_mode_probs=blind_mode_probs, log=logging.info)
+    sample_fn,
+    _with_progress(_remember_first(batches, first), progress, num),
+    num_samples_list=tuple(config.eval.num_samples_list),
+    out_dir=out_dir if is_main else None,
+    rng=jax.random.PRNGKey(config.eval.seed),
+    split_name=split,
+    blind_mode_probs=blind_mode_probs,
+    log=logging.info,
+  )
   if is_main and first:
     k = config.num_grid_images
-    visualize.save_grid(os.path.join(out_dir, 'grid.png'), image=first['image'][:k],
-                        annotations=first['masks'][:k], samples=first['samples'][:k])
+    visualize.save_grid(
+      os.path.join(out_dir, 'grid.png'),
+      image=first['image'][:k],
+      annotations=first['masks'][:k],
+      samples=first['samples'][:k],
+    )
     logging.info('Evaluated step %d on %s: results in %s', step, split, out_dir)
   return results
 
@@ -461,5 +586,9 @@ def _with_progress(batches, progress, total):
   done = 0
   for batch in batches:
     yield batch
-    done = min(done + int(np.sum(batch.get('valid', np.ones(len(batch['image']), bool)))), total)
+    done = min(
+      done
+      + int(np.sum(batch.get('valid', np.ones(len(batch['image']), bool)))),
+      total,
+    )
     progress(done)

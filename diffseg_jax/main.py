@@ -43,34 +43,66 @@ from ml_collections import config_flags
 from diffseg_jax import errors
 from diffseg_jax import workdir_lock
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, pictures and results.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to run.")
-flags.DEFINE_string("input", None, "--mode=predict: a PNG, NPY or DICOM file, or a folder of them.")
-flags.DEFINE_string("output", None, "--mode=predict: output folder (default WORKDIR/predict).")
-flags.DEFINE_string("center", None, "--mode=predict: ROW,COL (input pixels) of the window to segment "
-                    "in inputs larger than the model's training window.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-flags.DEFINE_string("cpu_collectives", None, "'gloo' for multi-process CPU runs.")
-flags.DEFINE_bool("verbose", False, "Print the traceback of errors too (or set DIFFSEG_TRACEBACK=1).")
-config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_string(
+  'workdir', None, 'Directory for checkpoints, logs, pictures and results.'
+)
+flags.DEFINE_enum(
+  'mode', 'train', ['train', 'evaluate', 'predict'], 'What to run.'
+)
+flags.DEFINE_string(
+  'input',
+  None,
+  '--mode=predict: a PNG, NPY or DICOM file, or a folder of them.',
+)
+flags.DEFINE_string(
+  'output', None, '--mode=predict: output folder (default WORKDIR/predict).'
+)
+flags.DEFINE_string(
+  'center',
+  None,
+  '--mode=predict: ROW,COL (input pixels) of the window to segment '
+  "in inputs larger than the model's training window.",
+)
+flags.DEFINE_string(
+  'coordinator_address', None, 'host:port of process 0 (multi-process runs).'
+)
+flags.DEFINE_integer(
+  'num_processes', None, 'Number of processes (multi-process runs).'
+)
+flags.DEFINE_integer(
+  'process_id', None, "This process's index (multi-process runs)."
+)
+flags.DEFINE_string(
+  'cpu_collectives', None, "'gloo' for multi-process CPU runs."
+)
+flags.DEFINE_bool(
+  'verbose',
+  False,
+  'Print the traceback of errors too (or set DIFFSEG_TRACEBACK=1).',
+)
+config_flags.DEFINE_config_file(
+  'config', None, 'ml_collections config file.', lock_config=True
+)
+flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
-ENV_TRACEBACK = "DIFFSEG_TRACEBACK"
+ENV_TRACEBACK = 'DIFFSEG_TRACEBACK'
 EXIT_USER_ERROR = 2
 
 
 def _verbose(argv=None) -> bool:
-  if os.environ.get(ENV_TRACEBACK, "").strip().lower() in ("1", "true", "yes"):
+  if os.environ.get(ENV_TRACEBACK, '').strip().lower() in ('1', 'true', 'yes'):
     return True
   if argv is not None:  # Flags are not parsed yet.
-    return any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in argv[1:])
+    return any(
+      a in ('--verbose', '--verbose=true', '--verbose=1') for a in argv[1:]
+    )
   return bool(FLAGS.is_parsed() and FLAGS.verbose)
 
 
-def fail(message: str, *, code: int = EXIT_USER_ERROR, hard: bool = False) -> None:
+def fail(
+  message: str, *, code: int = EXIT_USER_ERROR, hard: bool = False
+) -> None:
   """Prints `ERROR: message` (and, verbose, the traceback being handled) and exits with `code`.
 
   `hard` ends the process with os._exit after flushing: background writers (Orbax's checkpoint
@@ -80,8 +112,8 @@ def fail(message: str, *, code: int = EXIT_USER_ERROR, hard: bool = False) -> No
   """
   if _verbose():
     traceback.print_exc()
-  logging.error("%s", message)
-  print(f"ERROR: {message}", file=sys.stderr)
+  logging.error('%s', message)
+  print(f'ERROR: {message}', file=sys.stderr)
   if hard:
     logging.flush()
     sys.stdout.flush()
@@ -95,11 +127,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   renamed = renamed_key_errors(argv[1:])
   if renamed:
     for message in renamed:
-      print(f"ERROR: {message}", file=sys.stderr)
+      print(f'ERROR: {message}', file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
   try:
     args = FLAGS(argv)
-    if FLAGS["config"].present:
+    if FLAGS['config'].present:
       FLAGS.config.keys()  # ml_collections raises a config file's load error at first use.
     return args
   except Exception as e:  # pylint: disable=broad-except
@@ -107,7 +139,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
     if _verbose(argv):
       traceback.print_exc()
-    print(f"ERROR: {runtime.flag_error_message(e, argv)}", file=sys.stderr)
+    print(f'ERROR: {runtime.flag_error_message(e, argv)}', file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -117,25 +149,38 @@ def _all_agree(ok: bool) -> bool:
 
   if jax.process_count() == 1:
     return ok
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
-def run(config, *, mode: str, workdir: str, input_path: Optional[str], output: Optional[str],
-        current: dict, center: Optional[str] = None) -> None:
+def run(
+  config,
+  *,
+  mode: str,
+  workdir: str,
+  input_path: Optional[str],
+  output: Optional[str],
+  current: dict,
+  center: Optional[str] = None,
+) -> None:
   """Write-checks and locks the output folders, then runs `mode`.
 
   `current` gets the folder being written ('path') and its flag ('flag'), for error messages.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
 
-  if mode == "predict" and not input_path:
-    raise app.UsageError("--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).")
+  if mode == 'predict' and not input_path:
+    raise app.UsageError(
+      '--mode=predict needs --input=PATH (a PNG, NPY or DICOM file or a folder).'
+    )
   is_main = jax.process_index() == 0
-  folders = runtime.output_folders(config, mode=mode, workdir=workdir, output=output)
+  folders = runtime.output_folders(
+    config, mode=mode, workdir=workdir, output=output
+  )
   with contextlib.ExitStack() as stack:
     try:
       for folder, flag in folders:
@@ -148,38 +193,56 @@ def run(config, *, mode: str, workdir: str, input_path: Optional[str], output: O
       raise
     if not _all_agree(True):
       raise errors.WorkdirInUseError(
-          "Process 0 could not write or lock the output folder (see its error); this process stops.")
+        'Process 0 could not write or lock the output folder (see its error); this process stops.'
+      )
     current.update(path=folders[0][0], flag=folders[0][1])
     # pylint: disable=g-import-not-at-top
-    if mode == "train":
+    if mode == 'train':
       from diffseg_jax import train
 
       train.train_and_evaluate(config, workdir)
-    if mode == "evaluate" or (mode == "train" and config.evaluate_after_training):
+    if mode == 'evaluate' or (
+      mode == 'train' and config.evaluate_after_training
+    ):
       from diffseg_jax import evaluation
 
       evaluation.evaluate_checkpoint(config, workdir)
-    if mode == "predict":
+    if mode == 'predict':
       from diffseg_jax import predict
 
-      predict.predict(config, workdir, input_path, output_dir=output, center=center)
+      predict.predict(
+        config, workdir, input_path, output_dir=output, center=center
+      )
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   # The folder being written, for errors that carry no file name (a failed write on an open file).
-  current = {"path": os.path.abspath(os.path.expanduser(FLAGS.workdir)), "flag": "--workdir"}
+  current = {
+    'path': os.path.abspath(os.path.expanduser(FLAGS.workdir)),
+    'flag': '--workdir',
+  }
   try:
     runtime.check_config(config)
-    runtime.initialize(coordinator_address=FLAGS.coordinator_address,
-                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                       cpu_collectives=FLAGS.cpu_collectives)
-    run(config, mode=FLAGS.mode, workdir=FLAGS.workdir, input_path=FLAGS.input,
-        output=FLAGS.output, center=FLAGS.center, current=current)
+    runtime.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      cpu_collectives=FLAGS.cpu_collectives,
+    )
+    run(
+      config,
+      mode=FLAGS.mode,
+      workdir=FLAGS.workdir,
+      input_path=FLAGS.input,
+      output=FLAGS.output,
+      center=FLAGS.center,
+      current=current,
+    )
   except Exception as e:  # pylint: disable=broad-except
     message = runtime.user_error_message(e, **current)
     if message is None:
@@ -193,12 +256,15 @@ def renamed_key_errors(argv) -> list[str]:
 
   out = []
   for arg in argv:
-    key = arg.partition("=")[0].removeprefix("--config.")
-    if arg.startswith("--config.") and key in default.RENAMED_KEYS:
+    key = arg.partition('=')[0].removeprefix('--config.')
+    if arg.startswith('--config.') and key in default.RENAMED_KEYS:
       new = default.RENAMED_KEYS[key]
-      out.append(f"--config.{key} was removed" + (f"; use --config.{new}." if new else "."))
+      out.append(
+        f'--config.{key} was removed'
+        + (f'; use --config.{new}.' if new else '.')
+      )
   return out
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main, flags_parser=parse_flags)

@@ -20,11 +20,11 @@ The writers have the method set of clu's `MetricWriter` (`write_scalars`,
 installed: TensorBoard events are written by tensorboardX, never by TF.
 """
 
+from collections.abc import Mapping, Sequence
 import concurrent.futures
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -48,8 +48,12 @@ class MetricWriter:
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     del step, texts
 
-  def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                       num_buckets: Mapping[str, int] | None = None) -> None:
+  def write_histograms(
+    self,
+    step: int,
+    arrays: Mapping[str, Any],
+    num_buckets: Mapping[str, int] | None = None,
+  ) -> None:
     del step, arrays, num_buckets
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -137,8 +141,9 @@ class LoggingWriter(MetricWriter):
   """Scalars and hparams as absl log lines."""
 
   def write_scalars(self, step, scalars):
-    values = ', '.join(f'{k}={float(np.asarray(v)):.6g}'
-                       for k, v in sorted(scalars.items()))
+    values = ', '.join(
+      f'{k}={float(np.asarray(v)):.6g}' for k, v in sorted(scalars.items())
+    )
     logging.info('[%d] %s', int(step), values)
 
   def write_hparams(self, hparams):
@@ -156,30 +161,38 @@ class AsyncMultiWriter(MetricWriter):
   def __init__(self, writers: Sequence[MetricWriter]):
     self._writers = tuple(writers)
     self._pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix='metric_writers')
+      max_workers=1, thread_name_prefix='metric_writers'
+    )
     self._pending: list[concurrent.futures.Future] = []
 
   def _submit(self, method: str, *args, **kwargs):
     def run():
       for writer in self._writers:
         getattr(writer, method)(*args, **kwargs)
+
     self._pending.append(self._pool.submit(run))
     self._pending = [f for f in self._pending if not f.done() or f.exception()]
 
   def write_scalars(self, step, scalars):
-    self._submit('write_scalars', int(step),
-                 {k: np.asarray(v) for k, v in scalars.items()})
+    self._submit(
+      'write_scalars', int(step), {k: np.asarray(v) for k, v in scalars.items()}
+    )
 
   def write_images(self, step, images):
-    self._submit('write_images', int(step),
-                 {k: np.asarray(v) for k, v in images.items()})
+    self._submit(
+      'write_images', int(step), {k: np.asarray(v) for k, v in images.items()}
+    )
 
   def write_texts(self, step, texts):
     self._submit('write_texts', int(step), dict(texts))
 
   def write_histograms(self, step, arrays, num_buckets=None):
-    self._submit('write_histograms', int(step),
-                 {k: np.asarray(v) for k, v in arrays.items()}, num_buckets)
+    self._submit(
+      'write_histograms',
+      int(step),
+      {k: np.asarray(v) for k, v in arrays.items()},
+      num_buckets,
+    )
 
   def write_hparams(self, hparams):
     self._submit('write_hparams', dict(hparams))
@@ -209,8 +222,10 @@ def create_writer(logdir: str, *, just_logging: bool = False) -> MetricWriter:
   """
   writers = [LoggingWriter()]
   if not just_logging:
-    writers += [TensorBoardWriter(logdir),
-                JsonLinesWriter(os.path.join(logdir, 'metrics.jsonl'))]
+    writers += [
+      TensorBoardWriter(logdir),
+      JsonLinesWriter(os.path.join(logdir, 'metrics.jsonl')),
+    ]
   return AsyncMultiWriter(writers)
 
 
@@ -222,9 +237,16 @@ class ReportProgress:
   `<unit>_per_sec` scalars at step `done`.
   """
 
-  def __init__(self, *, total: int, every: int, unit: str = 'steps',
-               what: str = '', writer: MetricWriter | None = None,
-               clock=time.monotonic):
+  def __init__(
+    self,
+    *,
+    total: int,
+    every: int,
+    unit: str = 'steps',
+    what: str = '',
+    writer: MetricWriter | None = None,
+    clock=time.monotonic,
+  ):
     self._total = int(total)
     self._every = max(int(every), 1)
     self._unit = unit
@@ -251,9 +273,11 @@ class ReportProgress:
     self._last_time, self._last_done = now, done
     remaining = max(self._total - done, 0)
     eta = remaining / rate if rate > 0 else float('inf')
-    line = (f'{self._what}{" " if self._what else ""}{done}/{self._total} '
-            f'{self._unit} ({100.0 * done / max(self._total, 1):.0f}%), '
-            f'{rate:.3g} {self._unit}/s, ETA {_duration(eta)}')
+    line = (
+      f'{self._what}{" " if self._what else ""}{done}/{self._total} '
+      f'{self._unit} ({100.0 * done / max(self._total, 1):.0f}%), '
+      f'{rate:.3g} {self._unit}/s, ETA {_duration(eta)}'
+    )
     logging.info('%s', line)
     if self._writer is not None:
       self._writer.write_scalars(done, {f'{self._unit}_per_sec': rate})

@@ -33,9 +33,21 @@ from scipy import optimize
 
 Array = Any
 
-METRIC_NAMES = ('ged', 'hm_iou', 'ci', 's_c', 'd_max', 'd_a', 'ci_compat',
-                's_c_compat', 'd_a_compat', 'ncc', 'ece', 'dice_of_mean',
-                'iou_of_mean')
+METRIC_NAMES = (
+  'ged',
+  'hm_iou',
+  'ci',
+  's_c',
+  'd_max',
+  'd_a',
+  'ci_compat',
+  's_c_compat',
+  'd_a_compat',
+  'ncc',
+  'ece',
+  'dice_of_mean',
+  'iou_of_mean',
+)
 
 
 # --------------------------------------------------------------------------
@@ -55,9 +67,11 @@ def _per_image(fn, *args):
   On CPU a lax.map over images (per-image 2D GEMMs and reductions are several
   times faster there than XLA's batched forms); elsewhere a vmap.
   """
-  lead = jnp.shape(args[0][0])[:jnp.ndim(args[0][0]) - args[0][1]]
-  flat = tuple(jnp.reshape(x, (-1,) + jnp.shape(x)[jnp.ndim(x) - rank:])
-               for x, rank in args)
+  lead = jnp.shape(args[0][0])[: jnp.ndim(args[0][0]) - args[0][1]]
+  flat = tuple(
+    jnp.reshape(x, (-1,) + jnp.shape(x)[jnp.ndim(x) - rank :])
+    for x, rank in args
+  )
   if _on_cpu():
     out = jax.lax.map(lambda xs: fn(*xs), flat)
   else:
@@ -73,8 +87,12 @@ def _rows(masks: Array) -> Array:
 
 def _dot(a: Array, b: Array) -> Array:
   """Exact product of {0, 1} (or small integer) matrices, float result."""
-  return jnp.dot(a, b, preferred_element_type=_float_dtype(),
-                 precision=jax.lax.Precision.HIGHEST)
+  return jnp.dot(
+    a,
+    b,
+    preferred_element_type=_float_dtype(),
+    precision=jax.lax.Precision.HIGHEST,
+  )
 
 
 def _ratio_or_one(num: Array, den: Array) -> Array:
@@ -93,8 +111,9 @@ def _check(samples: Array, annotations: Array) -> None:
   s, a = jnp.shape(samples), jnp.shape(annotations)
   if len(s) < 3 or len(a) < 3 or s[:-3] != a[:-3] or s[-2:] != a[-2:]:
     raise ValueError(
-        f'samples {s} and annotations {a} must be [..., N, H, W] and '
-        '[..., M, H, W] with equal leading dims and equal H, W.')
+      f'samples {s} and annotations {a} must be [..., N, H, W] and '
+      '[..., M, H, W] with equal leading dims and equal H, W.'
+    )
 
 
 def _valid_weights(annotations: Array, annotation_valid: Array | None) -> Array:
@@ -103,8 +122,9 @@ def _valid_weights(annotations: Array, annotation_valid: Array | None) -> Array:
     return jnp.ones(shape, _float_dtype())
   if jnp.shape(annotation_valid) != shape:
     raise ValueError(
-        f'annotation_valid has shape {jnp.shape(annotation_valid)}, expected '
-        f'{shape} (the leading dims of annotations [..., M, H, W]).')
+      f'annotation_valid has shape {jnp.shape(annotation_valid)}, expected '
+      f'{shape} (the leading dims of annotations [..., M, H, W]).'
+    )
   return jnp.asarray(annotation_valid).astype(_float_dtype())
 
 
@@ -141,7 +161,7 @@ def _collective_insight(*, gram, dice_sy, n, w, union_s, union_y, compat):
   # Pixel variance of A_i - A_k: |A xor B| / P - ((|A| - |B|) / P)^2.
   areas = jnp.diagonal(gram)
   ai, ak = areas[:, None], areas[None, :]
-  var = (ai + ak - 2 * gram) / num_pixels - ((ai - ak) / num_pixels)**2
+  var = (ai + ak - 2 * gram) / num_pixels - ((ai - ak) / num_pixels) ** 2
   valid = w > 0
   pair_y = valid[:, None] & valid[None, :]
   mask_s = jnp.ones((n, n), bool)
@@ -153,8 +173,9 @@ def _collective_insight(*, gram, dice_sy, n, w, union_s, union_y, compat):
   d_a = 1 - (jnp.abs(s_max - y_max) + jnp.abs(s_min - y_min)) / 2
 
   prod = s_c * d_max * d_a
-  den = (s_c + d_max + d_a) if compat else (
-      s_c * d_max + d_max * d_a + d_a * s_c)
+  den = (
+    (s_c + d_max + d_a) if compat else (s_c * d_max + d_max * d_a + d_a * s_c)
+  )
   ci = jnp.where(den > 0, 3 * prod / jnp.where(den > 0, den, 1), 0.0)
   return dict(s_c=s_c, d_max=d_max, d_a=d_a, ci=ci)
 
@@ -164,14 +185,18 @@ def _ncc(p, a, w):
   e_ss = 2 * p * (1 - p)
   e_sy = jnp.where(a, 1 - p[None, :], p[None, :])
   # A constant map has no correlation: 0 (as the authors' code), not NaN.
-  constant = ((jnp.max(e_ss) == jnp.min(e_ss))
-              | (jnp.max(e_sy, axis=-1) == jnp.min(e_sy, axis=-1)))
+  constant = (jnp.max(e_ss) == jnp.min(e_ss)) | (
+    jnp.max(e_sy, axis=-1) == jnp.min(e_sy, axis=-1)
+  )
   e_ss = e_ss - jnp.mean(e_ss)
   e_sy = e_sy - jnp.mean(e_sy, axis=-1, keepdims=True)
   den = jnp.sqrt(jnp.sum(e_ss * e_ss) * jnp.sum(e_sy * e_sy, axis=-1))
   constant = constant | (den <= 0)
-  corr = jnp.where(constant, 0.0, jnp.sum(e_ss[None, :] * e_sy, axis=-1)
-                   / jnp.where(constant, 1.0, den))
+  corr = jnp.where(
+    constant,
+    0.0,
+    jnp.sum(e_ss[None, :] * e_sy, axis=-1) / jnp.where(constant, 1.0, den),
+  )
   return jnp.sum(jnp.where(w > 0, corr, 0.0) * w) / jnp.sum(w)
 
 
@@ -198,9 +223,15 @@ def _image_metrics(samples, annotations, w, *, threshold, num_bins):
 
   out = {'ged': _ged(iou_m, n, w), 'iou_sy': iou_m[:n, n:]}
   for compat, suffix in ((False, ''), (True, '_compat')):
-    parts = _collective_insight(gram=gram, dice_sy=dice_m[:n, n:], n=n, w=w,
-                                union_s=union_s, union_y=union_y,
-                                compat=compat)
+    parts = _collective_insight(
+      gram=gram,
+      dice_sy=dice_m[:n, n:],
+      n=n,
+      w=w,
+      union_s=union_s,
+      union_y=union_y,
+      compat=compat,
+    )
     for key, value in parts.items():
       if not (compat and key == 'd_max'):
         out[key + suffix] = value
@@ -208,30 +239,36 @@ def _image_metrics(samples, annotations, w, *, threshold, num_bins):
   out['ece'] = _ece(p, q, num_bins)
   mean = (p > threshold).astype(x.dtype)
   inter = _dot(x[n:], mean[:, None])[:, 0]
-  iou_mean, dice_mean = _iou_dice(inter[None, :], jnp.sum(mean)[None],
-                                  areas[n:])
+  iou_mean, dice_mean = _iou_dice(
+    inter[None, :], jnp.sum(mean)[None], areas[n:]
+  )
   out['dice_of_mean'] = jnp.sum(dice_mean[0] * w) / jnp.sum(w)
   out['iou_of_mean'] = jnp.sum(iou_mean[0] * w) / jnp.sum(w)
   return out
 
 
 @functools.partial(jax.jit, static_argnames=('threshold', 'num_bins'))
-def _device_metrics(samples, annotations, annotation_valid=None, *,
-                    threshold=0.5, num_bins=10):
+def _device_metrics(
+  samples, annotations, annotation_valid=None, *, threshold=0.5, num_bins=10
+):
   _check(samples, annotations)
   w = _valid_weights(annotations, annotation_valid)
-  fn = functools.partial(_image_metrics, threshold=threshold,
-                         num_bins=num_bins)
-  return _per_image(fn, (jnp.asarray(samples, bool), 3),
-                    (jnp.asarray(annotations, bool), 3), (w, 1))
+  fn = functools.partial(_image_metrics, threshold=threshold, num_bins=num_bins)
+  return _per_image(
+    fn,
+    (jnp.asarray(samples, bool), 3),
+    (jnp.asarray(annotations, bool), 3),
+    (w, 1),
+  )
 
 
 # --------------------------------------------------------------------------
 # Public metrics. Each runs the shared pass; jit drops the unused parts.
 # --------------------------------------------------------------------------
 @jax.jit
-def ged(samples: Array, annotations: Array,
-        annotation_valid: Array | None = None) -> Array:
+def ged(
+  samples: Array, annotations: Array, annotation_valid: Array | None = None
+) -> Array:
   """Squared generalized energy distance, float [...].
 
   GED = 2 E d(S, Y) - E d(S, S') - E d(Y, Y') with d = 1 - IoU and
@@ -249,19 +286,22 @@ def pairwise_iou(a: Array, b: Array) -> Array:
   """
   _check(a, b)
   k = jnp.shape(a)[-3]
+
   def one(x, y):
     rows = _rows(jnp.concatenate([x, y], axis=0))
     gram = _dot(rows, rows.T)
     areas = jnp.diagonal(gram)
     return _iou_dice(gram[:k, k:], areas[:k], areas[k:])[0]
+
   return _per_image(one, (jnp.asarray(a, bool), 3), (jnp.asarray(b, bool), 3))
 
 
 def _hm_iou_host(iou_sy: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """Hungarian-matched IoU on the host: iou_sy [..., N, M], valid [..., M]."""
   iou_sy = np.asarray(iou_sy, np.float64)
-  valid = np.broadcast_to(np.asarray(valid, bool),
-                          iou_sy.shape[:-2] + iou_sy.shape[-1:])
+  valid = np.broadcast_to(
+    np.asarray(valid, bool), iou_sy.shape[:-2] + iou_sy.shape[-1:]
+  )
   n = iou_sy.shape[-2]
   flat_iou = iou_sy.reshape((-1,) + iou_sy.shape[-2:])
   flat_valid = valid.reshape((-1, valid.shape[-1]))
@@ -279,8 +319,9 @@ def _hm_iou_host(iou_sy: np.ndarray, valid: np.ndarray) -> np.ndarray:
   return out.reshape(iou_sy.shape[:-2])
 
 
-def hm_iou(samples: Array, annotations: Array,
-           annotation_valid: Array | None = None) -> np.ndarray:
+def hm_iou(
+  samples: Array, annotations: Array, annotation_valid: Array | None = None
+) -> np.ndarray:
   """Hungarian-matched IoU, float64 numpy [...].
 
   Both sets are tiled to L = lcm(N, M) elements (each sample repeated L/N
@@ -290,15 +331,22 @@ def hm_iou(samples: Array, annotations: Array,
   `annotation_valid`, M is the per-image number of valid annotations.
   """
   _check(samples, annotations)
-  valid = (np.ones(np.shape(annotations)[:-2], bool) if annotation_valid is None
-           else np.asarray(annotation_valid, bool))
+  valid = (
+    np.ones(np.shape(annotations)[:-2], bool)
+    if annotation_valid is None
+    else np.asarray(annotation_valid, bool)
+  )
   return _hm_iou_host(np.asarray(pairwise_iou(samples, annotations)), valid)
 
 
 @functools.partial(jax.jit, static_argnames=('compat',))
-def collective_insight(samples: Array, annotations: Array,
-                       annotation_valid: Array | None = None, *,
-                       compat: bool = False) -> dict[str, Array]:
+def collective_insight(
+  samples: Array,
+  annotations: Array,
+  annotation_valid: Array | None = None,
+  *,
+  compat: bool = False,
+) -> dict[str, Array]:
   """Collective insight (CIMD) and its parts, dict of float [...].
 
   Default (SPEC §3):
@@ -315,13 +363,18 @@ def collective_insight(samples: Array, annotations: Array,
   """
   out = _device_metrics(samples, annotations, annotation_valid)
   suffix = '_compat' if compat else ''
-  return {'s_c': out['s_c' + suffix], 'd_max': out['d_max'],
-          'd_a': out['d_a' + suffix], 'ci': out['ci' + suffix]}
+  return {
+    's_c': out['s_c' + suffix],
+    'd_max': out['d_max'],
+    'd_a': out['d_a' + suffix],
+    'ci': out['ci' + suffix],
+  }
 
 
 @jax.jit
-def ncc(samples: Array, annotations: Array,
-        annotation_valid: Array | None = None) -> Array:
+def ncc(
+  samples: Array, annotations: Array, annotation_valid: Array | None = None
+) -> Array:
   """PHiSeg's normalized cross-correlation, float [...].
 
   E_ss = mean_i CE(S_i; mean S) and E_sy_j = mean_i CE(S_i; Y_j) are the
@@ -338,8 +391,13 @@ def ncc(samples: Array, annotations: Array,
 
 
 @functools.partial(jax.jit, static_argnames=('num_bins',))
-def ece(samples: Array, annotations: Array,
-        annotation_valid: Array | None = None, *, num_bins: int = 10) -> Array:
+def ece(
+  samples: Array,
+  annotations: Array,
+  annotation_valid: Array | None = None,
+  *,
+  num_bins: int = 10,
+) -> Array:
   """Expected calibration error of the foreground probability, float [...].
 
   p = sample mean per pixel, q = mean of the valid annotations per pixel.
@@ -347,35 +405,46 @@ def ece(samples: Array, annotations: Array,
   the last); ECE = sum_b (n_b / P) |mean_b p - mean_b q| over the image's P
   pixels.
   """
-  return _device_metrics(samples, annotations, annotation_valid,
-                         num_bins=num_bins)['ece']
+  return _device_metrics(
+    samples, annotations, annotation_valid, num_bins=num_bins
+  )['ece']
 
 
 @functools.partial(jax.jit, static_argnames=('threshold',))
-def dice_of_mean(samples: Array, annotations: Array,
-                 annotation_valid: Array | None = None, *,
-                 threshold: float = 0.5) -> Array:
+def dice_of_mean(
+  samples: Array,
+  annotations: Array,
+  annotation_valid: Array | None = None,
+  *,
+  threshold: float = 0.5,
+) -> Array:
   """Dice of the thresholded sample mean (p > threshold) vs each annotation.
 
   Averaged over the valid annotations, float [...]; Dice(empty, empty) = 1.
   Not the authors' `dice` (their mean over all sample-annotation pairs, see
   authors_metrics).
   """
-  return _device_metrics(samples, annotations, annotation_valid,
-                         threshold=threshold)['dice_of_mean']
+  return _device_metrics(
+    samples, annotations, annotation_valid, threshold=threshold
+  )['dice_of_mean']
 
 
 @functools.partial(jax.jit, static_argnames=('threshold',))
-def iou_of_mean(samples: Array, annotations: Array,
-                annotation_valid: Array | None = None, *,
-                threshold: float = 0.5) -> Array:
+def iou_of_mean(
+  samples: Array,
+  annotations: Array,
+  annotation_valid: Array | None = None,
+  *,
+  threshold: float = 0.5,
+) -> Array:
   """IoU of the thresholded sample mean (p > threshold) vs each annotation.
 
   Averaged over the valid annotations, float [...]; IoU(empty, empty) = 1.
   Not the authors' `iou` (see authors_metrics).
   """
-  return _device_metrics(samples, annotations, annotation_valid,
-                         threshold=threshold)['iou_of_mean']
+  return _device_metrics(
+    samples, annotations, annotation_valid, threshold=threshold
+  )['iou_of_mean']
 
 
 @jax.jit
@@ -386,10 +455,14 @@ def uncertainty_map(samples: Array) -> dict[str, Array]:
   'entropy' = binary entropy of p in bits (0 log 0 = 0), p = sample mean.
   """
   samples = jnp.asarray(samples, bool)
-  p = jnp.sum(samples, axis=-3, dtype=jnp.int32).astype(
-      _float_dtype()) / samples.shape[-3]
+  p = (
+    jnp.sum(samples, axis=-3, dtype=jnp.int32).astype(_float_dtype())
+    / samples.shape[-3]
+  )
+
   def plogp(x):
     return jnp.where(x > 0, x * jnp.log2(jnp.where(x > 0, x, 1)), 0.0)
+
   return dict(variance=p * (1 - p), entropy=-(plogp(p) + plogp(1 - p)))
 
 
@@ -428,16 +501,20 @@ def _authors_ncc(counts, annotations, n):
   """
   u = counts * (n - counts)
   v = jnp.abs(n * annotations - counts[None, :])
+
   def centred(x):
     return x - jnp.mean(x, axis=-1, keepdims=True)
+
   def varying(x):
     return jnp.max(x, axis=-1) > jnp.min(x, axis=-1)
+
   cu, cv = centred(u), centred(v)
   su = jnp.sum(cu * cu)
   sv = jnp.sum(cv * cv, axis=-1)
   ok = varying(u) & varying(v)
   corr = jnp.sum(cu[None, :] * cv, axis=-1) / jnp.sqrt(
-      jnp.where(ok, su * sv, 1))
+    jnp.where(ok, su * sv, 1)
+  )
   return jnp.mean(jnp.where(ok, corr, 0.0))
 
 
@@ -451,18 +528,31 @@ def _authors_image(samples, annotations):
   w = jnp.ones((m,), gram.dtype)
   counts = _dot(jnp.ones((1, n), x.dtype), x[:n])[0]
   annotated = _dot(jnp.ones((1, m), x.dtype), x[n:])[0]
-  ci = _collective_insight(gram=gram, dice_sy=dice_m[:n, n:], n=n, w=w,
-                           union_s=counts > 0, union_y=annotated > 0,
-                           compat=True)
-  return {'GED': _ged(iou_m, n, w), 'CI': ci['ci'], 'S_c': ci['s_c'],
-          'D_max': ci['d_max'], 'D_a': ci['d_a'],
-          'iou': jnp.mean(iou_m[:n, n:]), 'dice': jnp.mean(dice_m[:n, n:]),
-          'ncc': _authors_ncc(counts, x[n:].astype(counts.dtype), n)}
+  ci = _collective_insight(
+    gram=gram,
+    dice_sy=dice_m[:n, n:],
+    n=n,
+    w=w,
+    union_s=counts > 0,
+    union_y=annotated > 0,
+    compat=True,
+  )
+  return {
+    'GED': _ged(iou_m, n, w),
+    'CI': ci['ci'],
+    'S_c': ci['s_c'],
+    'D_max': ci['d_max'],
+    'D_a': ci['d_a'],
+    'iou': jnp.mean(iou_m[:n, n:]),
+    'dice': jnp.mean(dice_m[:n, n:]),
+    'ncc': _authors_ncc(counts, x[n:].astype(counts.dtype), n),
+  }
 
 
 @functools.partial(jax.jit, static_argnames=('postprocess',))
-def authors_metrics(samples: Array, annotations: Array, *,
-                    postprocess: bool = False) -> dict[str, Array]:
+def authors_metrics(
+  samples: Array, annotations: Array, *, postprocess: bool = False
+) -> dict[str, Array]:
   """The authors' `get_ambiguous_metrics`, number for number (SPEC §3).
 
   For comparison with the paper's tables only; our own metrics (all_metrics)
@@ -489,14 +579,19 @@ def authors_metrics(samples: Array, annotations: Array, *,
   samples = jnp.asarray(samples, bool)
   if postprocess:
     samples = _area_filter(samples)
-  return _per_image(_authors_image, (samples, 3),
-                    (jnp.asarray(annotations, bool), 3))
+  return _per_image(
+    _authors_image, (samples, 3), (jnp.asarray(annotations, bool), 3)
+  )
 
 
-def all_metrics(samples: Array, annotations: Array,
-                annotation_valid: Array | None = None, *,
-                threshold: float = 0.5,
-                num_bins: int = 10) -> dict[str, np.ndarray]:
+def all_metrics(
+  samples: Array,
+  annotations: Array,
+  annotation_valid: Array | None = None,
+  *,
+  threshold: float = 0.5,
+  num_bins: int = 10,
+) -> dict[str, np.ndarray]:
   """Every per-image metric from one shared device pass, numpy [...] each.
 
   Keys (METRIC_NAMES): ged, hm_iou, ci, s_c, d_max, d_a (SPEC definition),
@@ -507,9 +602,14 @@ def all_metrics(samples: Array, annotations: Array,
   _check(samples, annotations)
   if annotation_valid is None:
     annotation_valid = np.ones(np.shape(annotations)[:-2], bool)
-  out = jax.device_get(_device_metrics(
-      jnp.asarray(samples, bool), jnp.asarray(annotations, bool),
-      jnp.asarray(annotation_valid, bool), threshold=threshold,
-      num_bins=num_bins))
+  out = jax.device_get(
+    _device_metrics(
+      jnp.asarray(samples, bool),
+      jnp.asarray(annotations, bool),
+      jnp.asarray(annotation_valid, bool),
+      threshold=threshold,
+      num_bins=num_bins,
+    )
+  )
   out['hm_iou'] = _hm_iou_host(out.pop('iou_sy'), annotation_valid)
   return {key: np.asarray(out[key]) for key in METRIC_NAMES}

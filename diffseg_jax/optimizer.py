@@ -33,6 +33,7 @@ class OptimizerConfig:
     decay_steps: cosine decay to 0 over the last `decay_steps` steps.
     grad_clip: clip the global gradient norm to this (0: no clipping).
   """
+
   learning_rate: float = 1e-4
   b1: float = 0.9
   b2: float = 0.999
@@ -42,23 +43,33 @@ class OptimizerConfig:
   grad_clip: float = 1.0
 
 
-def learning_rate_schedule(optim: OptimizerConfig, num_train_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+  optim: OptimizerConfig, num_train_steps: int
+) -> optax.Schedule:
   """Linear warm-up, constant, then cosine decay to 0 over the last `decay_steps` steps."""
   warmup = max(int(optim.warmup_steps), 0)
   decay = min(max(int(optim.decay_steps), 0), max(num_train_steps - warmup, 0))
   constant = max(num_train_steps - warmup - decay, 0)
   lr = optim.learning_rate
-  pieces = [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr),
-            optax.cosine_decay_schedule(lr, max(decay, 1))]
+  pieces = [
+    optax.linear_schedule(0.0, lr, warmup),
+    optax.constant_schedule(lr),
+    optax.cosine_decay_schedule(lr, max(decay, 1)),
+  ]
   return optax.join_schedules(pieces, boundaries=[warmup, warmup + constant])
 
 
-def make_optimizer(optim: OptimizerConfig,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+  optim: OptimizerConfig, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """Global-norm clipping (if grad_clip > 0), then AdamW with `schedule`."""
   return optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip > 0 else optax.identity(),
-      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay),
+    optax.clip_by_global_norm(optim.grad_clip)
+    if optim.grad_clip > 0
+    else optax.identity(),
+    optax.adamw(
+      schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay
+    ),
   )
 
 

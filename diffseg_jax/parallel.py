@@ -31,9 +31,14 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
   n = jax.device_count() if num_devices == -1 else num_devices
   if n < 1 or n > jax.device_count():
     raise errors.ConfigError(
-        f'config.mesh.data={num_devices} but {jax.device_count()} devices exist.')
-  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:n])
+      f'config.mesh.data={num_devices} but {jax.device_count()} devices exist.'
+    )
+  return jax.make_mesh(
+    (n,),
+    (DATA_AXIS,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.devices()[:n],
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -51,7 +56,8 @@ def param_sharding(mesh, abstract_params, mode: str):
     return jax.tree.map(lambda _: replicated(mesh), abstract_params)
   if mode != 'fsdp':
     raise errors.ConfigError(
-        f'config.mesh.param_sharding={mode!r} is not one of {list(PARAM_SHARDINGS)}.')
+      f'config.mesh.param_sharding={mode!r} is not one of {list(PARAM_SHARDINGS)}.'
+    )
   n = mesh.shape[DATA_AXIS]
 
   def rule(x):

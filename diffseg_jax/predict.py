@@ -39,21 +39,33 @@ from diffseg_jax import visualize
 
 SUFFIXES = ('.png', '.npy', '.dcm')
 # Full-scale values of PIL's high-bit-depth modes (16-bit grey PNGs open so).
-_PNG_FULL_SCALE = {'I;16': 65535.0, 'I;16B': 65535.0, 'I;16L': 65535.0,
-                   'I': 65535.0}
+_PNG_FULL_SCALE = {
+  'I;16': 65535.0,
+  'I;16B': 65535.0,
+  'I;16L': 65535.0,
+  'I': 65535.0,
+}
 
 
 def list_inputs(path: str) -> list[str]:
   path = os.path.expanduser(path)
   if os.path.isdir(path):
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(SUFFIXES))
+    files = sorted(
+      os.path.join(path, f)
+      for f in os.listdir(path)
+      if f.lower().endswith(SUFFIXES)
+    )
     if not files:
-      raise FileNotFoundError(f"--input folder {path} holds no {', '.join(SUFFIXES)} files.")
+      raise FileNotFoundError(
+        f'--input folder {path} holds no {", ".join(SUFFIXES)} files.'
+      )
     return files
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--input {path} does not exist.")
+    raise FileNotFoundError(f'--input {path} does not exist.')
   if not path.lower().endswith(SUFFIXES):
-    raise errors.DataError(f"--input {path}: expected a {', '.join(SUFFIXES)} file or a folder of them.")
+    raise errors.DataError(
+      f'--input {path}: expected a {", ".join(SUFFIXES)} file or a folder of them.'
+    )
   return [path]
 
 
@@ -92,8 +104,9 @@ def training_window(config: ml_collections.ConfigDict) -> int:
   name = config.dataset.name.partition(':')[0]
   config_dir = os.path.join(os.path.expanduser(config.dataset.data_dir), name)
   if os.path.isdir(config_dir):
-    for version in sorted(os.listdir(config_dir), key=_version_key,
-                          reverse=True):
+    for version in sorted(
+      os.listdir(config_dir), key=_version_key, reverse=True
+    ):
       side = _static_image_side(os.path.join(config_dir, version))
       if side:
         return side
@@ -104,18 +117,22 @@ def training_window(config: ml_collections.ConfigDict) -> int:
     module_name, class_name = build.BUILDERS[builder_name]
     module = importlib.import_module(module_name)
     # A config with overrides is named '<config>_<key><value>...' (build.py).
-    known = [c for c in getattr(module, class_name).BUILDER_CONFIGS
-             if config_name == c.name or config_name.startswith(c.name + '_')]
+    known = [
+      c
+      for c in getattr(module, class_name).BUILDER_CONFIGS
+      if config_name == c.name or config_name.startswith(c.name + '_')
+    ]
     if known:
       c = max(known, key=lambda c: len(c.name))
       if hasattr(c, 'size'):
         return int(c.size)
       return module.CROP if c.crop64 else module.SIZE
   raise errors.ConfigError(
-      f'config.dataset.name={config.dataset.name!r}: cannot tell the size of '
-      'the images the model was trained on (the data set is not built in '
-      f'{config.dataset.data_dir} and its name is not a known builder '
-      'config); pass the config the model was trained with.')
+    f'config.dataset.name={config.dataset.name!r}: cannot tell the size of '
+    'the images the model was trained on (the data set is not built in '
+    f'{config.dataset.data_dir} and its name is not a known builder '
+    'config); pass the config the model was trained with.'
+  )
 
 
 def parse_center(center) -> tuple[int, int] | None:
@@ -128,8 +145,9 @@ def parse_center(center) -> tuple[int, int] | None:
     row, col = (int(v) for v in center)
   except (TypeError, ValueError) as e:
     raise errors.ConfigError(
-        f'--center={center}: expected ROW,COL (two integers, the window '
-        "centre in the input's pixels), e.g. --center=250,310.") from e
+      f'--center={center}: expected ROW,COL (two integers, the window '
+      "centre in the input's pixels), e.g. --center=250,310."
+    ) from e
   return row, col
 
 
@@ -149,8 +167,9 @@ def _read_png(path: str) -> np.ndarray:
       return (np.asarray(im, np.float64) / full_scale).astype(np.float32)
     if im.mode == 'F':
       raise errors.DataError(
-          f'{path}: a floating-point image; save it as an 8- or 16-bit PNG '
-          'or as an NPY in [0, 1].')
+        f'{path}: a floating-point image; save it as an 8- or 16-bit PNG '
+        'or as an NPY in [0, 1].'
+      )
     return np.asarray(im.convert('L'), np.float32) / 255.0
 
 
@@ -159,19 +178,22 @@ def _read_npy(path: str) -> np.ndarray:
   x = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
   if x.ndim != 2:
     raise errors.DataError(
-        f'{path}: expected an [H, W] array, got shape {x.shape}.')
+      f'{path}: expected an [H, W] array, got shape {x.shape}.'
+    )
   if not np.issubdtype(x.dtype, np.floating):
     raise errors.DataError(
-        f'{path}: expected a float array in [0, 1], got {x.dtype}; save the '
-        'image scaled to [0, 1] as float32 (e.g. uint8 / 255), or as a PNG.')
+      f'{path}: expected a float array in [0, 1], got {x.dtype}; save the '
+      'image scaled to [0, 1] as float32 (e.g. uint8 / 255), or as a PNG.'
+    )
   x = x.astype(np.float32)
   if not np.all(np.isfinite(x)):
     raise errors.DataError(f'{path}: holds NaN or infinite values.')
   if x.min() < 0.0 or x.max() > 1.0:
     raise errors.DataError(
-        f'{path}: values must lie in [0, 1] (got {x.min():.3g}..'
-        f'{x.max():.3g}); save the preprocessed image, or pass the DICOM '
-        'file itself.')
+      f'{path}: values must lie in [0, 1] (got {x.min():.3g}..'
+      f'{x.max():.3g}); save the preprocessed image, or pass the DICOM '
+      'file itself.'
+    )
   return x
 
 
@@ -196,8 +218,9 @@ def read_image(path: str) -> np.ndarray:
     raise _cannot_read(path, e) from e
 
 
-def cut_window(image: np.ndarray, *, size: int, center=None,
-               where: str = 'input') -> np.ndarray:
+def cut_window(
+  image: np.ndarray, *, size: int, center=None, where: str = 'input'
+) -> np.ndarray:
   """The size x size window of `image` around `center` (row, col).
 
   Without a centre the image must be exactly size x size. The window covers
@@ -207,26 +230,29 @@ def cut_window(image: np.ndarray, *, size: int, center=None,
   h, w = image.shape
   if h < size or w < size:
     raise errors.DataError(
-        f'{where}: the image is {h}x{w} pixels, smaller than the {size}x{size} '
-        f'window the model was trained on; pass an image of at least '
-        f'{size}x{size} pixels at the training pixel spacing.')
+      f'{where}: the image is {h}x{w} pixels, smaller than the {size}x{size} '
+      f'window the model was trained on; pass an image of at least '
+      f'{size}x{size} pixels at the training pixel spacing.'
+    )
   if center is None:
     if (h, w) != (size, size):
       raise errors.DataError(
-          f'{where}: the image is {h}x{w} pixels, larger than the '
-          f'{size}x{size} window the model was trained on; pass '
-          "--center=ROW,COL (the lesion, in this image's pixels) to cut a "
-          f'{size}x{size} window around it.')
+        f'{where}: the image is {h}x{w} pixels, larger than the '
+        f'{size}x{size} window the model was trained on; pass '
+        "--center=ROW,COL (the lesion, in this image's pixels) to cut a "
+        f'{size}x{size} window around it.'
+      )
     return image
   row, col = center
   top, left = row - size // 2, col - size // 2
   if top < 0 or left < 0 or top + size > h or left + size > w:
     raise errors.DataError(
-        f'{where}: the {size}x{size} window around --center={row},{col} '
-        f'leaves the {h}x{w} image; the centre must lie in rows '
-        f'{size // 2}..{h - size + size // 2} and columns '
-        f'{size // 2}..{w - size + size // 2}.')
-  return image[top:top + size, left:left + size]
+      f'{where}: the {size}x{size} window around --center={row},{col} '
+      f'leaves the {h}x{w} image; the centre must lie in rows '
+      f'{size // 2}..{h - size + size // 2} and columns '
+      f'{size // 2}..{w - size + size // 2}.'
+    )
+  return image[top : top + size, left : left + size]
 
 
 def _dicom_window(path: str, *, size: int, center) -> np.ndarray:
@@ -240,27 +266,36 @@ def _dicom_window(path: str, *, size: int, center) -> np.ndarray:
   mm = preprocessing.TARGET_SPACING_MM
   out_r = int(round(rows * ct.spacing_mm[0] / mm))
   out_c = int(round(cols * ct.spacing_mm[1] / mm))
-  at = (f'{path} ({rows}x{cols} pixels of {ct.spacing_mm[0]:g}x'
-        f'{ct.spacing_mm[1]:g} mm): {out_r}x{out_c} pixels at {mm:g} mm')
+  at = (
+    f'{path} ({rows}x{cols} pixels of {ct.spacing_mm[0]:g}x'
+    f'{ct.spacing_mm[1]:g} mm): {out_r}x{out_c} pixels at {mm:g} mm'
+  )
   if out_r < size or out_c < size:
     raise errors.DataError(
-        f'{at}, smaller than the {size}x{size} window the model was trained '
-        'on.')
+      f'{at}, smaller than the {size}x{size} window the model was trained on.'
+    )
   if center is None:
     if (out_r, out_c) != (size, size):
       raise errors.DataError(
-          f'{at}, larger than the {size}x{size} window the model was trained '
-          "on; pass --center=ROW,COL (the lesion, in this slice's pixels) to "
-          f'resample a {size}x{size} window around it.')
+        f'{at}, larger than the {size}x{size} window the model was trained '
+        "on; pass --center=ROW,COL (the lesion, in this slice's pixels) to "
+        f'resample a {size}x{size} window around it.'
+      )
     return read_image(path)
   row, col = center
   if not (0 <= row < rows and 0 <= col < cols):
     raise errors.DataError(
-        f'{path}: --center={row},{col} lies outside the {rows}x{cols} slice.')
+      f'{path}: --center={row},{col} lies outside the {rows}x{cols} slice.'
+    )
   # As the TCIA builder: bilinear at 0.5 mm around the centre, air outside.
   hu = preprocessing.resample_crop(
-      ct.hu, spacing_mm=ct.spacing_mm, center_rc=(row, col), size=size,
-      order=1, cval=preprocessing.AIR_HU)
+    ct.hu,
+    spacing_mm=ct.spacing_mm,
+    center_rc=(row, col),
+    size=size,
+    order=1,
+    cval=preprocessing.AIR_HU,
+  )
   return preprocessing.hu_to_unit(hu)
 
 
@@ -276,8 +311,14 @@ def read_window(path: str, *, size: int, center=None) -> np.ndarray:
   return cut_window(read_image(path), size=size, center=center, where=path)
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, input_path: str, *,
-            output_dir: str | None = None, center=None) -> list[str]:
+def predict(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  input_path: str,
+  *,
+  output_dir: str | None = None,
+  center=None,
+) -> list[str]:
   """Writes samples, mean and uncertainty maps for every input.
 
   Args:
@@ -309,40 +350,65 @@ def predict(config: ml_collections.ConfigDict, workdir: str, input_path: str, *,
       bad.append(' '.join(str(e).split()))
   if not windows:
     raise errors.DataError(
-        f'No usable input in {input_path}:\n' + '\n'.join(bad))
+      f'No usable input in {input_path}:\n' + '\n'.join(bad)
+    )
   settings = settings_lib.resolve(config)
   mesh = parallel.make_mesh(config.mesh.data)
-  graphdef, params, step = checkpoint.load_params(workdir, settings.unet, mesh,
-                                                  use_ema=config.eval.use_ema)
+  graphdef, params, step = checkpoint.load_params(
+    workdir, settings.unet, mesh, use_ema=config.eval.use_ema
+  )
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
-  output_dir = os.path.expanduser(output_dir or os.path.join(workdir, "predict"))
+  output_dir = os.path.expanduser(
+    output_dir or os.path.join(workdir, 'predict')
+  )
   rng = jax.random.PRNGKey(config.seed)
   stems = []
   for i, path in enumerate(files):
     if path not in windows:
       continue
     image = windows.pop(path)
-    samples = np.asarray(sampler(params, image[None, :, :, None],
-                                 jax.random.fold_in(rng, i),
-                                 config.predict.num_samples)[0])
-    maps = {k: np.asarray(v) for k, v in metrics.uncertainty_map(samples).items()}
+    samples = np.asarray(
+      sampler(
+        params,
+        image[None, :, :, None],
+        jax.random.fold_in(rng, i),
+        config.predict.num_samples,
+      )[0]
+    )
+    maps = {
+      k: np.asarray(v) for k, v in metrics.uncertainty_map(samples).items()
+    }
     mean = samples.mean(0)
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     if jax.process_index() == 0:
       os.makedirs(output_dir, exist_ok=True)
-      np.save(stem + "_samples.npy", samples)
-      np.save(stem + "_mean.npy", mean.astype(np.float32))
-      visualize.save_map(stem + "_mean.png", mean)
+      np.save(stem + '_samples.npy', samples)
+      np.save(stem + '_mean.npy', mean.astype(np.float32))
+      visualize.save_map(stem + '_mean.png', mean)
       for name, value in maps.items():
-        np.save(f"{stem}_{name}.npy", value.astype(np.float32))
-        visualize.save_map(f"{stem}_{name}.png", value / (0.25 if name == "variance" else 1.0), heat=True)
-      visualize.save_grid(stem + "_grid.png", image=image[None],
-                          annotations=np.zeros((1, 0, size, size), bool),
-                          samples=samples[None])
+        np.save(f'{stem}_{name}.npy', value.astype(np.float32))
+        visualize.save_map(
+          f'{stem}_{name}.png',
+          value / (0.25 if name == 'variance' else 1.0),
+          heat=True,
+        )
+      visualize.save_grid(
+        stem + '_grid.png',
+        image=image[None],
+        annotations=np.zeros((1, 0, size, size), bool),
+        samples=samples[None],
+      )
     stems.append(stem)
-    logging.info("Predicted %d samples for %s (checkpoint step %d) -> %s_*", samples.shape[0], path, step, stem)
+    logging.info(
+      'Predicted %d samples for %s (checkpoint step %d) -> %s_*',
+      samples.shape[0],
+      path,
+      step,
+      stem,
+    )
   if bad:
     raise errors.DataError(
-        f'{len(bad)} of {len(files)} inputs were skipped (the other '
-        f'{len(stems)} are in {output_dir}):\n' + '\n'.join(bad))
+      f'{len(bad)} of {len(files)} inputs were skipped (the other '
+      f'{len(stems)} are in {output_dir}):\n' + '\n'.join(bad)
+    )
   return stems

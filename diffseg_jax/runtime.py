@@ -26,24 +26,45 @@ from tfds_lidc import errors as tfds_errors
 
 # Errors that carry their own fix in the message: main prints them and exits non-zero.
 # (Missing data, checkpoints and manual files are FileNotFoundErrors.)
-USER_ERRORS = (FileNotFoundError, errors.ConfigError, errors.DataError, errors.NonFiniteLossError,
-               errors.WorkdirInUseError, tfds_errors.CorruptFileError)
+USER_ERRORS = (
+  FileNotFoundError,
+  errors.ConfigError,
+  errors.DataError,
+  errors.NonFiniteLossError,
+  errors.WorkdirInUseError,
+  tfds_errors.CorruptFileError,
+)
 
 # Config values that must be positive integers (0 or less fails late and obscurely).
-_POSITIVE = ("batch_size", "log_every_steps", "checkpoint_every_steps", "validation.batch_size",
-             "validation.num_images", "validation.num_samples", "eval.batch_size", "predict.num_samples",
-             "sampler.num_steps", "sampling_batch")
+_POSITIVE = (
+  'batch_size',
+  'log_every_steps',
+  'checkpoint_every_steps',
+  'validation.batch_size',
+  'validation.num_images',
+  'validation.num_samples',
+  'eval.batch_size',
+  'predict.num_samples',
+  'sampler.num_steps',
+  'sampling_batch',
+)
 
 
 # JAX's own variables for an explicit multi-process set-up (the flags take precedence).
-ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
-ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
-ENV_PROCESS_ID = "JAX_PROCESS_ID"
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 # 'auto': call jax.distributed.initialize() and let JAX detect the cluster (TPU pod: launch/tpu_pod.sh
 # sets it); 'off': never start the distributed runtime (e.g. one process inside a SLURM allocation).
-ENV_DISTRIBUTED = "DIFFSEG_DISTRIBUTED"
+ENV_DISTRIBUTED = 'DIFFSEG_DISTRIBUTED'
 # The variables with which JAX recognises a SLURM step (srun); see jax/_src/clusters/slurm_cluster.py.
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+_SLURM_VARS = (
+  'SLURM_JOB_ID',
+  'SLURM_STEP_NODELIST',
+  'SLURM_NTASKS',
+  'SLURM_PROCID',
+  'SLURM_LOCALID',
+)
 
 
 class _QuietLibraries:
@@ -54,19 +75,23 @@ class _QuietLibraries:
   keeps them.
   """
 
-  _NOISY = ("/orbax/", "/tensorflow_datasets/")
+  _NOISY = ('/orbax/', '/tensorflow_datasets/')
 
   def filter(self, record) -> bool:
-    if record.levelno > 20:  # WARNING and above pass, except Orbax's reports of a disk fault.
-      return not (record.exc_info and "/orbax/" in record.pathname
-                  and errors.find_io_fault(record.exc_info[1]) is not None
-                  and os.environ.get("DIFFSEG_TRACEBACK", "") not in ("1", "true", "yes"))
+    # WARNING and above pass, except Orbax's reports of a disk fault.
+    if record.levelno > 20:
+      return not (
+        record.exc_info
+        and '/orbax/' in record.pathname
+        and errors.find_io_fault(record.exc_info[1]) is not None
+        and os.environ.get('DIFFSEG_TRACEBACK', '') not in ('1', 'true', 'yes')
+      )
     return not any(part in record.pathname for part in self._NOISY)
 
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if not getattr(sys.unraisablehook, "drops_closed_event_loop", False):
+  if not getattr(sys.unraisablehook, 'drops_closed_event_loop', False):
     sys.unraisablehook = _drop_closed_event_loop(sys.unraisablehook)
 
 
@@ -82,7 +107,7 @@ def _drop_closed_event_loop(previous):
 
   def hook(unraisable):
     exc = unraisable.exc_value
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
       return
     previous(unraisable)
 
@@ -90,8 +115,13 @@ def _drop_closed_event_loop(previous):
   return hook
 
 
-def distributed_settings(*, coordinator_address: Optional[str], num_processes: Optional[int],
-                         process_id: Optional[int], environ: Mapping[str, str]) -> Optional[dict]:
+def distributed_settings(
+  *,
+  coordinator_address: Optional[str],
+  num_processes: Optional[int],
+  process_id: Optional[int],
+  environ: Mapping[str, str],
+) -> Optional[dict]:
   """Arguments for `jax.distributed.initialize`, or None to run as a single process.
 
   In order: flags, JAX's variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), then
@@ -103,34 +133,56 @@ def distributed_settings(*, coordinator_address: Optional[str], num_processes: O
     ValueError: DIFFSEG_DISTRIBUTED has another value, or explicit settings are incomplete outside
       a cluster JAX can detect.
   """
-  mode = environ.get(ENV_DISTRIBUTED, "").strip().lower()
-  if mode not in ("", "auto", "off"):
-    raise ValueError(f"{ENV_DISTRIBUTED}={environ[ENV_DISTRIBUTED]!r}: use 'auto', 'off' or leave it unset.")
-  if mode == "off":
+  mode = environ.get(ENV_DISTRIBUTED, '').strip().lower()
+  if mode not in ('', 'auto', 'off'):
+    raise ValueError(
+      f"{ENV_DISTRIBUTED}={environ[ENV_DISTRIBUTED]!r}: use 'auto', 'off' or leave it unset."
+    )
+  if mode == 'off':
     return None
   settings = {
-      "coordinator_address": coordinator_address or environ.get(ENV_COORDINATOR) or None,
-      "num_processes": num_processes if num_processes is not None else _int(environ, ENV_NUM_PROCESSES),
-      "process_id": process_id if process_id is not None else _int(environ, ENV_PROCESS_ID),
+    'coordinator_address': coordinator_address
+    or environ.get(ENV_COORDINATOR)
+    or None,
+    'num_processes': num_processes
+    if num_processes is not None
+    else _int(environ, ENV_NUM_PROCESSES),
+    'process_id': process_id
+    if process_id is not None
+    else _int(environ, ENV_PROCESS_ID),
   }
-  slurm = all(v in environ for v in _SLURM_VARS) and int(environ["SLURM_NTASKS"]) > 1
-  tpu_pod = ("," in environ.get("TPU_WORKER_HOSTNAMES", "")
-             or bool(environ.get("MEGASCALE_COORDINATOR_ADDRESS")))
-  cluster = slurm or tpu_pod or mode == "auto"
+  slurm = (
+    all(v in environ for v in _SLURM_VARS) and int(environ['SLURM_NTASKS']) > 1
+  )
+  tpu_pod = ',' in environ.get('TPU_WORKER_HOSTNAMES', '') or bool(
+    environ.get('MEGASCALE_COORDINATOR_ADDRESS')
+  )
+  cluster = slurm or tpu_pod or mode == 'auto'
   given = {k: v for k, v in settings.items() if v is not None}
   if not given:
     return {} if cluster else None
   if not cluster and len(given) < len(settings):
-    missing = [f"--{k} (or {e})" for (k, v), e in zip(
-        settings.items(), (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)) if v is None]
+    missing = [
+      f'--{k} (or {e})'
+      for (k, v), e in zip(
+        settings.items(), (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+      )
+      if v is None
+    ]
     raise ValueError(
-        f"Multi-process settings {given} are incomplete and no SLURM step or TPU pod was detected: "
-        f"also give {', '.join(missing)}, or set {ENV_DISTRIBUTED}=auto inside a cluster JAX knows.")
+      f'Multi-process settings {given} are incomplete and no SLURM step or TPU pod was detected: '
+      f'also give {", ".join(missing)}, or set {ENV_DISTRIBUTED}=auto inside a cluster JAX knows.'
+    )
   return given
 
 
-def initialize(*, coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, cpu_collectives: Optional[str] = None) -> None:
+def initialize(
+  *,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  cpu_collectives: Optional[str] = None,
+) -> None:
   """Starts `jax.distributed` when flags, JAX's env variables, SLURM or a TPU pod ask for it.
 
   See `distributed_settings` for the precedence. One process with no such settings runs without the
@@ -141,31 +193,42 @@ def initialize(*, coordinator_address: Optional[str] = None, num_processes: Opti
     errors.ConfigError: contradictory or incomplete multi-process settings.
   """
   quiet_library_logs()
-  cpu_collectives = cpu_collectives or os.environ.get("DIFFSEG_CPU_COLLECTIVES")
+  cpu_collectives = cpu_collectives or os.environ.get('DIFFSEG_CPU_COLLECTIVES')
   if cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
   try:
-    settings = distributed_settings(coordinator_address=coordinator_address,
-                                    num_processes=num_processes, process_id=process_id,
-                                    environ=os.environ)
+    settings = distributed_settings(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      environ=os.environ,
+    )
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
   if settings is not None:
-    logging.info("Starting jax.distributed with %s.", settings or "auto-detected cluster settings")
+    logging.info(
+      'Starting jax.distributed with %s.',
+      settings or 'auto-detected cluster settings',
+    )
     jax.distributed.initialize(**settings)
-  logging.info("JAX process %d of %d; %d local / %d global %s devices.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logging.info(
+    'JAX process %d of %d; %d local / %d global %s devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
 
 
 def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
   value = environ.get(name)
-  if value is None or value == "":
+  if value is None or value == '':
     return None
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"{name}={value!r} is not an integer.") from None
+    raise ValueError(f'{name}={value!r} is not an integer.') from None
 
 
 def flag_error_message(e: Exception, argv: list[str]) -> str:
@@ -173,51 +236,79 @@ def flag_error_message(e: Exception, argv: list[str]) -> str:
   text = str(e)
   if isinstance(e, (AttributeError, KeyError)):
     # ml_collections quotes the KeyError text (with a "Did you mean" line) inside the message.
-    text = text.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
-    key, _, hint = text.partition("\n")
-    key = key.strip("'\"")
-    flag = next((a.split("=")[0] for a in argv[1:]
-                 if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] == key), None)
-    where = f"{flag}: " if flag else ""
-    fix = hint.strip() or "Check the spelling against the config file."
-    return f"{where}the config has no key {key!r}. {fix}"
-  text = " ".join(text.split())
-  if isinstance(e, OSError) and "config file" in text:
-    return f"--config: {text}"
-  return f"{text} (see --helpfull for the flags; add --verbose for the traceback)"
+    text = text.strip('\'"').replace('\\n', '\n').replace("\\'", "'")
+    key, _, hint = text.partition('\n')
+    key = key.strip('\'"')
+    flag = next(
+      (
+        a.split('=')[0]
+        for a in argv[1:]
+        if a.startswith('--config.')
+        and a.split('=')[0].rsplit('.', 1)[-1] == key
+      ),
+      None,
+    )
+    where = f'{flag}: ' if flag else ''
+    fix = hint.strip() or 'Check the spelling against the config file.'
+    return f'{where}the config has no key {key!r}. {fix}'
+  text = ' '.join(text.split())
+  if isinstance(e, OSError) and 'config file' in text:
+    return f'--config: {text}'
+  return (
+    f'{text} (see --helpfull for the flags; add --verbose for the traceback)'
+  )
 
 
 def check_config(config) -> None:
   """Rejects config values that would fail late or obscurely (after compiling, mid-run)."""
   for key in _POSITIVE:
     node = config
-    for part in key.split("."):
-      node = node.get(part) if node is not None and hasattr(node, "get") else None
+    for part in key.split('.'):
+      node = (
+        node.get(part) if node is not None and hasattr(node, 'get') else None
+      )
     if node is None:
       continue
     if isinstance(node, bool) or not isinstance(node, int) or node < 1:
-      raise errors.ConfigError(f"config.{key}={node!r} must be a positive integer: set "
-                               f"--config.{key}=N with N >= 1.")
-  samples = tuple(config.get("eval", {}).get("num_samples_list", (1,)) or ())
+      raise errors.ConfigError(
+        f'config.{key}={node!r} must be a positive integer: set '
+        f'--config.{key}=N with N >= 1.'
+      )
+  samples = tuple(config.get('eval', {}).get('num_samples_list', (1,)) or ())
   if not samples or any(not isinstance(n, int) or n < 1 for n in samples):
-    raise errors.ConfigError(f"config.eval.num_samples_list={samples!r} must be a non-empty list of "
-                             "positive integers, e.g. --config.eval.num_samples_list='(4,16)'.")
+    raise errors.ConfigError(
+      f'config.eval.num_samples_list={samples!r} must be a non-empty list of '
+      "positive integers, e.g. --config.eval.num_samples_list='(4,16)'."
+    )
 
 
-def output_folders(config, *, mode: str, workdir: str, output: Optional[str]) -> list[tuple[str, str]]:
+def output_folders(
+  config, *, mode: str, workdir: str, output: Optional[str]
+) -> list[tuple[str, str]]:
   """(folder, flag choosing it) for every folder `mode` writes: each is locked and write-checked."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  eval_dir = os.path.join(workdir, "eval", config.eval.output_name or config.eval.split)
-  if mode == "train":
-    return [(workdir, "--workdir")] + ([(eval_dir, "--workdir")]
-                                       if config.evaluate_after_training else [])
-  if mode == "evaluate":
-    return [(eval_dir, "--workdir")]
-  return [(os.path.abspath(os.path.expanduser(output or os.path.join(workdir, "predict"))),
-           "--output")]
+  eval_dir = os.path.join(
+    workdir, 'eval', config.eval.output_name or config.eval.split
+  )
+  if mode == 'train':
+    return [(workdir, '--workdir')] + (
+      [(eval_dir, '--workdir')] if config.evaluate_after_training else []
+    )
+  if mode == 'evaluate':
+    return [(eval_dir, '--workdir')]
+  return [
+    (
+      os.path.abspath(
+        os.path.expanduser(output or os.path.join(workdir, 'predict'))
+      ),
+      '--output',
+    )
+  ]
 
 
-def user_error_message(e: BaseException, *, path: str, flag: str) -> Optional[str]:
+def user_error_message(
+  e: BaseException, *, path: str, flag: str
+) -> Optional[str]:
   """The one line for an error the user can fix, or None for a bug (shown with its traceback)."""
   fault = errors.io_fault_message(e, path=path, flag=flag)
   if isinstance(e, USER_ERRORS) and not (fault and isinstance(e, OSError)):

@@ -14,14 +14,13 @@
 
 """Batched, sharded sampling of many segmentations per image with the trained network."""
 
-
 from flax import nnx
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from diffseg_jax import denoiser
 from diffseg_jax import diffusion
@@ -46,9 +45,17 @@ class Sampler:
     max_batch: max examples (images x samples) per device and network call.
   """
 
-  def __init__(self, graphdef, mesh, *, diffusion_config: diffusion.DiffusionConfig,
-               sampler_config: diffusion.SamplerConfig, preprocessing: str,
-               compute_dtype=jnp.float32, max_batch: int = 256):
+  def __init__(
+    self,
+    graphdef,
+    mesh,
+    *,
+    diffusion_config: diffusion.DiffusionConfig,
+    sampler_config: diffusion.SamplerConfig,
+    preprocessing: str,
+    compute_dtype=jnp.float32,
+    max_batch: int = 256,
+  ):
     self._mesh = mesh
     self._max_batch = int(max_batch)
     self._image_sharding = NamedSharding(mesh, P(DATA_AXIS))
@@ -57,12 +64,23 @@ class Sampler:
 
     def sample(params, image, rng, num_samples):
       model = nnx.merge(graphdef, params)
-      net_image = denoiser.network_image(image, preprocessing=preprocessing).astype(compute_dtype)
-      return diffusion.sample(denoiser.make_denoise_fn(model), image=net_image,
-                              rng=rng, num_samples=num_samples, diffusion=dcfg, sampler=scfg)
+      net_image = denoiser.network_image(
+        image, preprocessing=preprocessing
+      ).astype(compute_dtype)
+      return diffusion.sample(
+        denoiser.make_denoise_fn(model),
+        image=net_image,
+        rng=rng,
+        num_samples=num_samples,
+        diffusion=dcfg,
+        sampler=scfg,
+      )
 
-    self._sample = jax.jit(sample, static_argnums=(3,),
-                           out_shardings=NamedSharding(mesh, P(DATA_AXIS)))
+    self._sample = jax.jit(
+      sample,
+      static_argnums=(3,),
+      out_shardings=NamedSharding(mesh, P(DATA_AXIS)),
+    )
 
   def __call__(self, params, image, rng, num_samples: int) -> np.ndarray:
     image = np.asarray(image, np.float32)
@@ -70,14 +88,22 @@ class Sampler:
     n_dev = self._mesh.shape[DATA_AXIS]
     padded = -(-batch // n_dev) * n_dev
     if padded != batch:
-      image = np.concatenate([image, np.repeat(image[-1:], padded - batch, axis=0)])
-    global_image = jax.make_array_from_process_local_data(self._image_sharding, image, image.shape)
+      image = np.concatenate(
+        [image, np.repeat(image[-1:], padded - batch, axis=0)]
+      )
+    global_image = jax.make_array_from_process_local_data(
+      self._image_sharding, image, image.shape
+    )
     # Equal chunks (the last one trimmed afterwards), so a call compiles one sampler shape only.
     max_chunk = max(1, min(num_samples, self._max_batch * n_dev // padded))
     num_chunks = -(-num_samples // max_chunk)
     chunk = -(-num_samples // num_chunks)
     outputs = []
     for i in range(num_chunks):
-      out = self._sample(params, global_image, jax.random.fold_in(rng, i), chunk)
-      outputs.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+      out = self._sample(
+        params, global_image, jax.random.fold_in(rng, i), chunk
+      )
+      outputs.append(
+        np.asarray(multihost_utils.process_allgather(out, tiled=True))
+      )
     return np.concatenate(outputs, axis=1)[:batch, :num_samples].astype(bool)

@@ -48,6 +48,7 @@ class Settings:
     compute_dtype: config.model.dtype, the dtype the network's image input is cast to.
     sampling_batch: max examples per network call when sampling (config.sampling_batch).
   """
+
   unet: unet.UNetConfig
   diffusion: diffusion.DiffusionConfig
   sampler: diffusion.SamplerConfig
@@ -59,38 +60,55 @@ class Settings:
 
   def sampler_kwargs(self) -> dict:
     """Keyword arguments of `sampling.Sampler` for this model."""
-    return dict(diffusion_config=self.diffusion, sampler_config=self.sampler,
-                preprocessing=self.preprocessing, compute_dtype=self.compute_dtype,
-                max_batch=self.sampling_batch)
+    return dict(
+      diffusion_config=self.diffusion,
+      sampler_config=self.sampler,
+      preprocessing=self.preprocessing,
+      compute_dtype=self.compute_dtype,
+      max_batch=self.sampling_batch,
+    )
 
 
 def resolve(config: ml_collections.ConfigDict) -> Settings:
   """Reads `config` into `Settings` (raising a ConfigError that names the bad section)."""
   return Settings(
-      unet=unet_config(config),
-      diffusion=diffusion_config(config),
-      sampler=sampler_config(config),
-      augment=augment_config(config),
-      optim=optimizer_config(config),
-      preprocessing=config.dataset.image_preprocessing,
-      compute_dtype=jnp.dtype(config.model.dtype),
-      sampling_batch=int(config.sampling_batch),
+    unet=unet_config(config),
+    diffusion=diffusion_config(config),
+    sampler=sampler_config(config),
+    augment=augment_config(config),
+    optim=optimizer_config(config),
+    preprocessing=config.dataset.image_preprocessing,
+    compute_dtype=jnp.dtype(config.model.dtype),
+    sampling_batch=int(config.sampling_batch),
   )
 
 
-def diffusion_config(config: ml_collections.ConfigDict) -> diffusion.DiffusionConfig:
+def diffusion_config(
+  config: ml_collections.ConfigDict,
+) -> diffusion.DiffusionConfig:
   d = config.diffusion
   with _naming('config.diffusion'):
     return diffusion.DiffusionConfig(
-        schedule=d.schedule, input_scale=d.input_scale, prediction=d.prediction,
-        weighting=d.weighting, decoupled=d.decoupled, conditioning=d.time_conditioning)
+      schedule=d.schedule,
+      input_scale=d.input_scale,
+      prediction=d.prediction,
+      weighting=d.weighting,
+      decoupled=d.decoupled,
+      conditioning=d.time_conditioning,
+    )
 
 
-def sampler_config(config: ml_collections.ConfigDict) -> diffusion.SamplerConfig:
+def sampler_config(
+  config: ml_collections.ConfigDict,
+) -> diffusion.SamplerConfig:
   s = config.sampler
   with _naming('config.sampler'):
-    return diffusion.SamplerConfig(name=s.name, num_steps=s.num_steps, variance=s.variance,
-                                   ddim_eps=s.ddim_eps)
+    return diffusion.SamplerConfig(
+      name=s.name,
+      num_steps=s.num_steps,
+      variance=s.variance,
+      ddim_eps=s.ddim_eps,
+    )
 
 
 def augment_config(config: ml_collections.ConfigDict) -> augment.AugmentConfig:
@@ -98,7 +116,9 @@ def augment_config(config: ml_collections.ConfigDict) -> augment.AugmentConfig:
     return augment.AugmentConfig(**config.augment.to_dict())
 
 
-def optimizer_config(config: ml_collections.ConfigDict) -> optimizer.OptimizerConfig:
+def optimizer_config(
+  config: ml_collections.ConfigDict,
+) -> optimizer.OptimizerConfig:
   with _naming('config.optim'):
     return optimizer.OptimizerConfig(**config.optim.to_dict())
 
@@ -107,17 +127,26 @@ def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
   """The UNet for `config`: x-prediction gets a tanh output layer, v and eps an identity."""
   m = config.model
   fields = {f.name for f in dataclasses.fields(unet.UNetConfig)}
-  kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in m.items() if k in fields}
+  kwargs = {
+    k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+    for k, v in m.items()
+    if k in fields
+  }
   unknown = sorted(set(m.keys()) - fields)
   if unknown:
     raise errors.ConfigError(
-        f'config.model has keys the UNet does not know: {unknown}; valid: {sorted(fields)}')
+      f'config.model has keys the UNet does not know: {unknown}; valid: {sorted(fields)}'
+    )
   with _naming('config.model'):
     return unet.UNetConfig(
-        **kwargs,
-        image_channels=denoiser.image_channels(config.dataset.image_preprocessing),
-        out_channels=1,
-        output_activation='tanh' if config.diffusion.prediction == 'x' else 'identity',
+      **kwargs,
+      image_channels=denoiser.image_channels(
+        config.dataset.image_preprocessing
+      ),
+      out_channels=1,
+      output_activation='tanh'
+      if config.diffusion.prediction == 'x'
+      else 'identity',
     )
 
 

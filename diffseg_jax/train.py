@@ -50,11 +50,19 @@ from diffseg_jax import validation
 from diffseg_jax.models import unet
 
 
-def create_train_state(unet_config: unet.UNetConfig, mesh, optimizer, *, seed: int,
-                       param_sharding: str = 'replicated'):
+def create_train_state(
+  unet_config: unet.UNetConfig,
+  mesh,
+  optimizer,
+  *,
+  seed: int,
+  param_sharding: str = 'replicated',
+):
   """Builds the state directly in its shardings (identical on every host); returns (state, shardings)."""
   _, abstract_params = unet.abstract_model(unet_config)
-  p_sharding = parallel.param_sharding(mesh, abstract_params.to_pure_dict(), param_sharding)
+  p_sharding = parallel.param_sharding(
+    mesh, abstract_params.to_pure_dict(), param_sharding
+  )
   replicated = parallel.replicated(mesh)
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
@@ -62,27 +70,44 @@ def create_train_state(unet_config: unet.UNetConfig, mesh, optimizer, *, seed: i
   def init():
     params = unet.init_params(unet_config, init_rng)
     return {
-        'params': params,
-        'ema_params': jax.tree.map(jnp.copy, params),
-        'opt_state': optimizer.init(params),
-        'step': jnp.zeros((), jnp.int32),
-        'rng': jax.random.key_data(state_rng),
+      'params': params,
+      'ema_params': jax.tree.map(jnp.copy, params),
+      'opt_state': optimizer.init(params),
+      'step': jnp.zeros((), jnp.int32),
+      'rng': jax.random.key_data(state_rng),
     }
 
   abstract = jax.eval_shape(init)
   # Optimizer moments follow their parameter's sharding; counters are replicated.
   opt_sharding = optax.tree_map_params(
-      optimizer, lambda _, s: s, abstract['opt_state'], p_sharding,
-      transform_non_params=lambda _: replicated)
-  shardings = {'params': p_sharding, 'ema_params': p_sharding, 'opt_state': opt_sharding,
-               'step': replicated, 'rng': replicated}
+    optimizer,
+    lambda _, s: s,
+    abstract['opt_state'],
+    p_sharding,
+    transform_non_params=lambda _: replicated,
+  )
+  shardings = {
+    'params': p_sharding,
+    'ema_params': p_sharding,
+    'opt_state': opt_sharding,
+    'step': replicated,
+    'rng': replicated,
+  }
   return jax.jit(init, out_shardings=shardings)(), shardings
 
 
-def make_train_step(graphdef, optimizer, *, learning_rate: optax.Schedule,
-                    diffusion_config: diffusion.DiffusionConfig,
-                    augment_config: augment_lib.AugmentConfig, preprocessing: str,
-                    compute_dtype=jnp.float32, dropout: bool = False, ema_decay: float):
+def make_train_step(
+  graphdef,
+  optimizer,
+  *,
+  learning_rate: optax.Schedule,
+  diffusion_config: diffusion.DiffusionConfig,
+  augment_config: augment_lib.AugmentConfig,
+  preprocessing: str,
+  compute_dtype=jnp.float32,
+  dropout: bool = False,
+  ema_decay: float,
+):
   """Returns the pure step (state, batch) -> (state, metrics); jit it with `jit_train_step`.
 
   One step: augment, the loss of `denoiser.example_losses` (dropout active if `dropout`), an optimizer
@@ -94,42 +119,74 @@ def make_train_step(graphdef, optimizer, *, learning_rate: optax.Schedule,
     step = state['step']
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
     aug_rng, annot_rng, loss_rng, dropout_rng = jax.random.split(rng, 4)
-    image, masks = augment_lib.augment(aug_rng, batch['image'], batch['masks'], augment_config)
+    image, masks = augment_lib.augment(
+      aug_rng, batch['image'], batch['masks'], augment_config
+    )
 
     def loss_fn(params):
       losses = denoiser.example_losses(
-          nnx.merge(graphdef, params), image=image, masks=masks, annotation_rng=annot_rng,
-          noise_rng=loss_rng, diffusion_config=diffusion_config, preprocessing=preprocessing,
-          compute_dtype=compute_dtype, dropout_rng=dropout_rng if dropout else None)
+        nnx.merge(graphdef, params),
+        image=image,
+        masks=masks,
+        annotation_rng=annot_rng,
+        noise_rng=loss_rng,
+        diffusion_config=diffusion_config,
+        preprocessing=preprocessing,
+        compute_dtype=compute_dtype,
+        dropout_rng=dropout_rng if dropout else None,
+      )
       return jnp.mean(losses)
 
     loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    updates, opt_state = optimizer.update(
+      grads, state['opt_state'], state['params']
+    )
     params = optax.apply_updates(state['params'], updates)
-    ema = optimizer_lib.ema_update(state['ema_params'], params, decay=ema_decay, step=step)
+    ema = optimizer_lib.ema_update(
+      state['ema_params'], params, decay=ema_decay, step=step
+    )
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = {'params': params, 'ema_params': ema, 'opt_state': opt_state, 'step': step + 1,
-                 'rng': state['rng']}
+    new_state = {
+      'params': params,
+      'ema_params': ema,
+      'opt_state': opt_state,
+      'step': step + 1,
+      'rng': state['rng'],
+    }
     # A non-finite step leaves the state untouched (except the step) so the host can stop cleanly.
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    kept = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old), new_state, state
+    )
     kept['step'] = step + 1
-    metrics_out = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite.astype(jnp.float32),
-                   'learning_rate': learning_rate(step)}
+    metrics_out = {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'finite': finite.astype(jnp.float32),
+      'learning_rate': learning_rate(step),
+    }
     return kept, metrics_out
 
   return step_fn
 
 
 def jit_train_step(step_fn, mesh, state_shardings):
-  batch_sharding = {'image': parallel.batch_sharding(mesh), 'masks': parallel.batch_sharding(mesh)}
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  batch_sharding = {
+    'image': parallel.batch_sharding(mesh),
+    'masks': parallel.batch_sharding(mesh),
+  }
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
 @dataclasses.dataclass
 class TrainParts:
   """The pieces of a training run, as `train_and_evaluate` uses them (see `build`)."""
+
   settings: settings_lib.Settings
   mesh: jax.sharding.Mesh
   graphdef: Any
@@ -147,26 +204,46 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
   settings = settings_lib.resolve(config)
   mesh = parallel.make_mesh(config.mesh.data)
   _check_batch_size(config.batch_size, mesh)
-  schedule = optimizer_lib.learning_rate_schedule(settings.optim, config.num_train_steps)
+  schedule = optimizer_lib.learning_rate_schedule(
+    settings.optim, config.num_train_steps
+  )
   optimizer = optimizer_lib.make_optimizer(settings.optim, schedule)
   graphdef, _ = unet.abstract_model(settings.unet)
-  state, shardings = create_train_state(settings.unet, mesh, optimizer, seed=config.seed,
-                                        param_sharding=config.mesh.param_sharding)
+  state, shardings = create_train_state(
+    settings.unet,
+    mesh,
+    optimizer,
+    seed=config.seed,
+    param_sharding=config.mesh.param_sharding,
+  )
   step_fn = make_train_step(
-      graphdef, optimizer, learning_rate=schedule, diffusion_config=settings.diffusion,
-      augment_config=settings.augment, preprocessing=settings.preprocessing,
-      compute_dtype=settings.compute_dtype, dropout=settings.unet.dropout > 0,
-      ema_decay=config.ema_decay)
-  return TrainParts(settings=settings, mesh=mesh, graphdef=graphdef, state=state,
-                    shardings=shardings, train_step=jit_train_step(step_fn, mesh, shardings))
+    graphdef,
+    optimizer,
+    learning_rate=schedule,
+    diffusion_config=settings.diffusion,
+    augment_config=settings.augment,
+    preprocessing=settings.preprocessing,
+    compute_dtype=settings.compute_dtype,
+    dropout=settings.unet.dropout > 0,
+    ema_decay=config.ema_decay,
+  )
+  return TrainParts(
+    settings=settings,
+    mesh=mesh,
+    graphdef=graphdef,
+    state=state,
+    shardings=shardings,
+    train_step=jit_train_step(step_fn, mesh, shardings),
+  )
 
 
 def _check_batch_size(batch_size: int, mesh):
   n = mesh.shape[parallel.DATA_AXIS]
   if batch_size % n or batch_size % jax.process_count():
     raise errors.ConfigError(
-        f'config.batch_size={batch_size} must divide evenly over {n} devices and '
-        f'{jax.process_count()} processes; pick a multiple of {n}.')
+      f'config.batch_size={batch_size} must divide evenly over {n} devices and '
+      f'{jax.process_count()} processes; pick a multiple of {n}.'
+    )
 
 
 def _config_json(config) -> str:
@@ -183,7 +260,8 @@ class _PreemptionFlag:
   def __enter__(self):
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # Not the main thread: no handler (tests running the loop in a thread).
+    # Not the main thread: no handler (tests running the loop in a thread).
+    except ValueError:
       self._previous = None
     return self
 
@@ -196,7 +274,9 @@ class _PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mapping[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> Mapping[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`), validating and saving periodically.
 
   Returns the final train state (for tests and notebooks).
@@ -205,49 +285,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(_config_json(config))
   writer = metric_writers.create_writer(workdir, just_logging=not is_main)
 
-  input_pipeline.prepare_dataset(name=config.dataset.name, data_dir=config.dataset.data_dir,
-                                 split=config.dataset.train_split)
+  input_pipeline.prepare_dataset(
+    name=config.dataset.name,
+    data_dir=config.dataset.data_dir,
+    split=config.dataset.train_split,
+  )
   train_source = input_pipeline.load_source(
-      name=config.dataset.name, split=config.dataset.train_split, data_dir=config.dataset.data_dir)
+    name=config.dataset.name,
+    split=config.dataset.train_split,
+    data_dir=config.dataset.data_dir,
+  )
   parts = build(config)
   mesh, state = parts.mesh, parts.state
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), max_to_keep=config.max_checkpoints_to_keep,
-      async_save=config.async_checkpointing)
+    os.path.join(workdir, 'checkpoints'),
+    max_to_keep=config.max_checkpoints_to_keep,
+    async_save=config.async_checkpointing,
+  )
   batches = input_pipeline.train_batches(
-      train_source, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-      data_axis=parallel.DATA_AXIS)
+    train_source,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    mesh=mesh,
+    data_axis=parallel.DATA_AXIS,
+  )
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(checkpoint.abstract_like(state, parts.shardings), data_iterator=batches)
-    logging.info('Resumed from step %d (%s).', int(state['step']), ckpt.directory)
+    state, _ = ckpt.restore(
+      checkpoint.abstract_like(state, parts.shardings), data_iterator=batches
+    )
+    logging.info(
+      'Resumed from step %d (%s).', int(state['step']), ckpt.directory
+    )
   start_step = int(state['step'])
   if start_step == 0 and is_main:
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     writer.write_hparams({'num_params': num_params, **_flat(config.to_dict())})
-    logging.info('UNet with %d parameters on a %s mesh of %s.', num_params, dict(mesh.shape),
-                 jax.devices()[0].platform)
+    logging.info(
+      'UNet with %d parameters on a %s mesh of %s.',
+      num_params,
+      dict(mesh.shape),
+      jax.devices()[0].platform,
+    )
 
   train_step = parts.train_step
   val = config.validation
   validator = None
   if val.every_steps > 0:
     validator = validation.Validator(
-        parts.graphdef, mesh,
-        input_pipeline.load_source(name=config.dataset.name, split=val.split,
-                                   data_dir=config.dataset.data_dir),
-        settings=parts.settings, num_images=val.num_images, batch_size=val.batch_size,
-        num_samples=val.num_samples, num_grid_images=config.num_grid_images, seed=config.seed,
-        workdir=workdir, writer=writer, is_main=is_main)
-  report = metric_writers.ReportProgress(total=config.num_train_steps, every=config.log_every_steps,
-                                         unit='steps', what='train', writer=writer)
+      parts.graphdef,
+      mesh,
+      input_pipeline.load_source(
+        name=config.dataset.name,
+        split=val.split,
+        data_dir=config.dataset.data_dir,
+      ),
+      settings=parts.settings,
+      num_images=val.num_images,
+      batch_size=val.batch_size,
+      num_samples=val.num_samples,
+      num_grid_images=config.num_grid_images,
+      seed=config.seed,
+      workdir=workdir,
+      writer=writer,
+      is_main=is_main,
+    )
+  report = metric_writers.ReportProgress(
+    total=config.num_train_steps,
+    every=config.log_every_steps,
+    unit='steps',
+    what='train',
+    writer=writer,
+  )
 
   def save(step, force=False):
-    ckpt.save(step, state, {"data_step": step, "config": config.to_dict()}, data_iterator=batches,
-              force=force)
+    ckpt.save(
+      step,
+      state,
+      {'data_step': step, 'config': config.to_dict()},
+      data_iterator=batches,
+      force=force,
+    )
 
   pending = []
   last_good_step = ckpt.latest_step()
@@ -271,37 +392,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Mappi
         if validator is not None and (step % val.every_steps == 0 or last):
           validator(state['ema_params'], step)
         if stop:
-          logging.warning("SIGTERM received: saved step %d to %s; exiting.", step, ckpt.directory)
+          logging.warning(
+            'SIGTERM received: saved step %d to %s; exiting.',
+            step,
+            ckpt.directory,
+          )
           break
   finally:
     # Whatever stops the loop, finish the checkpoint writes already started.
     ckpt.close()
     writer.flush()
     writer.close()
-    if hasattr(batches, "close"):
+    if hasattr(batches, 'close'):
       batches.close()
   return state
 
 
-def _flat(d, prefix=""):
+def _flat(d, prefix=''):
   out = {}
   for k, v in d.items():
     if isinstance(v, Mapping):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(_flat(v, f'{prefix}{k}.'))
     else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+      out[f'{prefix}{k}'] = (
+        v if isinstance(v, (int, float, str, bool)) else str(v)
+      )
   return out
 
 
 def _log_train_metrics(writer, step, pending, last_good_step, workdir):
   stacked = jax.device_get(pending)
-  finite = np.array([m["finite"] for m in stacked])
+  finite = np.array([m['finite'] for m in stacked])
   if not finite.all():
     bad = step - len(stacked) + int(np.argmin(finite)) + 1
     raise errors.NonFiniteLossError(
-        f"Non-finite loss or gradient at step {bad}. The state was not updated by that step and no "
-        f"checkpoint was written after it; the last good checkpoint is step {last_good_step} in "
-        f"{os.path.join(workdir, 'checkpoints')}. Lower config.optim.learning_rate, check the data, "
-        "or use config.model.dtype='float32', then rerun to resume from it.")
-  means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k != "finite"}
-  writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+      f'Non-finite loss or gradient at step {bad}. The state was not updated by that step and no '
+      f'checkpoint was written after it; the last good checkpoint is step {last_good_step} in '
+      f'{os.path.join(workdir, "checkpoints")}. Lower config.optim.learning_rate, check the data, '
+      "or use config.model.dtype='float32', then rerun to resume from it."
+    )
+  means = {
+    k: float(np.mean([m[k] for m in stacked]))
+    for k in stacked[0]
+    if k != 'finite'
+  }
+  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})

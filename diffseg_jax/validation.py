@@ -53,9 +53,22 @@ class Validator:
     is_main: whether this process writes the PNG.
   """
 
-  def __init__(self, graphdef, mesh, source, *, settings: settings_lib.Settings, num_images: int,
-               batch_size: int, num_samples: int, num_grid_images: int, seed: int, workdir: str,
-               writer: metric_writers.MetricWriter, is_main: bool):
+  def __init__(
+    self,
+    graphdef,
+    mesh,
+    source,
+    *,
+    settings: settings_lib.Settings,
+    num_images: int,
+    batch_size: int,
+    num_samples: int,
+    num_grid_images: int,
+    seed: int,
+    workdir: str,
+    writer: metric_writers.MetricWriter,
+    is_main: bool,
+  ):
     self._num_samples = num_samples
     self._num_grid_images = num_grid_images
     self._seed = seed
@@ -63,16 +76,27 @@ class Validator:
     self._writer = writer
     self._is_main = is_main
     num = min(num_images, len(source))
-    self._batches = list(input_pipeline.eval_batches(source, batch_size=batch_size,
-                                                     num_examples=num))
-    self._sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
+    self._batches = list(
+      input_pipeline.eval_batches(
+        source, batch_size=batch_size, num_examples=num
+      )
+    )
+    self._sampler = sampling.Sampler(
+      graphdef, mesh, **settings.sampler_kwargs()
+    )
 
     def val_loss(params, image, masks, rng):
       annotation_rng, noise_rng = jax.random.split(rng)
       return denoiser.example_losses(
-          nnx.merge(graphdef, params), image=image, masks=masks, annotation_rng=annotation_rng,
-          noise_rng=noise_rng, diffusion_config=settings.diffusion,
-          preprocessing=settings.preprocessing, compute_dtype=settings.compute_dtype)
+        nnx.merge(graphdef, params),
+        image=image,
+        masks=masks,
+        annotation_rng=annotation_rng,
+        noise_rng=noise_rng,
+        diffusion_config=settings.diffusion,
+        preprocessing=settings.preprocessing,
+        compute_dtype=settings.compute_dtype,
+      )
 
     self._loss_fn = jax.jit(val_loss)
 
@@ -84,8 +108,12 @@ class Validator:
     grid = None
     for i, batch in enumerate(self._batches):
       valid = batch['valid']
-      loss = self._loss_fn(params, batch['image'], batch['masks'], jax.random.fold_in(rng, i))
-      samples = self._sampler(params, batch['image'], jax.random.fold_in(rng, 10_000 + i), n)
+      loss = self._loss_fn(
+        params, batch['image'], batch['masks'], jax.random.fold_in(rng, i)
+      )
+      samples = self._sampler(
+        params, batch['image'], jax.random.fold_in(rng, 10_000 + i), n
+      )
       annotations = batch['masks'].astype(bool)
       losses.append(np.asarray(loss)[valid])
       scores = metrics.all_metrics(samples, annotations)
@@ -93,15 +121,18 @@ class Validator:
       hm_ious.append(scores['hm_iou'][valid])
       if grid is None:
         grid = (batch['image'][valid], annotations[valid], samples[valid])
-    scalars = {'val/loss': float(np.mean(np.concatenate(losses))),
-               f'val/ged_{n}': float(np.mean(np.concatenate(geds))),
-               f'val/hm_iou_{n}': float(np.mean(np.concatenate(hm_ious))),
-               'val/seconds': time.time() - start}
+    scalars = {
+      'val/loss': float(np.mean(np.concatenate(losses))),
+      f'val/ged_{n}': float(np.mean(np.concatenate(geds))),
+      f'val/hm_iou_{n}': float(np.mean(np.concatenate(hm_ious))),
+      'val/seconds': time.time() - start,
+    }
     self._writer.write_scalars(step, scalars)
     if self._is_main and grid is not None:
       k = self._num_grid_images
       path = os.path.join(self._workdir, 'grids', f'val_step_{step:08d}.png')
-      picture = visualize.save_grid(path, image=grid[0][:k], annotations=grid[1][:k],
-                                    samples=grid[2][:k])
+      picture = visualize.save_grid(
+        path, image=grid[0][:k], annotations=grid[1][:k], samples=grid[2][:k]
+      )
       self._writer.write_images(step, {'val/grid': picture[None]})
     return scalars

@@ -39,7 +39,10 @@ def _to_rgb(x: np.ndarray) -> np.ndarray:
 def _heat(x: np.ndarray) -> np.ndarray:
   """A black-red-yellow-white ramp for maps in [0, 1]."""
   x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
-  rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], -1)
+  rgb = np.stack(
+    [np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)],
+    -1,
+  )
   return (rgb * 255).round().astype(np.uint8)
 
 
@@ -48,8 +51,9 @@ def upscale_factor(height: int, width: int, min_cell: int = MIN_CELL) -> int:
   return max(1, -(-min_cell // max(1, min(height, width))))
 
 
-def grid_picture(*, image, annotations, samples, max_samples: int = 8,
-                 min_cell: int = MIN_CELL) -> np.ndarray:
+def grid_picture(
+  *, image, annotations, samples, max_samples: int = 8, min_cell: int = MIN_CELL
+) -> np.ndarray:
   """uint8 [header + rows*H', cols*W', 3]: a header row of column labels, then one row per example.
 
   Args:
@@ -68,15 +72,25 @@ def grid_picture(*, image, annotations, samples, max_samples: int = 8,
   rows = []
   for k in range(image.shape[0]):
     mean = samples[k].mean(0)
-    tiles = ([_to_rgb(image[k])] + [_to_rgb(a) for a in annotations[k]]
-             + [_to_rgb(s) for s in samples[k][:max_samples]]
-             + [_to_rgb(mean), _heat(4.0 * mean * (1.0 - mean))])
+    tiles = (
+      [_to_rgb(image[k])]
+      + [_to_rgb(a) for a in annotations[k]]
+      + [_to_rgb(s) for s in samples[k][:max_samples]]
+      + [_to_rgb(mean), _heat(4.0 * mean * (1.0 - mean))]
+    )
     rows.append(_hstack([_enlarge(t, factor) for t in tiles]))
   body = _vstack(rows)
   cell = image.shape[2] * factor
-  groups = [('image', 1), ('annotations', annotations.shape[1]),
-            ('samples', min(samples.shape[1], max_samples)), ('mean', 1), ('uncertainty', 1)]
-  return np.concatenate([_header(groups, cell=cell, width=body.shape[1]), body], axis=0)
+  groups = [
+    ('image', 1),
+    ('annotations', annotations.shape[1]),
+    ('samples', min(samples.shape[1], max_samples)),
+    ('mean', 1),
+    ('uncertainty', 1),
+  ]
+  return np.concatenate(
+    [_header(groups, cell=cell, width=body.shape[1]), body], axis=0
+  )
 
 
 def save_grid(path: str, **kwargs) -> np.ndarray:

@@ -47,13 +47,16 @@ def check_writable(directory: str) -> None:
       into one line naming the folder.
   """
   os.makedirs(directory, exist_ok=True)
-  probe = os.path.join(directory, f'.diffseg_write_probe.{socket.gethostname()}.{os.getpid()}')
+  probe = os.path.join(
+    directory, f'.diffseg_write_probe.{socket.gethostname()}.{os.getpid()}'
+  )
   try:
     fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
       data = memoryview(b'\0' * _PROBE_BYTES)
-      while data:  # A nearly full disk accepts part of a write; the next one fails.
-        data = data[os.write(fd, data):]
+      # A nearly full disk accepts part of a write; the next one fails.
+      while data:
+        data = data[os.write(fd, data) :]
       os.fsync(fd)
     finally:
       os.close(fd)
@@ -84,13 +87,25 @@ def _pid_alive(pid: int) -> bool:
 
 def _describe(info: dict, path: str) -> str:
   started = info.get('started')
-  when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started)) if started else '?'
-  return (f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, started {when}, "
-          f"command: {info.get('command', '?')}; lock file {path}")
+  when = (
+    time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))
+    if started
+    else '?'
+  )
+  return (
+    f'host {info.get("host", "?")}, pid {info.get("pid", "?")}, started {when}, '
+    f'command: {info.get("command", "?")}; lock file {path}'
+  )
 
 
-def stale_reason(info: Optional[dict], *, mtime: float, now: float, host: str,
-                 stale_after_s: float = STALE_AFTER_S) -> Optional[str]:
+def stale_reason(
+  info: Optional[dict],
+  *,
+  mtime: float,
+  now: float,
+  host: str,
+  stale_after_s: float = STALE_AFTER_S,
+) -> Optional[str]:
   """Why the lock described by `info` (None: unreadable) is stale, or None if its run may live.
 
   Args:
@@ -133,8 +148,11 @@ class _Heartbeat(threading.Thread):
       except OSError:
         mine = False
       if not mine:
-        logging.error('The lock %s was taken over by another run while this one runs; the two '
-                      'runs now write the same folder.', self._path)
+        logging.error(
+          'The lock %s was taken over by another run while this one runs; the two '
+          'runs now write the same folder.',
+          self._path,
+        )
         return
       with contextlib.suppress(OSError):
         os.utime(self._path)
@@ -156,8 +174,13 @@ def _read(path: str):
 
 
 @contextlib.contextmanager
-def hold(directory: str, *, enabled: bool = True, heartbeat_s: float = HEARTBEAT_S,
-         stale_after_s: float = STALE_AFTER_S) -> Iterator[Optional[str]]:
+def hold(
+  directory: str,
+  *,
+  enabled: bool = True,
+  heartbeat_s: float = HEARTBEAT_S,
+  stale_after_s: float = STALE_AFTER_S,
+) -> Iterator[Optional[str]]:
   """Holds `directory`'s lock (creating the folder) for the `with` body; yields the lock's path.
 
   Args:
@@ -179,8 +202,14 @@ def hold(directory: str, *, enabled: bool = True, heartbeat_s: float = HEARTBEAT
   path = os.path.join(directory, LOCK_NAME)
   host = socket.gethostname()
   token = f'{host}:{os.getpid()}:{time.time_ns()}'
-  info = {'host': host, 'pid': os.getpid(), 'start_ticks': _process_start_time(os.getpid()),
-          'started': time.time(), 'command': ' '.join(sys.argv), 'token': token}
+  info = {
+    'host': host,
+    'pid': os.getpid(),
+    'start_ticks': _process_start_time(os.getpid()),
+    'started': time.time(),
+    'command': ' '.join(sys.argv),
+    'token': token,
+  }
   _acquire(path, info, host=host, stale_after_s=stale_after_s)
   heartbeat = _Heartbeat(path, token, heartbeat_s)
   heartbeat.start()
@@ -216,16 +245,23 @@ def _acquire(path: str, info: dict, *, host: str, stale_after_s: float) -> None:
       holder, stat = _read(path)
     except FileNotFoundError:
       continue  # Released meanwhile: try again.
-    reason = stale_reason(holder, mtime=stat.st_mtime, now=time.time(), host=host,
-                          stale_after_s=stale_after_s)
+    reason = stale_reason(
+      holder,
+      mtime=stat.st_mtime,
+      now=time.time(),
+      host=host,
+      stale_after_s=stale_after_s,
+    )
     if reason is None:
       raise errors.WorkdirInUseError(
-          f'{os.path.dirname(path)} is in use by another run ({_describe(holder or {}, path)}). '
-          'Wait for it to finish or stop it, or choose another folder; if that run is gone, '
-          f'delete {path}.')
+        f'{os.path.dirname(path)} is in use by another run ({_describe(holder or {}, path)}). '
+        'Wait for it to finish or stop it, or choose another folder; if that run is gone, '
+        f'delete {path}.'
+      )
     stale = f'{path}.stale.{info["token"].replace(":", "_")}'
     try:
-      os.rename(path, stale)  # Only one of several runs taking over the same lock succeeds.
+      # Only one of several runs taking over the same lock succeeds.
+      os.rename(path, stale)
     except FileNotFoundError:
       continue
     if os.stat(stale).st_ino != stat.st_ino:
@@ -235,8 +271,14 @@ def _acquire(path: str, info: dict, *, host: str, stale_after_s: float) -> None:
         os.link(stale, path)
       os.remove(stale)
       continue
-    logging.warning('Taking over the stale lock %s: %s (%s).', path, reason,
-                    _describe(holder or {}, path))
+    logging.warning(
+      'Taking over the stale lock %s: %s (%s).',
+      path,
+      reason,
+      _describe(holder or {}, path),
+    )
     with contextlib.suppress(OSError):
       os.remove(stale)
-  raise errors.WorkdirInUseError(f'Could not take the lock {path}: other runs keep taking it.')
+  raise errors.WorkdirInUseError(
+    f'Could not take the lock {path}: other runs keep taking it.'
+  )

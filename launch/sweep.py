@@ -50,20 +50,29 @@ from typing import NoReturn, Sequence
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "quickstart.py")
-EVAL_SPLIT = "test"  # configs/quickstart.py: config.eval.split.
+DEFAULT_CONFIG = os.path.join(REPO, 'configs', 'quickstart.py')
+EVAL_SPLIT = 'test'  # configs/quickstart.py: config.eval.split.
 
 # The reference training of every study: x-prediction, b = 0.1, SNR_plus1 (the paper's choice).
-REFERENCE = {"diffusion.input_scale": 0.1, "diffusion.prediction": "x",
-             "diffusion.weighting": "snr_plus1"}
+REFERENCE = {
+  'diffusion.input_scale': 0.1,
+  'diffusion.prediction': 'x',
+  'diffusion.weighting': 'snr_plus1',
+}
 INPUT_SCALES = (1.0, 0.3, 0.1, 0.03)
-PREDICTIONS = ("x", "v", "eps")
-WEIGHTINGS = ("uniform", "snr", "snr_plus1", "snr_trunc", "sigmoid_0")
-SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
+PREDICTIONS = ('x', 'v', 'eps')
+WEIGHTINGS = ('uniform', 'snr', 'snr_plus1', 'snr_trunc', 'sigmoid_0')
+SAMPLERS = ('ddpm', 'ddim', 'dpm_solver_pp_2m')
 SAMPLER_STEPS = (2, 5, 10, 25, 100)
-STUDIES = ("input_scale", "prediction", "weighting", "sampler")
-CONTROLLED = tuple(REFERENCE) + ("seed", "num_train_steps", "evaluate_after_training",
-                                 "sampler.name", "sampler.num_steps", "eval.output_name")
+STUDIES = ('input_scale', 'prediction', 'weighting', 'sampler')
+CONTROLLED = tuple(REFERENCE) + (
+  'seed',
+  'num_train_steps',
+  'evaluate_after_training',
+  'sampler.name',
+  'sampler.num_steps',
+  'eval.output_name',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,26 +87,36 @@ class Run:
     output_name: config.eval.output_name ('' = the split name).
     requires: name of the training run whose checkpoint an evaluate run needs ('' for trainings).
   """
+
   name: str
   mode: str
   workdir: str
   overrides: tuple[tuple[str, object], ...]
-  output_name: str = ""
-  requires: str = ""
+  output_name: str = ''
+  requires: str = ''
 
   @property
   def metrics_path(self) -> str:
-    return os.path.join(self.workdir, "eval", self.output_name or EVAL_SPLIT, "metrics.json")
+    return os.path.join(
+      self.workdir, 'eval', self.output_name or EVAL_SPLIT, 'metrics.json'
+    )
 
   def command(self, *, config: str, python: str = sys.executable) -> list[str]:
-    flags = [f"--config={config}", f"--workdir={self.workdir}", f"--mode={self.mode}"]
-    flags += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
-    return [python, "-m", "diffseg_jax.main"] + flags
+    flags = [
+      f'--config={config}',
+      f'--workdir={self.workdir}',
+      f'--mode={self.mode}',
+    ]
+    flags += [
+      f'--config.{key}={_flag_value(value)}' for key, value in self.overrides
+    ]
+    return [python, '-m', 'diffseg_jax.main'] + flags
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """A (study, setting, seed) cell of a report table and the run that produces it."""
+
   study: str
   setting: dict
   seed: int
@@ -110,26 +129,36 @@ def _flag_value(value) -> str:
 
 
 def _train_name(setting: dict, seed: int) -> str:
-  b = setting["diffusion.input_scale"]
-  return (f"train_b{b:g}_{setting['diffusion.prediction']}_{setting['diffusion.weighting']}"
-          f"_s{seed}")
+  b = setting['diffusion.input_scale']
+  return (
+    f'train_b{b:g}_{setting["diffusion.prediction"]}_{setting["diffusion.weighting"]}'
+    f'_s{seed}'
+  )
 
 
 def _training_settings(study: str) -> list[dict]:
   """The diffusion settings a study trains, each a full copy of REFERENCE with one factor changed."""
-  if study == "input_scale":
-    return [{**REFERENCE, "diffusion.input_scale": b} for b in INPUT_SCALES]
-  if study == "prediction":
-    return [{**REFERENCE, "diffusion.prediction": p} for p in PREDICTIONS]
-  if study == "weighting":
-    return [{**REFERENCE, "diffusion.weighting": w} for w in WEIGHTINGS]
-  if study == "sampler":
+  if study == 'input_scale':
+    return [{**REFERENCE, 'diffusion.input_scale': b} for b in INPUT_SCALES]
+  if study == 'prediction':
+    return [{**REFERENCE, 'diffusion.prediction': p} for p in PREDICTIONS]
+  if study == 'weighting':
+    return [{**REFERENCE, 'diffusion.weighting': w} for w in WEIGHTINGS]
+  if study == 'sampler':
     return [dict(REFERENCE)]
-  raise ValueError(f"--study={study!r} is not one of {list(STUDIES) + ['all']}.")
+  raise ValueError(
+    f'--study={study!r} is not one of {list(STUDIES) + ["all"]}.'
+  )
 
 
-def plan(*, studies: Sequence[str], seeds: Sequence[int], steps: int | None, workroot: str,
-         eval_overrides: Sequence[tuple[str, object]] = ()) -> tuple[list[Run], list[Entry]]:
+def plan(
+  *,
+  studies: Sequence[str],
+  seeds: Sequence[int],
+  steps: int | None,
+  workroot: str,
+  eval_overrides: Sequence[tuple[str, object]] = (),
+) -> tuple[list[Run], list[Entry]]:
   """The runs (trainings first, deduplicated) and the report entries of `studies`.
 
   Args:
@@ -145,137 +174,233 @@ def plan(*, studies: Sequence[str], seeds: Sequence[int], steps: int | None, wor
   """
   clash = sorted({k for k, _ in eval_overrides} & set(CONTROLLED))
   if clash:
-    raise ValueError(f"overrides of {clash} would fight the sweep's own settings; the study sets "
-                     f"{list(CONTROLLED)} (use --steps / --seeds for the budget and seeds).")
+    raise ValueError(
+      f"overrides of {clash} would fight the sweep's own settings; the study sets "
+      f'{list(CONTROLLED)} (use --steps / --seeds for the budget and seeds).'
+    )
   workroot = os.path.abspath(os.path.expanduser(workroot))
   trainings: dict[str, Run] = {}
   evaluations: list[Run] = []
   entries: list[Entry] = []
-  budget = () if steps is None else (("num_train_steps", int(steps)),)
+  budget = () if steps is None else (('num_train_steps', int(steps)),)
   for study in studies:
     for seed in seeds:
       for setting in _training_settings(study):
         name = _train_name(setting, seed)
         if name not in trainings:
           trainings[name] = Run(
-              name=name, mode="train", workdir=os.path.join(workroot, name),
-              overrides=tuple(setting.items()) + (("seed", int(seed)),) + budget
-              + tuple(eval_overrides) + (("evaluate_after_training", True),))
+            name=name,
+            mode='train',
+            workdir=os.path.join(workroot, name),
+            overrides=tuple(setting.items())
+            + (('seed', int(seed)),)
+            + budget
+            + tuple(eval_overrides)
+            + (('evaluate_after_training', True),),
+          )
         train = trainings[name]
-        if study != "sampler":
-          entries.append(Entry(study=study, setting=_short(setting), seed=int(seed), run=name,
-                               metrics=train.metrics_path))
+        if study != 'sampler':
+          entries.append(
+            Entry(
+              study=study,
+              setting=_short(setting),
+              seed=int(seed),
+              run=name,
+              metrics=train.metrics_path,
+            )
+          )
           continue
         for sampler in SAMPLERS:
           for num_steps in SAMPLER_STEPS:
-            output_name = f"{sampler}_{num_steps}"
-            run = Run(name=f"{name}_eval_{output_name}", mode="evaluate", workdir=train.workdir,
-                      overrides=tuple(setting.items()) + (("seed", int(seed)),) + budget
-                      + tuple(eval_overrides)
-                      + (("sampler.name", sampler), ("sampler.num_steps", num_steps),
-                         ("eval.output_name", output_name)),
-                      output_name=output_name, requires=name)
+            output_name = f'{sampler}_{num_steps}'
+            run = Run(
+              name=f'{name}_eval_{output_name}',
+              mode='evaluate',
+              workdir=train.workdir,
+              overrides=tuple(setting.items())
+              + (('seed', int(seed)),)
+              + budget
+              + tuple(eval_overrides)
+              + (
+                ('sampler.name', sampler),
+                ('sampler.num_steps', num_steps),
+                ('eval.output_name', output_name),
+              ),
+              output_name=output_name,
+              requires=name,
+            )
             evaluations.append(run)
-            entries.append(Entry(study=study, setting={"sampler": sampler, "steps": num_steps},
-                                 seed=int(seed), run=run.name, metrics=run.metrics_path))
+            entries.append(
+              Entry(
+                study=study,
+                setting={'sampler': sampler, 'steps': num_steps},
+                seed=int(seed),
+                run=run.name,
+                metrics=run.metrics_path,
+              )
+            )
   return list(trainings.values()) + evaluations, entries
 
 
 def _short(setting: dict) -> dict:
-  return {"b": setting["diffusion.input_scale"], "prediction": setting["diffusion.prediction"],
-          "weighting": setting["diffusion.weighting"]}
+  return {
+    'b': setting['diffusion.input_scale'],
+    'prediction': setting['diffusion.prediction'],
+    'weighting': setting['diffusion.weighting'],
+  }
 
 
-def write_plan(*, runs: Sequence[Run], entries: Sequence[Entry], workroot: str, config: str,
-               args: dict) -> str:
+def write_plan(
+  *,
+  runs: Sequence[Run],
+  entries: Sequence[Entry],
+  workroot: str,
+  config: str,
+  args: dict,
+) -> str:
   """Writes WORKROOT/manifest.json and WORKROOT/commands.sh; returns the manifest path."""
   workroot = os.path.abspath(os.path.expanduser(workroot))
   os.makedirs(workroot, exist_ok=True)
   manifest = {
-      "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-      "config": config,
-      "args": args,
-      "runs": [{**dataclasses.asdict(r), "metrics": r.metrics_path,
-                "command": shlex.join(r.command(config=config, python="python"))} for r in runs],
-      "entries": [dataclasses.asdict(e) for e in entries],
+    'created': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+    'config': config,
+    'args': args,
+    'runs': [
+      {
+        **dataclasses.asdict(r),
+        'metrics': r.metrics_path,
+        'command': shlex.join(r.command(config=config, python='python')),
+      }
+      for r in runs
+    ],
+    'entries': [dataclasses.asdict(e) for e in entries],
   }
-  path = os.path.join(workroot, "manifest.json")
-  with open(path, "w", encoding="utf-8") as f:
+  path = os.path.join(workroot, 'manifest.json')
+  with open(path, 'w', encoding='utf-8') as f:
     json.dump(manifest, f, indent=1)
-  with open(os.path.join(workroot, "commands.sh"), "w", encoding="utf-8") as f:
-    f.write("#!/usr/bin/env bash\n# Generated by launch/sweep.py; run from the repository root.\n")
-    f.write("set -e\n")
+  with open(os.path.join(workroot, 'commands.sh'), 'w', encoding='utf-8') as f:
+    f.write(
+      '#!/usr/bin/env bash\n# Generated by launch/sweep.py; run from the repository root.\n'
+    )
+    f.write('set -e\n')
     for r in runs:
-      f.write(shlex.join(r.command(config=config, python="python")) + "\n")
+      f.write(shlex.join(r.command(config=config, python='python')) + '\n')
   return path
 
 
-def execute(runs: Sequence[Run], *, config: str, workroot: str, log=print) -> dict[str, str]:
+def execute(
+  runs: Sequence[Run], *, config: str, workroot: str, log=print
+) -> dict[str, str]:
   """Runs `runs` in order from the repository root; returns {run name: status}.
 
   Status: 'done' (metrics.json existed), 'ok', 'failed (rc N)' or 'skipped (needs NAME)'.
   """
-  logs = os.path.join(os.path.abspath(os.path.expanduser(workroot)), "logs")
+  logs = os.path.join(os.path.abspath(os.path.expanduser(workroot)), 'logs')
   os.makedirs(logs, exist_ok=True)
   status: dict[str, str] = {}
   for i, run in enumerate(runs):
-    prefix = f"[{i + 1}/{len(runs)}] {run.name}"
+    prefix = f'[{i + 1}/{len(runs)}] {run.name}'
     if os.path.exists(run.metrics_path):
-      status[run.name] = "done"
-      log(f"{prefix}: done ({run.metrics_path})")
+      status[run.name] = 'done'
+      log(f'{prefix}: done ({run.metrics_path})')
       continue
-    if run.requires and status.get(run.requires) not in ("done", "ok"):
-      status[run.name] = f"skipped (needs {run.requires})"
-      log(f"{prefix}: skipped, {run.requires} did not finish")
+    if run.requires and status.get(run.requires) not in ('done', 'ok'):
+      status[run.name] = f'skipped (needs {run.requires})'
+      log(f'{prefix}: skipped, {run.requires} did not finish')
       continue
     command = run.command(config=config)
-    log_path = os.path.join(logs, f"{run.name}.log")
-    log(f"{prefix}: {shlex.join(command)}  > {log_path}")
+    log_path = os.path.join(logs, f'{run.name}.log')
+    log(f'{prefix}: {shlex.join(command)}  > {log_path}')
     start = time.time()
-    with open(log_path, "a", encoding="utf-8") as f:
-      rc = subprocess.call(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    with open(log_path, 'a', encoding='utf-8') as f:
+      rc = subprocess.call(
+        command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT
+      )
     ok = rc == 0 and os.path.exists(run.metrics_path)
-    status[run.name] = "ok" if ok else f"failed (rc {rc})"
-    log(f"{prefix}: {status[run.name]} in {time.time() - start:.0f} s")
+    status[run.name] = 'ok' if ok else f'failed (rc {rc})'
+    log(f'{prefix}: {status[run.name]} in {time.time() - start:.0f} s')
   return status
 
 
 def _parse_eval_overrides(args) -> list[tuple[str, object]]:
   out = []
   for item in args.override:
-    key, sep, value = item.partition("=")
+    key, sep, value = item.partition('=')
     if not sep or not key:
-      raise ValueError(f"--override={item!r} must look like KEY=VALUE, e.g. dataset.data_dir=/data.")
+      raise ValueError(
+        f'--override={item!r} must look like KEY=VALUE, e.g. dataset.data_dir=/data.'
+      )
     out.append((key, value))
   if args.eval_examples is not None:
-    out.append(("eval.num_examples", args.eval_examples))
+    out.append(('eval.num_examples', args.eval_examples))
   if args.num_samples_list:
-    out.append(("eval.num_samples_list",
-                "(" + ",".join(str(int(n)) for n in args.num_samples_list.split(",")) + ",)"))
+    out.append(
+      (
+        'eval.num_samples_list',
+        '('
+        + ','.join(str(int(n)) for n in args.num_samples_list.split(','))
+        + ',)',
+      )
+    )
   return out
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_enum("study", None, list(STUDIES) + ["all"], "Which study to plan.", flag_values=fv)
-  flags.mark_flag_as_required("study", flag_values=fv)
-  flags.DEFINE_string("seeds", "0", "Comma-separated training seeds.", flag_values=fv)
-  flags.DEFINE_integer("steps", None, "Training steps of every run (default: the config's "
-                       "num_train_steps).", flag_values=fv)
-  flags.DEFINE_string("workroot", "~/runs/design_study", "One workdir per training goes here.",
-                      flag_values=fv)
-  flags.DEFINE_string("config", DEFAULT_CONFIG, "Base config file.", flag_values=fv)
-  flags.DEFINE_integer("eval_examples", None, "config.eval.num_examples for every run (default: "
-                       "the config's).", flag_values=fv)
-  flags.DEFINE_string("num_samples_list", "", "config.eval.num_samples_list, e.g. '4,16' "
-                      "(default: the config's).", flag_values=fv)
-  flags.DEFINE_multi_string("override", [], "Extra KEY=VALUE config override for every run "
-                            "(repeatable), e.g. dataset.data_dir=/data.", flag_values=fv)
-  flags.DEFINE_bool("run", False, "Run the commands one after another.", flag_values=fv)
-  flags.DEFINE_bool("dry", False, "Only print the commands; write nothing.", flag_values=fv)
+  flags.DEFINE_enum(
+    'study',
+    None,
+    list(STUDIES) + ['all'],
+    'Which study to plan.',
+    flag_values=fv,
+  )
+  flags.mark_flag_as_required('study', flag_values=fv)
+  flags.DEFINE_string(
+    'seeds', '0', 'Comma-separated training seeds.', flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'steps',
+    None,
+    "Training steps of every run (default: the config's num_train_steps).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'workroot',
+    '~/runs/design_study',
+    'One workdir per training goes here.',
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'config', DEFAULT_CONFIG, 'Base config file.', flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'eval_examples',
+    None,
+    "config.eval.num_examples for every run (default: the config's).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'num_samples_list',
+    '',
+    "config.eval.num_samples_list, e.g. '4,16' (default: the config's).",
+    flag_values=fv,
+  )
+  flags.DEFINE_multi_string(
+    'override',
+    [],
+    'Extra KEY=VALUE config override for every run '
+    '(repeatable), e.g. dataset.data_dir=/data.',
+    flag_values=fv,
+  )
+  flags.DEFINE_bool(
+    'run', False, 'Run the commands one after another.', flag_values=fv
+  )
+  flags.DEFINE_bool(
+    'dry', False, 'Only print the commands; write nothing.', flag_values=fv
+  )
 
 
 def _usage_error(message: str) -> NoReturn:
-  print(f"launch/sweep.py: error: {message}", file=sys.stderr)
+  print(f'launch/sweep.py: error: {message}', file=sys.stderr)
   raise SystemExit(2)
 
 
@@ -284,49 +409,65 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = flags.FlagValues()
   _define_flags(args)
   argv = list(sys.argv[1:] if argv is None else argv)
-  if "--help" in argv or "-h" in argv:
-    print(__doc__ + "\n" + args.get_help())
+  if '--help' in argv or '-h' in argv:
+    print(__doc__ + '\n' + args.get_help())
     return 0
   try:
-    args(["launch/sweep.py"] + argv)
+    args(['launch/sweep.py'] + argv)
   except flags.Error as e:
     _usage_error(str(e))
   if args.run and args.dry:
-    _usage_error("--run and --dry exclude each other.")
+    _usage_error('--run and --dry exclude each other.')
   if args.steps is not None and args.steps < 1:
-    _usage_error(f"--steps={args.steps} must be at least 1.")
+    _usage_error(f'--steps={args.steps} must be at least 1.')
   try:
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   except ValueError:
-    _usage_error(f"--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1.")
+    _usage_error(
+      f'--seeds={args.seeds!r} must be comma-separated integers, e.g. 0,1.'
+    )
   if not seeds:
-    _usage_error("--seeds is empty.")
+    _usage_error('--seeds is empty.')
   config = os.path.abspath(os.path.expanduser(args.config))
   if not os.path.isfile(config):
-    _usage_error(f"--config={args.config}: no such file.")
-  studies = list(STUDIES) if args.study == "all" else [args.study]
+    _usage_error(f'--config={args.config}: no such file.')
+  studies = list(STUDIES) if args.study == 'all' else [args.study]
   try:
-    runs, entries = plan(studies=studies, seeds=seeds, steps=args.steps, workroot=args.workroot,
-                         eval_overrides=_parse_eval_overrides(args))
+    runs, entries = plan(
+      studies=studies,
+      seeds=seeds,
+      steps=args.steps,
+      workroot=args.workroot,
+      eval_overrides=_parse_eval_overrides(args),
+    )
   except ValueError as e:
     _usage_error(str(e))
   for run in runs:
-    print(shlex.join(run.command(config=config, python="python")))
-  trainings = sum(r.mode == "train" for r in runs)
-  print(f"# {len(runs)} runs: {trainings} trainings, {len(runs) - trainings} evaluations.")
+    print(shlex.join(run.command(config=config, python='python')))
+  trainings = sum(r.mode == 'train' for r in runs)
+  print(
+    f'# {len(runs)} runs: {trainings} trainings, {len(runs) - trainings} evaluations.'
+  )
   if args.dry:
     return 0
-  manifest = write_plan(runs=runs, entries=entries, workroot=args.workroot, config=config,
-                        args={name: args[name].value for name in args})
-  print(f"# plan written to {manifest}")
+  manifest = write_plan(
+    runs=runs,
+    entries=entries,
+    workroot=args.workroot,
+    config=config,
+    args={name: args[name].value for name in args},
+  )
+  print(f'# plan written to {manifest}')
   if not args.run:
     return 0
   status = execute(runs, config=config, workroot=args.workroot)
-  bad = {k: v for k, v in status.items() if v not in ("done", "ok")}
-  print(f"# {len(status) - len(bad)} of {len(status)} runs have results"
-        + (f"; not finished: {bad}" if bad else "."))
+  bad = {k: v for k, v in status.items() if v not in ('done', 'ok')}
+  print(
+    f'# {len(status) - len(bad)} of {len(status)} runs have results'
+    + (f'; not finished: {bad}' if bad else '.')
+  )
   return 1 if bad else 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

@@ -8,49 +8,62 @@ import collections
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(REPO, "..", "shared")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+SHARED = os.path.join(REPO, '..', 'shared')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', os.path.join(REPO, '.pytest_cache', 'jax_cache')
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The authors' recorded network/loss numbers (SPEC §2a) and the small network they were recorded on.
-REFERENCE = os.path.join(SHARED, "data", "reference", "official_reference.npz")
-SMALL = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 1),
-             num_middle_blocks=2, attention_levels=(-1,), num_heads=4, image_channels=3)
+REFERENCE = os.path.join(SHARED, 'data', 'reference', 'official_reference.npz')
+SMALL = dict(
+  base_channels=32,
+  channel_mult=(1, 2, 2),
+  num_res_blocks=(1, 2, 1),
+  num_middle_blocks=2,
+  attention_levels=(-1,),
+  num_heads=4,
+  image_channels=3,
+)
 needs_reference = pytest.mark.skipif(
-    not os.path.exists(REFERENCE), reason=f"{REFERENCE} missing (CI keeps shared/ beside the checkout).")
+  not os.path.exists(REFERENCE),
+  reason=f'{REFERENCE} missing (CI keeps shared/ beside the checkout).',
+)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def reference():
   with np.load(REFERENCE) as data:
     return {k: data[k] for k in data.files}
 
 
-TinyData = collections.namedtuple("TinyData", ["data_dir", "name"])
+TinyData = collections.namedtuple('TinyData', ['data_dir', 'name'])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def tiny_synthetic(tmp_path_factory) -> TinyData:
   """synthetic_lesions/32 with 64 train, 8 validation and 8 test examples, built once per session."""
   from tfds_lidc import build  # pylint: disable=g-import-not-at-top
 
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  report = build.build("synthetic_lesions/32", data_dir,
-                       overrides={"num_train": 64, "num_validation": 8, "num_test": 8},
-                       log=lambda *a: None)
-  return TinyData(data_dir, report["dataset"])
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  report = build.build(
+    'synthetic_lesions/32',
+    data_dir,
+    overrides={'num_train': 64, 'num_validation': 8, 'num_test': 8},
+    log=lambda *a: None,
+  )
+  return TinyData(data_dir, report['dataset'])
 
 
 def tiny_config(data: TinyData, **overrides):
   """The quickstart's ':smoke' config on the tiny data set, with `overrides` ('a.b': value)."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
 
-  config = quickstart.get_config("smoke")
+  config = quickstart.get_config('smoke')
   config.dataset.name = data.name
   config.dataset.data_dir = data.data_dir
   config.batch_size = 4
@@ -59,7 +72,7 @@ def tiny_config(data: TinyData, **overrides):
   config.async_checkpointing = False
   for key, value in overrides.items():
     node = config
-    *parents, leaf = key.split(".")
+    *parents, leaf = key.split('.')
     for p in parents:
       node = node[p]
     node[leaf] = value
@@ -68,8 +81,15 @@ def tiny_config(data: TinyData, **overrides):
 
 def config_flags(data: TinyData, **overrides) -> list[str]:
   """Command-line flags giving the same config as `tiny_config(data, **overrides)`."""
-  values = {"dataset.name": data.name, "dataset.data_dir": data.data_dir, "batch_size": 4,
-            "validation.every_steps": 0, "evaluate_after_training": False, "async_checkpointing": False}
+  values = {
+    'dataset.name': data.name,
+    'dataset.data_dir': data.data_dir,
+    'batch_size': 4,
+    'validation.every_steps': 0,
+    'evaluate_after_training': False,
+    'async_checkpointing': False,
+  }
   values.update(overrides)
-  return ["--config=" + os.path.join(REPO, "configs", "quickstart.py") + ":smoke"] + [
-      f"--config.{k}={v}" for k, v in values.items()]
+  return [
+    '--config=' + os.path.join(REPO, 'configs', 'quickstart.py') + ':smoke'
+  ] + [f'--config.{k}={v}' for k, v in values.items()]

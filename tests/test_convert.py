@@ -1,23 +1,24 @@
 """Tests for diffseg_jax.convert: parity with the authors' network and the CLI."""
 
-import os
-
 from absl.testing import flagsaver
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import numpy as np
 import pytest
 
 from diffseg_jax import convert
 from diffseg_jax.models import unet
-
-from tests.conftest import REFERENCE, SMALL, needs_reference, reference  # pylint: disable=unused-import
+from tests.conftest import needs_reference  # pylint: disable=unused-import
+from tests.conftest import SMALL  # pylint: disable=unused-import
 
 
 def _state_dict(reference):
-  return {k[len('weights/'):]: v for k, v in reference.items()
-          if k.startswith('weights/')}
+  return {
+    k[len('weights/') :]: v
+    for k, v in reference.items()
+    if k.startswith('weights/')
+  }
 
 
 def _nhwc(a):
@@ -28,13 +29,17 @@ def _nhwc(a):
 @pytest.mark.parametrize('prediction', ['x', 'v', 'eps'])
 def test_parity_with_authors_network(reference, prediction):
   config = unet.UNetConfig(
-      **SMALL, output_activation='tanh' if prediction == 'x' else 'identity')
+    **SMALL, output_activation='tanh' if prediction == 'x' else 'identity'
+  )
   params = convert.convert_state_dict(_state_dict(reference), config)
   model = nnx.eval_shape(lambda: unet.UNet(config, rngs=nnx.Rngs(0)))
   nnx.update(model, params)
   out = nnx.jit(lambda m, z, t, i: m(z, t, i))(
-      model, _nhwc(reference['loss/x/uniform/plain/x_t']),
-      jnp.asarray(reference['inputs/t']), _nhwc(reference['inputs/image']))
+    model,
+    _nhwc(reference['loss/x/uniform/plain/x_t']),
+    jnp.asarray(reference['inputs/t']),
+    _nhwc(reference['inputs/image']),
+  )
   want = reference[f'net/{prediction}/output'].transpose(0, 2, 3, 1)
   assert out.shape == want.shape
   assert np.max(np.abs(np.asarray(out) - want)) <= 1e-6
@@ -45,36 +50,63 @@ def test_parity_with_authors_network(reference, prediction):
 def test_every_reference_weight_is_used_and_transposed(reference):
   state_dict = _state_dict(reference)
   params = nnx.to_pure_dict(
-      convert.convert_state_dict(state_dict, unet.UNetConfig(**SMALL)))
+    convert.convert_state_dict(state_dict, unet.UNetConfig(**SMALL))
+  )
   n_params = sum(np.size(x) for x in jax.tree.leaves(params))
   assert n_params == sum(np.size(v) for v in state_dict.values())
   torch_conv = state_dict['input_blocks.3.0.in_layers.2.weight']  # [o,i,h,w]
   ours = params['input_blocks'][3][0]['in_conv']['kernel']  # [h,w,i,o]
   assert ours[2, 0, 5, 7] == torch_conv[7, 5, 2, 0]
   torch_qkv = state_dict['input_blocks.6.1.qkv.weight']  # [o, i, 1]
-  assert params['input_blocks'][6][1]['qkv']['kernel'][0, 0, 3, 100] == (
-      torch_qkv[100, 3, 0])
+  assert (
+    params['input_blocks'][6][1]['qkv']['kernel'][0, 0, 3, 100]
+    == (torch_qkv[100, 3, 0])
+  )
   torch_linear = state_dict['time_embed.2.weight']  # [o, i]
   assert params['time_embed']['linear_2']['kernel'][1, 9] == torch_linear[9, 1]
-  np.testing.assert_array_equal(params['out_norm']['scale'],
-                                state_dict['out.1.weight'])
+  np.testing.assert_array_equal(
+    params['out_norm']['scale'], state_dict['out.1.weight']
+  )
 
 
 def test_torch_name_to_path():
   assert convert.torch_name_to_path('input_blocks.6.1.qkv.weight') == (
-      'input_blocks', 6, 1, 'qkv', 'kernel')
+    'input_blocks',
+    6,
+    1,
+    'qkv',
+    'kernel',
+  )
   assert convert.torch_name_to_path('input_blocks.0.0.bias') == (
-      'input_blocks', 0, 0, 'bias')
+    'input_blocks',
+    0,
+    0,
+    'bias',
+  )
   assert convert.torch_name_to_path('middle_block.0.in_layers.0.weight') == (
-      'middle_block', 0, 'in_norm', 'scale')
+    'middle_block',
+    0,
+    'in_norm',
+    'scale',
+  )
   assert convert.torch_name_to_path('output_blocks.4.1.conv.weight') == (
-      'output_blocks', 4, 1, 'conv', 'kernel')
+    'output_blocks',
+    4,
+    1,
+    'conv',
+    'kernel',
+  )
   assert convert.torch_name_to_path('out.1.weight') == ('out_norm', 'scale')
   assert convert.torch_name_to_path('out.3.weight') == ('out_conv', 'kernel')
   assert convert.torch_name_to_path('time_embed.0.weight') == (
-      'time_embed', 'linear_0', 'kernel')
+    'time_embed',
+    'linear_0',
+    'kernel',
+  )
   assert convert.torch_name_to_path('label_emb.weight') is None
-  assert convert.torch_name_to_path('input_blocks.1.0.in_layers.1.weight') is None
+  assert (
+    convert.torch_name_to_path('input_blocks.1.0.in_layers.1.weight') is None
+  )
 
 
 @needs_reference
@@ -89,7 +121,9 @@ def test_bad_state_dicts_name_the_keys(reference):
   assert 'middle_block/1/qkv/bias' in str(e.value)
   assert 'label_emb.weight' in str(e.value)
   grey = unet.UNetConfig(**dict(SMALL, image_channels=1))
-  with pytest.raises(ValueError, match=r'(?s)input_blocks\.0\.0\.weight.*image_channels=3'):
+  with pytest.raises(
+    ValueError, match=r'(?s)input_blocks\.0\.0\.weight.*image_channels=3'
+  ):
     convert.convert_state_dict(state_dict, grey)
 
 
@@ -101,28 +135,34 @@ def test_pickled_objects_need_allow_pickle(tmp_path):
   plain = str(tmp_path / 'plain.pt')
   torch.save({'model': weights}, plain)
   loaded = convert.load_torch_state_dict(plain)
-  np.testing.assert_array_equal(loaded['input_blocks.0.0.bias'], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(
+    loaded['input_blocks.0.0.bias'], [0.0, 1.0, 2.0]
+  )
 
   pickled = str(tmp_path / 'pickled.pt')
   torch.save({'model': weights, 'args': argparse.Namespace(lr=1e-4)}, pickled)
   with pytest.raises(ValueError, match='--allow_pickle'):
     convert.load_torch_state_dict(pickled)
   loaded = convert.load_torch_state_dict(pickled, allow_pickle=True)
-  np.testing.assert_array_equal(loaded['input_blocks.0.0.bias'], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(
+    loaded['input_blocks.0.0.bias'], [0.0, 1.0, 2.0]
+  )
 
 
 def test_missing_torch_says_how_to_install(tmp_path):
   try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+
     pytest.skip('torch is installed')
   except ImportError:
     pass
-  (tmp_path / 'model.pt').write_bytes(b'')  # A missing file is reported as missing first.
+  # A missing file is reported as missing first.
+  (tmp_path / 'model.pt').write_bytes(b'')
   with pytest.raises(ImportError, match='pip install torch'):
     convert.load_torch_state_dict(str(tmp_path / 'model.pt'))
 
 
-CONFIG_FILE = '''
+CONFIG_FILE = """
 from configs import default
 def get_config():
   config = default.get_config()
@@ -135,7 +175,7 @@ def get_config():
   config.diffusion.prediction = 'v'
   config.dataset.image_preprocessing = '%s'
   return config
-'''
+"""
 
 
 @needs_reference
@@ -152,29 +192,45 @@ def test_cli_converts_npz_and_saves_params(reference, tmp_path, monkeypatch):
     return directory
 
   from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(checkpoint, 'save_params', fake_save_params)
-  argv = ['convert', f'--npz={npz}', f'--config={config_path}',
-          f'--out={tmp_path / "out"}']
+  argv = [
+    'convert',
+    f'--npz={npz}',
+    f'--config={config_path}',
+    f'--out={tmp_path / "out"}',
+  ]
   with flagsaver.flagsaver():
     convert.flags.FLAGS.unparse_flags()
     convert.flags.FLAGS(argv)
     convert.main(argv[:1])
-  assert saved['directory'] == str(tmp_path / 'out' / 'checkpoints') and saved['step'] == 0
+  assert (
+    saved['directory'] == str(tmp_path / 'out' / 'checkpoints')
+    and saved['step'] == 0
+  )
   params = saved['params']
   np.testing.assert_array_equal(
-      params['input_blocks'][0][0]['kernel'],
-      state_dict['input_blocks.0.0.weight'].transpose(2, 3, 1, 0))
+    params['input_blocks'][0][0]['kernel'],
+    state_dict['input_blocks.0.0.weight'].transpose(2, 3, 1, 0),
+  )
   assert 'image_channels=3' in saved['meta']['unet_config']
   assert "output_activation='identity'" in saved['meta']['unet_config']
 
 
 @needs_reference
-def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path, capsys):
+def test_cli_refuses_grey_config_for_rgb_checkpoint(
+  reference, tmp_path, capsys
+):
   npz = tmp_path / 'sd.npz'
   np.savez(npz, **_state_dict(reference))
   config_path = tmp_path / 'config.py'
   config_path.write_text(CONFIG_FILE % 'grey')
-  argv = ['convert', f'--npz={npz}', f'--config={config_path}', f'--out={tmp_path / "out"}']
+  argv = [
+    'convert',
+    f'--npz={npz}',
+    f'--config={config_path}',
+    f'--out={tmp_path / "out"}',
+  ]
   with flagsaver.flagsaver():
     convert.flags.FLAGS.unparse_flags()
     convert.flags.FLAGS(argv)
@@ -187,6 +243,7 @@ def test_cli_refuses_grey_config_for_rgb_checkpoint(reference, tmp_path, capsys)
 @needs_reference
 def test_cli_output_restores_with_checkpoint_module(reference, tmp_path):
   from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   state_dict = _state_dict(reference)
   config = unet.UNetConfig(**SMALL)
   params = nnx.to_pure_dict(convert.convert_state_dict(state_dict, config))

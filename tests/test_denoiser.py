@@ -24,24 +24,31 @@ from diffseg_jax import errors
 def test_imagenet_rgb_matches_float64_reference():
   rng = np.random.default_rng(0)
   levels = np.arange(256) / 255.0
-  values = np.concatenate([levels, levels + 0.4 / 255, rng.random(200), [-0.3, 1.7]])
+  values = np.concatenate(
+    [levels, levels + 0.4 / 255, rng.random(200), [-0.3, 1.7]]
+  )
   image = values.astype(np.float32).reshape(1, -1, 1, 1)
   got = np.asarray(denoiser.network_image(image, preprocessing='imagenet_rgb'))
 
   x = np.float64(image)
   quantised = np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0
-  want = (np.repeat(quantised, 3, axis=-1) - np.array([0.485, 0.456, 0.406])) / np.array(
-      [0.229, 0.224, 0.225])
+  want = (
+    np.repeat(quantised, 3, axis=-1) - np.array([0.485, 0.456, 0.406])
+  ) / np.array([0.229, 0.224, 0.225])
   assert got.shape == (1, values.size, 1, 3) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
   # Pixel 255/255 is white in every channel: (1 - mean) / std.
-  np.testing.assert_allclose(got[0, 255, 0], (1 - np.array(denoiser.IMAGENET_MEAN))
-                             / np.array(denoiser.IMAGENET_STD), atol=2e-6)
+  np.testing.assert_allclose(
+    got[0, 255, 0],
+    (1 - np.array(denoiser.IMAGENET_MEAN)) / np.array(denoiser.IMAGENET_STD),
+    atol=2e-6,
+  )
 
 
 def test_grey_is_the_image_and_unknown_names_fail():
   image = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4, 1)
-  np.testing.assert_array_equal(np.asarray(denoiser.network_image(image, preprocessing='grey')),
-                                image)
+  np.testing.assert_array_equal(
+    np.asarray(denoiser.network_image(image, preprocessing='grey')), image
+  )
   with pytest.raises(errors.ConfigError, match='image_preprocessing'):
     denoiser.network_image(image, preprocessing='rgb')

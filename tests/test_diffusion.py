@@ -103,15 +103,18 @@ def test_logsnr_schedule_matches_float64_reference(name, b):
   t = _rand_t(64, seed=1)
   ref, dref = _ref_logsnr_and_derivative(t, name, b)
   with jax.enable_x64(True):
-    got = np.asarray(dfn.logsnr_schedule(jnp.asarray(t), schedule=name,
-                                         input_scale=b))
-    dgot = np.asarray(dfn.dlogsnr_dt(jnp.asarray(t), schedule=name,
-                                     input_scale=b))
+    got = np.asarray(
+      dfn.logsnr_schedule(jnp.asarray(t), schedule=name, input_scale=b)
+    )
+    dgot = np.asarray(
+      dfn.dlogsnr_dt(jnp.asarray(t), schedule=name, input_scale=b)
+    )
   assert got.dtype == np.float64
   np.testing.assert_allclose(got, ref, atol=2e-7, rtol=0)
   np.testing.assert_allclose(dgot, np.minimum(dref, 0), rtol=1e-6, atol=1e-3)
-  got32 = np.asarray(dfn.logsnr_schedule(t.astype(np.float32), schedule=name,
-                                         input_scale=b))
+  got32 = np.asarray(
+    dfn.logsnr_schedule(t.astype(np.float32), schedule=name, input_scale=b)
+  )
   assert got32.dtype == np.float32
   # float32 error grows where logSNR is steep in t (near the ends).
   np.testing.assert_allclose(got32, ref, atol=2e-3, rtol=1e-5)
@@ -122,11 +125,19 @@ def test_logsnr_schedule_matches_float64_reference(name, b):
 def test_endpoints_exact(name, b):
   for dtype in (np.float32, np.float64):
     with jax.enable_x64(dtype == np.float64):
-      ends = np.asarray(dfn.logsnr_schedule(jnp.asarray([0.0, 1.0], dtype),
-                                            schedule=name, input_scale=b))
+      ends = np.asarray(
+        dfn.logsnr_schedule(
+          jnp.asarray([0.0, 1.0], dtype), schedule=name, input_scale=b
+        )
+      )
     assert ends[0] == 20.0 and ends[1] == -20.0, (dtype, ends)
-  ends = dfn.logsnr_schedule(jnp.asarray([0.0, 1.0]), schedule=name,
-                             input_scale=b, logsnr_min=-7.0, logsnr_max=11.0)
+  ends = dfn.logsnr_schedule(
+    jnp.asarray([0.0, 1.0]),
+    schedule=name,
+    input_scale=b,
+    logsnr_min=-7.0,
+    logsnr_max=11.0,
+  )
   np.testing.assert_array_equal(np.asarray(ends), [11.0, -7.0])
 
 
@@ -150,20 +161,28 @@ def test_input_scaling_shifts_unmapped_logsnr_by_2lnb(name, b):
 def test_alpha_sigma_and_derivative_against_autodiff():
   t = np.linspace(0.02, 0.98, 25)
   with jax.enable_x64(True):
-    lg = dfn.logsnr_schedule(jnp.asarray(t), schedule='linear',
-                             input_scale=0.3)
+    lg = dfn.logsnr_schedule(jnp.asarray(t), schedule='linear', input_scale=0.3)
     alpha, sigma = dfn.alpha_sigma(lg)
-    grad = jax.jit(jax.vmap(jax.grad(functools.partial(
-        dfn.logsnr_schedule, schedule='linear', input_scale=0.3))))(
-            jnp.asarray(t))
+    grad = jax.jit(
+      jax.vmap(
+        jax.grad(
+          functools.partial(
+            dfn.logsnr_schedule, schedule='linear', input_scale=0.3
+          )
+        )
+      )
+    )(jnp.asarray(t))
     deriv = dfn.dlogsnr_dt(jnp.asarray(t), schedule='linear', input_scale=0.3)
   lg = np.asarray(lg)
-  np.testing.assert_allclose(np.asarray(alpha), np.sqrt(_sigmoid(lg)),
-                             rtol=1e-12)
-  np.testing.assert_allclose(np.asarray(sigma), np.sqrt(_sigmoid(-lg)),
-                             rtol=1e-12)
-  np.testing.assert_allclose(np.asarray(alpha)**2 + np.asarray(sigma)**2, 1,
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    np.asarray(alpha), np.sqrt(_sigmoid(lg)), rtol=1e-12
+  )
+  np.testing.assert_allclose(
+    np.asarray(sigma), np.sqrt(_sigmoid(-lg)), rtol=1e-12
+  )
+  np.testing.assert_allclose(
+    np.asarray(alpha) ** 2 + np.asarray(sigma) ** 2, 1, rtol=1e-12
+  )
   np.testing.assert_allclose(np.asarray(deriv), np.asarray(grad), rtol=1e-10)
   assert np.all(np.asarray(deriv) < 0)
 
@@ -175,10 +194,16 @@ def test_schedule_gradients_finite_everywhere():
   def derivatives(t):
     out = {}
     for name in SCHEDULE_NAMES:
-      out[name] = (dfn.dlogsnr_dt(t, schedule=name, input_scale=0.1),
-                   jax.vmap(jax.grad(functools.partial(
-                       dfn.logsnr_schedule, schedule=name,
-                       input_scale=0.1)))(t))
+      out[name] = (
+        dfn.dlogsnr_dt(t, schedule=name, input_scale=0.1),
+        jax.vmap(
+          jax.grad(
+            functools.partial(
+              dfn.logsnr_schedule, schedule=name, input_scale=0.1
+            )
+          )
+        )(t),
+      )
     return out
 
   for name, (d, g) in derivatives(t).items():
@@ -228,23 +253,24 @@ def test_conversions_float64():
     x_, eps_, lg_ = (jnp.asarray(u) for u in (x, eps, logsnr))
     z_, v_ = jnp.asarray(z), jnp.asarray(v)
     got = dict(
-        z=dfn.diffuse(x=x_, eps=eps_, logsnr=lg_),
-        x_from_eps=dfn.predict_x_from_eps(z=z_, eps=eps_, logsnr=lg_),
-        eps_from_x=dfn.predict_eps_from_x(z=z_, x=x_, logsnr=lg_),
-        x_from_v=dfn.predict_x_from_v(z=z_, v=v_, logsnr=lg_),
-        v=dfn.predict_v_from_x_and_eps(x=x_, eps=eps_, logsnr=lg_),
-        px_x=dfn.predict_x(z=z_, output=x_, logsnr=lg_, prediction='x'),
-        px_eps=dfn.predict_x(z=z_, output=eps_, logsnr=lg_,
-                             prediction='eps'),
-        px_v=dfn.predict_x(z=z_, output=v_, logsnr=lg_, prediction='v'),
+      z=dfn.diffuse(x=x_, eps=eps_, logsnr=lg_),
+      x_from_eps=dfn.predict_x_from_eps(z=z_, eps=eps_, logsnr=lg_),
+      eps_from_x=dfn.predict_eps_from_x(z=z_, x=x_, logsnr=lg_),
+      x_from_v=dfn.predict_x_from_v(z=z_, v=v_, logsnr=lg_),
+      v=dfn.predict_v_from_x_and_eps(x=x_, eps=eps_, logsnr=lg_),
+      px_x=dfn.predict_x(z=z_, output=x_, logsnr=lg_, prediction='x'),
+      px_eps=dfn.predict_x(z=z_, output=eps_, logsnr=lg_, prediction='eps'),
+      px_v=dfn.predict_x(z=z_, output=v_, logsnr=lg_, prediction='v'),
     )
-  want = dict(z=z, x_from_eps=x, eps_from_x=eps, x_from_v=x, v=v, px_x=x,
-              px_eps=x, px_v=x)
+  want = dict(
+    z=z, x_from_eps=x, eps_from_x=eps, x_from_v=x, v=v, px_x=x, px_eps=x, px_v=x
+  )
   # Divisions by alpha or sigma ~ 4.5e-5 at |logSNR| = 20 amplify the
   # float64 rounding of z by up to 2.2e4.
   for key, value in want.items():
-    np.testing.assert_allclose(np.asarray(got[key]), value, atol=1e-10,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      np.asarray(got[key]), value, atol=1e-10, err_msg=key
+    )
 
 
 def test_conversions_float32_robust_at_extremes():
@@ -263,11 +289,22 @@ def test_conversions_float32_robust_at_extremes():
   np.testing.assert_allclose(np.asarray(x_hat)[2:], x[2:], atol=2e-3)
 
 
-@pytest.mark.parametrize('name', ['uniform', 'snr', 'SNR_plus1', 'snr_trunc',
-                                  'sigmoid_0', 'sigmoid_2', 'sigmoid_-1.5'])
+@pytest.mark.parametrize(
+  'name',
+  [
+    'uniform',
+    'snr',
+    'SNR_plus1',
+    'snr_trunc',
+    'sigmoid_0',
+    'sigmoid_2',
+    'sigmoid_-1.5',
+  ],
+)
 def test_weightings(name):
-  logsnr = np.concatenate([[-20.0, 0.0, 20.0],
-                           np.random.RandomState(5).uniform(-20, 20, 30)])
+  logsnr = np.concatenate(
+    [[-20.0, 0.0, 20.0], np.random.RandomState(5).uniform(-20, 20, 30)]
+  )
   with jax.enable_x64(True):
     got = np.asarray(dfn.get_weighting(name)(jnp.asarray(logsnr)))
   np.testing.assert_allclose(got, _ref_weight(name, logsnr), rtol=1e-12)
@@ -278,8 +315,12 @@ def test_weightings(name):
 @pytest.mark.parametrize('decoupled', [False, True])
 def test_loss_weight_decoupled(decoupled):
   t = np.random.RandomState(6).uniform(0, 1, 16)
-  cfg = dfn.DiffusionConfig(schedule='parabola', input_scale=0.3,
-                            weighting='sigmoid_2', decoupled=decoupled)
+  cfg = dfn.DiffusionConfig(
+    schedule='parabola',
+    input_scale=0.3,
+    weighting='sigmoid_2',
+    decoupled=decoupled,
+  )
   with jax.enable_x64(True):
     got = np.asarray(dfn.loss_weight(t=jnp.asarray(t), config=cfg))
   lg, dlg = _ref_logsnr_and_derivative(t, 'parabola', 0.3)
@@ -292,16 +333,19 @@ def test_mse_identities():
   x, eps, logsnr = _random_state(7)
   x_hat = np.random.RandomState(8).uniform(-1, 1, x.shape)
   with jax.enable_x64(True):
-    z = dfn.diffuse(x=jnp.asarray(x), eps=jnp.asarray(eps),
-                    logsnr=jnp.asarray(logsnr))
+    z = dfn.diffuse(
+      x=jnp.asarray(x), eps=jnp.asarray(eps), logsnr=jnp.asarray(logsnr)
+    )
     lg = jnp.asarray(logsnr)
     eps_hat = dfn.predict_eps_from_x(z=z, x=jnp.asarray(x_hat), logsnr=lg)
     a, s = _ab(logsnr)
-    v_hat = (a[:, None, None, None] * np.asarray(z) - x_hat) / s[:, None,
-                                                                  None, None]
-    v = dfn.predict_v_from_x_and_eps(x=jnp.asarray(x), eps=jnp.asarray(eps),
-                                     logsnr=lg)
-    mse = lambda a, b: np.mean((np.asarray(a) - np.asarray(b))**2, (1, 2, 3))
+    v_hat = (a[:, None, None, None] * np.asarray(z) - x_hat) / s[
+      :, None, None, None
+    ]
+    v = dfn.predict_v_from_x_and_eps(
+      x=jnp.asarray(x), eps=jnp.asarray(eps), logsnr=lg
+    )
+    mse = lambda a, b: np.mean((np.asarray(a) - np.asarray(b)) ** 2, (1, 2, 3))
     x_mse = mse(x_hat, x)
     snr = np.asarray(dfn.get_weighting('snr')(lg))
     snr1 = np.asarray(dfn.get_weighting('snr_plus1')(lg))
@@ -319,26 +363,28 @@ def test_stratified_time():
 
 
 def _linear_denoiser(z, t, image):
-  return jnp.tanh(0.7 * z + 0.3 * image[..., :1] - 0.2 * t[:, None, None,
-                                                              None])
+  return jnp.tanh(0.7 * z + 0.3 * image[..., :1] - 0.2 * t[:, None, None, None])
 
 
 def test_loss_matches_reference_and_jit():
   rs = np.random.RandomState(9)
   x0 = np.where(rs.rand(4, 8, 8, 1) > 0.5, 1.0, -1.0).astype(np.float32)
   image = rs.rand(4, 8, 8, 1).astype(np.float32)
-  cfg = dfn.DiffusionConfig(prediction='v', weighting='snr_trunc',
-                            decoupled=True)
+  cfg = dfn.DiffusionConfig(
+    prediction='v', weighting='snr_trunc', decoupled=True
+  )
   rng = jax.random.key(3)
-  losses, aux = dfn.loss(_linear_denoiser, x0=x0, image=image, rng=rng,
-                         config=cfg)
-  jitted = jax.jit(functools.partial(dfn.loss, _linear_denoiser,
-                                     config=cfg))
+  losses, aux = dfn.loss(
+    _linear_denoiser, x0=x0, image=image, rng=rng, config=cfg
+  )
+  jitted = jax.jit(functools.partial(dfn.loss, _linear_denoiser, config=cfg))
   losses_j, aux_j = jitted(x0=x0, image=image, rng=rng)
-  np.testing.assert_allclose(np.asarray(losses_j), np.asarray(losses),
-                             rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(aux_j['x0_hat']),
-                             np.asarray(aux['x0_hat']), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(losses_j), np.asarray(losses), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(aux_j['x0_hat']), np.asarray(aux['x0_hat']), atol=1e-6
+  )
   assert losses.shape == (4,) and losses.dtype == jnp.float32
   t = np.asarray(aux['t'], np.float64)
   assert np.all((t >= np.arange(4) / 4) & (t < np.arange(1, 5) / 4))
@@ -349,8 +395,9 @@ def test_loss_matches_reference_and_jit():
   s = np.sqrt(_sigmoid(-lg))[:, None, None, None]
   v_hat = np.tanh(0.7 * z + 0.3 * image - 0.2 * t[:, None, None, None])
   x_hat = a * z - s * v_hat
-  want = np.maximum(np.exp(lg), 1) * -dlg * np.mean((x_hat - x0)**2,
-                                                    (1, 2, 3))
+  want = (
+    np.maximum(np.exp(lg), 1) * -dlg * np.mean((x_hat - x0) ** 2, (1, 2, 3))
+  )
   np.testing.assert_allclose(np.asarray(losses), want, rtol=2e-4)
   eps_implied = (z - a * x0) / s
   assert np.std(eps_implied) > 0.5  # noise was really drawn
@@ -364,10 +411,12 @@ def test_loss_bfloat16_network_output():
   f32_fn = lambda z, t, im: bf16_fn(z, t, im).astype(jnp.float32)
   for pred in ('x', 'eps', 'v'):
     cfg = dfn.DiffusionConfig(prediction=pred)
-    l16, aux16 = dfn.loss(bf16_fn, x0=x0, image=image, rng=jax.random.key(0),
-                          config=cfg)
-    l32, _ = dfn.loss(f32_fn, x0=x0, image=image, rng=jax.random.key(0),
-                      config=cfg)
+    l16, aux16 = dfn.loss(
+      bf16_fn, x0=x0, image=image, rng=jax.random.key(0), config=cfg
+    )
+    l32, _ = dfn.loss(
+      f32_fn, x0=x0, image=image, rng=jax.random.key(0), config=cfg
+    )
     assert l16.dtype == jnp.float32 and aux16['x0_hat'].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(l16), np.asarray(l32))
 
@@ -380,10 +429,16 @@ def test_loss_logsnr_conditioning():
     return jnp.zeros_like(z)
 
   cfg = dfn.DiffusionConfig(conditioning='logsnr')
-  _, aux = dfn.loss(fn, x0=jnp.ones((3, 4, 4, 1)), image=jnp.ones((3, 4, 4, 1)),
-                    rng=jax.random.key(0), config=cfg)
-  np.testing.assert_array_equal(np.asarray(seen['time']),
-                                np.asarray(aux['logsnr']))
+  _, aux = dfn.loss(
+    fn,
+    x0=jnp.ones((3, 4, 4, 1)),
+    image=jnp.ones((3, 4, 4, 1)),
+    rng=jax.random.key(0),
+    config=cfg,
+  )
+  np.testing.assert_array_equal(
+    np.asarray(seen['time']), np.asarray(aux['logsnr'])
+  )
 
 
 # --------------------------------------------------------------------------
@@ -408,34 +463,52 @@ def test_ddpm_step_is_gaussian_posterior(variance):
   mean = e(a_ts * ss**2 / st**2) * z_t + e(as_ * var_ts / st**2) * x
   var = var_ts if variance == 'large' else var_ts * ss**2 / st**2
   with jax.enable_x64(True):
-    step = functools.partial(dfn.ddpm_step, z_t=jnp.asarray(z_t),
-                             x0_hat=jnp.asarray(x), logsnr_t=jnp.asarray(lt),
-                             logsnr_s=jnp.asarray(ls), variance=variance)
+    step = functools.partial(
+      dfn.ddpm_step,
+      z_t=jnp.asarray(z_t),
+      x0_hat=jnp.asarray(x),
+      logsnr_t=jnp.asarray(lt),
+      logsnr_s=jnp.asarray(ls),
+      variance=variance,
+    )
     m = np.asarray(step(noise=jnp.zeros_like(z_t)))
     m1 = np.asarray(step(noise=jnp.ones_like(z_t)))
   np.testing.assert_allclose(m, mean, rtol=1e-9, atol=1e-12)
-  np.testing.assert_allclose(m1 - m, np.broadcast_to(e(np.sqrt(var)),
-                                                     m.shape), rtol=1e-7)
+  np.testing.assert_allclose(
+    m1 - m, np.broadcast_to(e(np.sqrt(var)), m.shape), rtol=1e-7
+  )
 
 
 def test_ddim_and_dpm_steps_exact_for_oracle():
   """With x0_hat = x the deterministic steps map z_t(eps) to z_s(eps)."""
   rs = np.random.RandomState(12)
   x, eps = rs.uniform(-1, 1, (3, 4, 4, 1)), rs.randn(3, 4, 4, 1)
-  lt, ls, lp = (np.array([-20.0, -3.0, 5.0]), np.array([-10.0, 0.5, 20.0]),
-                np.array([-25.0, -6.0, 1.0]))
+  lt, ls, lp = (
+    np.array([-20.0, -3.0, 5.0]),
+    np.array([-10.0, 0.5, 20.0]),
+    np.array([-25.0, -6.0, 1.0]),
+  )
   at, st = _ab(lt)
   as_, ss = _ab(ls)
   e = lambda u: u[:, None, None, None]
   z_t = e(at) * x + e(st) * eps
   z_s = e(as_) * x + e(ss) * eps
   with jax.enable_x64(True):
-    ddim = dfn.ddim_step(z_t=jnp.asarray(z_t), x0_hat=jnp.asarray(x),
-                         logsnr_t=jnp.asarray(lt), logsnr_s=jnp.asarray(ls))
+    ddim = dfn.ddim_step(
+      z_t=jnp.asarray(z_t),
+      x0_hat=jnp.asarray(x),
+      logsnr_t=jnp.asarray(lt),
+      logsnr_s=jnp.asarray(ls),
+    )
     dpm = dfn.dpm_solver_pp_2m_step(
-        z_t=jnp.asarray(z_t), x0_hat=jnp.asarray(x), x0_prev=jnp.asarray(x),
-        logsnr_t=jnp.asarray(lt), logsnr_s=jnp.asarray(ls),
-        logsnr_prev=jnp.asarray(lp), first=False)
+      z_t=jnp.asarray(z_t),
+      x0_hat=jnp.asarray(x),
+      x0_prev=jnp.asarray(x),
+      logsnr_t=jnp.asarray(lt),
+      logsnr_s=jnp.asarray(ls),
+      logsnr_prev=jnp.asarray(lp),
+      first=False,
+    )
   np.testing.assert_allclose(np.asarray(ddim), z_s, atol=1e-9)
   np.testing.assert_allclose(np.asarray(dpm), z_s, atol=1e-9)
 
@@ -443,8 +516,11 @@ def test_ddim_and_dpm_steps_exact_for_oracle():
 def test_dpm_solver_2m_step_formula():
   rs = np.random.RandomState(13)
   z, x, xp = rs.randn(2, 3, 3, 1), rs.randn(2, 3, 3, 1), rs.randn(2, 3, 3, 1)
-  lt, ls, lp = np.array([-4.0, 2.0]), np.array([-1.0, 6.0]), np.array(
-      [-9.0, 0.0])
+  lt, ls, lp = (
+    np.array([-4.0, 2.0]),
+    np.array([-1.0, 6.0]),
+    np.array([-9.0, 0.0]),
+  )
   # DPM-Solver++(2M), Lu et al. 2022, Alg. 2, written in lambda = logSNR/2.
   lam_t, lam_s, lam_p = lt / 2, ls / 2, lp / 2
   h = lam_s - lam_t
@@ -457,16 +533,26 @@ def test_dpm_solver_2m_step_formula():
   want_first = e(ss / st) * z - e(as_ * (np.exp(-h) - 1)) * x
   with jax.enable_x64(True):
     step = functools.partial(
-        dfn.dpm_solver_pp_2m_step, z_t=jnp.asarray(z), x0_hat=jnp.asarray(x),
-        x0_prev=jnp.asarray(xp), logsnr_t=jnp.asarray(lt),
-        logsnr_s=jnp.asarray(ls), logsnr_prev=jnp.asarray(lp))
+      dfn.dpm_solver_pp_2m_step,
+      z_t=jnp.asarray(z),
+      x0_hat=jnp.asarray(x),
+      x0_prev=jnp.asarray(xp),
+      logsnr_t=jnp.asarray(lt),
+      logsnr_s=jnp.asarray(ls),
+      logsnr_prev=jnp.asarray(lp),
+    )
     got, got_first = step(first=False), step(first=True)
-    ddim = dfn.ddim_step(z_t=jnp.asarray(z), x0_hat=jnp.asarray(x),
-                         logsnr_t=jnp.asarray(lt), logsnr_s=jnp.asarray(ls))
+    ddim = dfn.ddim_step(
+      z_t=jnp.asarray(z),
+      x0_hat=jnp.asarray(x),
+      logsnr_t=jnp.asarray(lt),
+      logsnr_s=jnp.asarray(ls),
+    )
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10)
   np.testing.assert_allclose(np.asarray(got_first), want_first, rtol=1e-10)
-  np.testing.assert_allclose(np.asarray(got_first), np.asarray(ddim),
-                             rtol=1e-10)
+  np.testing.assert_allclose(
+    np.asarray(got_first), np.asarray(ddim), rtol=1e-10
+  )
 
 
 # --------------------------------------------------------------------------
@@ -497,26 +583,35 @@ def test_oracle_denoiser_reproduces_x0(name, prediction):
     return dfn.predict_v_from_x_and_eps(x=im, eps=eps, logsnr=lg)
 
   sampler = dfn.SamplerConfig(name=name, num_steps=7)
-  masks, soft = dfn.sample(oracle, image=image, rng=jax.random.key(0),
-                           num_samples=3, diffusion=diffusion,
-                           sampler=sampler, return_soft=True)
+  masks, soft = dfn.sample(
+    oracle,
+    image=image,
+    rng=jax.random.key(0),
+    num_samples=3,
+    diffusion=diffusion,
+    sampler=sampler,
+    return_soft=True,
+  )
   assert masks.shape == (2, 3, 8, 8) and masks.dtype == jnp.bool_
   assert soft.shape == (2, 3, 8, 8) and soft.dtype == jnp.float32
   want = np.broadcast_to(x0[:, None, ..., 0] > 0, (2, 3, 8, 8))
   np.testing.assert_array_equal(np.asarray(masks), want)
   # x-prediction is exact; eps/v go through 1/alpha, 1/sigma in float32.
-  np.testing.assert_allclose(np.asarray(soft),
-                             np.where(want, 1.0, -1.0), atol=1e-2)
+  np.testing.assert_allclose(
+    np.asarray(soft), np.where(want, 1.0, -1.0), atol=1e-2
+  )
   assert calls == [(6, 8, 8, 1)]  # traced once, one batched call per step
 
 
 # Three 4x4 masks with known probabilities.
 _MIX_PROBS = np.array([0.5, 0.3, 0.2])
-_MIX_MASKS = np.stack([
+_MIX_MASKS = np.stack(
+  [
     -np.ones((4, 4)),
     np.where(np.arange(16).reshape(4, 4) < 8, 1.0, -1.0),
     np.where(np.add.outer(np.arange(4), np.arange(4)) % 2 == 0, 1.0, -1.0),
-])
+  ]
+)
 
 
 def _mixture_denoiser(diffusion):
@@ -538,11 +633,17 @@ def _mixture_denoiser(diffusion):
 
 def _mixture_frequencies(name, num_steps, n=2000, seed=0, variance='large'):
   diffusion = dfn.DiffusionConfig()
-  sampler = dfn.SamplerConfig(name=name, num_steps=num_steps,
-                              variance=variance)
-  run = jax.jit(lambda rng: dfn.sample(
-      _mixture_denoiser(diffusion), image=jnp.zeros((1, 4, 4, 1)), rng=rng,
-      num_samples=n, diffusion=diffusion, sampler=sampler))
+  sampler = dfn.SamplerConfig(name=name, num_steps=num_steps, variance=variance)
+  run = jax.jit(
+    lambda rng: dfn.sample(
+      _mixture_denoiser(diffusion),
+      image=jnp.zeros((1, 4, 4, 1)),
+      rng=rng,
+      num_samples=n,
+      diffusion=diffusion,
+      sampler=sampler,
+    )
+  )
   masks = np.asarray(run(jax.random.key(seed)))[0].reshape(n, 16)
   target = _MIX_MASKS.reshape(3, 16) > 0
   match = (masks[:, None, :] == target[None]).all(-1)  # [n, 3]
@@ -585,8 +686,9 @@ def test_ddim_mixture_weights_and_bias():
 
 def _mixture_x0_float64(z, t, lo=-20.0, hi=20.0):
   """The mixture denoiser's x0_hat in float64 numpy (z [K, 16], t scalar)."""
-  lg, _ = _ref_logsnr_and_derivative(np.asarray(t, np.float64), 'cosine', 0.1,
-                                     lo, hi)
+  lg, _ = _ref_logsnr_and_derivative(
+    np.asarray(t, np.float64), 'cosine', 0.1, lo, hi
+  )
   alpha, sigma = _ab(lg)
   masks = _MIX_MASKS.reshape(3, 16)
   logits = np.log(_MIX_PROBS) + alpha / sigma**2 * (z @ masks.T)
@@ -623,11 +725,18 @@ def test_ddim_few_steps_follows_float64_reference():
   """
   diffusion = dfn.DiffusionConfig()
   z_init = np.random.RandomState(16).randn(2000, 4, 4, 1)
-  got = np.asarray(jax.jit(lambda z: dfn.sample_loop(
-      _mixture_denoiser(diffusion), image=jnp.zeros((2000, 4, 4, 1)),
-      z_init=z, rng=jax.random.key(0), diffusion=diffusion,
-      sampler=dfn.SamplerConfig(name='ddim', num_steps=10)))(
-          jnp.asarray(z_init, jnp.float32))).reshape(2000, 16)
+  got = np.asarray(
+    jax.jit(
+      lambda z: dfn.sample_loop(
+        _mixture_denoiser(diffusion),
+        image=jnp.zeros((2000, 4, 4, 1)),
+        z_init=z,
+        rng=jax.random.key(0),
+        diffusion=diffusion,
+        sampler=dfn.SamplerConfig(name='ddim', num_steps=10),
+      )
+    )(jnp.asarray(z_init, jnp.float32))
+  ).reshape(2000, 16)
   want = _ref_ddim_loop(_mixture_x0_float64, z_init.reshape(2000, 16), 10)
   clear = np.all(np.abs(want) > 1e-3, axis=-1)
   assert clear.mean() > 0.9
@@ -652,6 +761,7 @@ def test_ddim_both_eps_forms_against_float64(prediction):
     return (z - s * out) / a if prediction == 'eps' else a * z - s * out
 
   diffusion = dfn.DiffusionConfig(prediction=prediction)
+
   def net(z, t, image):
     del image
     return _toy_output(z, t[:, None, None, None], prediction)
@@ -659,9 +769,16 @@ def test_ddim_both_eps_forms_against_float64(prediction):
   results = {}
   for form in dfn.DDIM_EPS:
     sampler = dfn.SamplerConfig(name='ddim', num_steps=6, ddim_eps=form)
-    got = np.asarray(dfn.sample_loop(
-        net, image=jnp.zeros_like(z_init), z_init=z_init,
-        rng=jax.random.key(0), diffusion=diffusion, sampler=sampler))
+    got = np.asarray(
+      dfn.sample_loop(
+        net,
+        image=jnp.zeros_like(z_init),
+        z_init=z_init,
+        rng=jax.random.key(0),
+        diffusion=diffusion,
+        sampler=sampler,
+      )
+    )
     want = _ref_ddim_loop(x0_fn, z_init, 6, ddim_eps=form)
     # float32 logSNR near the ends is off by up to 2e-3 (schedule test).
     np.testing.assert_allclose(got, want, atol=2e-3, err_msg=form)
@@ -680,22 +797,42 @@ def test_sample_loop_compiles_once_for_any_step_count():
   diffusion = dfn.DiffusionConfig()
   sampler = dfn.SamplerConfig(name='ddpm', num_steps=10)
   image = jnp.asarray(np.random.RandomState(18).rand(2, 6, 6, 1), jnp.float32)
-  run = jax.jit(lambda im, n: dfn.sample(
-      net, image=im, rng=jax.random.key(5), num_samples=3,
-      diffusion=diffusion, sampler=sampler, return_soft=True, num_steps=n))
+  run = jax.jit(
+    lambda im, n: dfn.sample(
+      net,
+      image=im,
+      rng=jax.random.key(5),
+      num_samples=3,
+      diffusion=diffusion,
+      sampler=sampler,
+      return_soft=True,
+      num_steps=n,
+    )
+  )
   for num_steps in (3, 7, 10):
     _, soft = run(image, num_steps)
     static = dfn.sample(
-        net, image=image, rng=jax.random.key(5), num_samples=3,
-        diffusion=diffusion, return_soft=True,
-        sampler=dfn.SamplerConfig(name='ddpm', num_steps=num_steps))[1]
-    np.testing.assert_allclose(np.asarray(soft), np.asarray(static),
-                               atol=1e-6)
+      net,
+      image=image,
+      rng=jax.random.key(5),
+      num_samples=3,
+      diffusion=diffusion,
+      return_soft=True,
+      sampler=dfn.SamplerConfig(name='ddpm', num_steps=num_steps),
+    )[1]
+    np.testing.assert_allclose(np.asarray(soft), np.asarray(static), atol=1e-6)
   eager_traces = 3
   assert len(traces) == 1 + eager_traces, traces
   with pytest.raises(ValueError, match='num_steps must be >= 1'):
-    dfn.sample(net, image=image, rng=jax.random.key(5), num_samples=1,
-               diffusion=diffusion, sampler=sampler, num_steps=0)
+    dfn.sample(
+      net,
+      image=image,
+      rng=jax.random.key(5),
+      num_samples=1,
+      diffusion=diffusion,
+      sampler=sampler,
+      num_steps=0,
+    )
 
 
 def test_sample_loop_dispatches_through_samplers(monkeypatch):
@@ -707,10 +844,13 @@ def test_sample_loop_dispatches_through_samplers(monkeypatch):
 
   monkeypatch.setitem(dfn.SAMPLERS, 'ddim', fake)
   out = dfn.sample_loop(
-      lambda z, t, im: jnp.full_like(z, 3.0), image=jnp.zeros((2, 3, 3, 1)),
-      z_init=jnp.zeros((2, 3, 3, 1)), rng=jax.random.key(0),
-      diffusion=dfn.DiffusionConfig(),
-      sampler=dfn.SamplerConfig(name='ddim', num_steps=4))
+    lambda z, t, im: jnp.full_like(z, 3.0),
+    image=jnp.zeros((2, 3, 3, 1)),
+    z_init=jnp.zeros((2, 3, 3, 1)),
+    rng=jax.random.key(0),
+    diffusion=dfn.DiffusionConfig(),
+    sampler=dfn.SamplerConfig(name='ddim', num_steps=4),
+  )
   assert seen == [((2, 3, 3, 1), 'ddim')]  # traced once in the loop body
   np.testing.assert_array_equal(np.asarray(out), 1.0)  # tanh-free x: clipped
 
@@ -721,11 +861,18 @@ def test_deterministic_samplers_solve_the_same_ode():
   fn = _mixture_denoiser(diffusion)
 
   def run(name, steps):
-    return np.asarray(jax.jit(lambda rng: dfn.sample(
-        fn, image=jnp.zeros((1, 4, 4, 1)), rng=rng, num_samples=500,
-        diffusion=diffusion,
-        sampler=dfn.SamplerConfig(name=name, num_steps=steps)))(
-            jax.random.key(4)))
+    return np.asarray(
+      jax.jit(
+        lambda rng: dfn.sample(
+          fn,
+          image=jnp.zeros((1, 4, 4, 1)),
+          rng=rng,
+          num_samples=500,
+          diffusion=diffusion,
+          sampler=dfn.SamplerConfig(name=name, num_steps=steps),
+        )
+      )(jax.random.key(4))
+    )
 
   agree = (run('ddim', 100) == run('dpm_solver_pp_2m', 25)).all((-1, -2))
   assert agree.mean() > 0.99, agree.mean()
@@ -736,26 +883,38 @@ def test_sample_jit_matches_eager_and_dtypes():
   image = jnp.asarray(np.random.RandomState(15).rand(2, 8, 8, 1), jnp.float32)
 
   def net(z, t, im):
-    return (0.5 * z + 0.1 * im - 0.05 * t[:, None, None, None])
+    return 0.5 * z + 0.1 * im - 0.05 * t[:, None, None, None]
 
   def net_bf16(z, t, im):
     return net(z, t, im.astype(jnp.float32)).astype(jnp.bfloat16)
 
   for name in ('dpm_solver_pp_2m',):
     sampler = dfn.SamplerConfig(name=name, num_steps=5)
-    kw = dict(rng=jax.random.key(1), num_samples=4, diffusion=diffusion,
-              sampler=sampler, return_soft=True)
+    kw = dict(
+      rng=jax.random.key(1),
+      num_samples=4,
+      diffusion=diffusion,
+      sampler=sampler,
+      return_soft=True,
+    )
     m_e, s_e = dfn.sample(net, image=image, **kw)
-    m_j, s_j = jax.jit(lambda im: dfn.sample(net, image=im, **kw))(image)  # pylint: disable=cell-var-from-loop
+    m_j, s_j = jax.jit(lambda im, kw=kw: dfn.sample(net, image=im, **kw))(image)
     np.testing.assert_allclose(np.asarray(s_j), np.asarray(s_e), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(m_j), np.asarray(s_j) > 0)
     np.testing.assert_array_equal(np.asarray(m_e), np.asarray(s_e) > 0)
     assert np.all(np.abs(np.asarray(s_e)) <= 1.0)  # clipped
     assert not np.allclose(np.asarray(s_e)[:, 0], np.asarray(s_e)[:, 1])
-  m16, s16 = jax.jit(lambda im: dfn.sample(
-      net_bf16, image=im, rng=jax.random.key(1), num_samples=4,
-      diffusion=diffusion, sampler=dfn.SamplerConfig(name='ddim'),
-      return_soft=True))(image.astype(jnp.bfloat16))
+  m16, s16 = jax.jit(
+    lambda im: dfn.sample(
+      net_bf16,
+      image=im,
+      rng=jax.random.key(1),
+      num_samples=4,
+      diffusion=diffusion,
+      sampler=dfn.SamplerConfig(name='ddim'),
+      return_soft=True,
+    )
+  )(image.astype(jnp.bfloat16))
   assert m16.shape == (2, 4, 8, 8) and m16.dtype == jnp.bool_
   assert s16.dtype == jnp.float32
 
@@ -779,8 +938,9 @@ def _nhwc(a):
 
 def test_parity_schedules(reference):
   t = reference['schedule/t']
-  keys = [k for k in reference if k.startswith('schedule/') and
-          k.endswith('/logsnr')]
+  keys = [
+    k for k in reference if k.startswith('schedule/') and k.endswith('/logsnr')
+  ]
   assert len(keys) == 16
   for key in keys:
     _, name, b, _ = key.split('/')
@@ -788,20 +948,27 @@ def test_parity_schedules(reference):
     with jax.enable_x64(True):
       lg = dfn.logsnr_schedule(jnp.asarray(t), schedule=name, input_scale=b)
       alpha, _ = dfn.alpha_sigma(lg)
-    np.testing.assert_allclose(np.asarray(lg), reference[key], atol=1e-5,
-                               rtol=0, err_msg=key)
-    np.testing.assert_allclose(np.asarray(alpha),
-                               reference[key.replace('logsnr', 'alpha')],
-                               atol=1e-7, err_msg=key)
-    lg32 = dfn.logsnr_schedule(jnp.asarray(t, jnp.float32), schedule=name,
-                               input_scale=b)
-    np.testing.assert_allclose(np.asarray(lg32), reference[key], atol=2e-3,
-                               rtol=2e-6, err_msg=key)
+    np.testing.assert_allclose(
+      np.asarray(lg), reference[key], atol=1e-5, rtol=0, err_msg=key
+    )
+    np.testing.assert_allclose(
+      np.asarray(alpha),
+      reference[key.replace('logsnr', 'alpha')],
+      atol=1e-7,
+      err_msg=key,
+    )
+    lg32 = dfn.logsnr_schedule(
+      jnp.asarray(t, jnp.float32), schedule=name, input_scale=b
+    )
+    np.testing.assert_allclose(
+      np.asarray(lg32), reference[key], atol=2e-3, rtol=2e-6, err_msg=key
+    )
 
 
 def _loss_cases(reference):
-  cases = sorted({tuple(k.split('/')[1:4]) for k in reference
-                  if k.startswith('loss/')})
+  cases = sorted(
+    {tuple(k.split('/')[1:4]) for k in reference if k.startswith('loss/')}
+  )
   assert len(cases) == 3 * 6 * 2, cases
   return cases
 
@@ -810,15 +977,24 @@ def test_parity_noising_and_x_t_shared(reference):
   x0, eps = _nhwc(reference['inputs/x0']), _nhwc(reference['inputs/eps'])
   t = reference['inputs/t'].astype(np.float64)
   with jax.enable_x64(True):
-    lg = dfn.logsnr_schedule(jnp.asarray(t), schedule='cosine',
-                             input_scale=0.1)
-    z = np.asarray(dfn.diffuse(x=jnp.asarray(x0, jnp.float64),
-                               eps=jnp.asarray(eps, jnp.float64), logsnr=lg))
+    lg = dfn.logsnr_schedule(jnp.asarray(t), schedule='cosine', input_scale=0.1)
+    z = np.asarray(
+      dfn.diffuse(
+        x=jnp.asarray(x0, jnp.float64),
+        eps=jnp.asarray(eps, jnp.float64),
+        logsnr=lg,
+      )
+    )
   for pred, weighting, mode in _loss_cases(reference):
     x_t = _nhwc(reference[f'loss/{pred}/{weighting}/{mode}/x_t'])
     np.testing.assert_allclose(z, x_t, atol=1e-6)
-  z32 = dfn.diffuse(x=x0, eps=eps, logsnr=dfn.logsnr_schedule(
-      t.astype(np.float32), schedule='cosine', input_scale=0.1))
+  z32 = dfn.diffuse(
+    x=x0,
+    eps=eps,
+    logsnr=dfn.logsnr_schedule(
+      t.astype(np.float32), schedule='cosine', input_scale=0.1
+    ),
+  )
   np.testing.assert_allclose(np.asarray(z32), x_t, atol=2e-5)
 
 
@@ -830,30 +1006,52 @@ def test_parity_losses(reference):
   for pred, weighting, mode in _loss_cases(reference):
     prefix = f'loss/{pred}/{weighting}/{mode}/'
     output = _nhwc(reference[f'net/{pred}/output'])
-    cfg = dfn.DiffusionConfig(schedule='cosine', input_scale=0.1,
-                              prediction=pred, weighting=weighting,
-                              decoupled=mode == 'decoupled')
+    cfg = dfn.DiffusionConfig(
+      schedule='cosine',
+      input_scale=0.1,
+      prediction=pred,
+      weighting=weighting,
+      decoupled=mode == 'decoupled',
+    )
     want_x = _nhwc(reference[prefix + 'pred_x'])
     want_loss = reference[prefix + 'losses']
     # float64: x0 estimate from the recorded x_t and network output.
     with jax.enable_x64(True):
       t64 = jnp.asarray(t, jnp.float64)
       lg = dfn.config_logsnr(t64, cfg)
-      x_hat = np.asarray(dfn.predict_x(z=jnp.asarray(x_t, jnp.float64),
-                                       output=jnp.asarray(output), logsnr=lg,
-                                       prediction=pred))
+      x_hat = np.asarray(
+        dfn.predict_x(
+          z=jnp.asarray(x_t, jnp.float64),
+          output=jnp.asarray(output),
+          logsnr=lg,
+          prediction=pred,
+        )
+      )
       w = np.asarray(dfn.loss_weight(t=t64, config=cfg))
-    np.testing.assert_allclose(x_hat, want_x, rtol=1e-5, atol=1e-5,
-                               err_msg=prefix)
-    np.testing.assert_allclose(w * np.mean((x_hat - x0)**2, (1, 2, 3)),
-                               want_loss, rtol=1e-5, err_msg=prefix)
+    np.testing.assert_allclose(
+      x_hat, want_x, rtol=1e-5, atol=1e-5, err_msg=prefix
+    )
+    np.testing.assert_allclose(
+      w * np.mean((x_hat - x0) ** 2, (1, 2, 3)),
+      want_loss,
+      rtol=1e-5,
+      err_msg=prefix,
+    )
     # float32, end to end through loss() with the recorded noise.
-    losses, aux = dfn.loss(lambda z, tt, im, o=output: jnp.asarray(o),
-                           x0=x0, image=_nhwc(reference['inputs/image']),
-                           rng=jax.random.key(0), config=cfg, t=t, eps=eps)
+    losses, aux = dfn.loss(
+      lambda z, tt, im, o=output: jnp.asarray(o),
+      x0=x0,
+      image=_nhwc(reference['inputs/image']),
+      rng=jax.random.key(0),
+      config=cfg,
+      t=t,
+      eps=eps,
+    )
     # eps-prediction divides by alpha_t (~0.1 at t = 0.93, b = 0.1).
     tol = 2e-3 if pred == 'eps' else 1e-4
-    np.testing.assert_allclose(np.asarray(aux['x0_hat']), want_x, atol=tol,
-                               rtol=tol, err_msg=prefix)
-    np.testing.assert_allclose(np.asarray(losses), want_loss, rtol=tol,
-                               err_msg=prefix)
+    np.testing.assert_allclose(
+      np.asarray(aux['x0_hat']), want_x, atol=tol, rtol=tol, err_msg=prefix
+    )
+    np.testing.assert_allclose(
+      np.asarray(losses), want_loss, rtol=tol, err_msg=prefix
+    )

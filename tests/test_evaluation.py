@@ -8,7 +8,6 @@ import pytest
 
 from diffseg_jax import evaluation
 from diffseg_jax import metrics
-
 from tfds_lidc import synthetic_lesions as syn
 
 SIZE = 32
@@ -17,16 +16,20 @@ BATCH = 5
 
 def _tiny_source(seed=0, num_images=12):
   """Synthetic-lesion test images whose annotation distribution is known."""
-  arrays = syn.generate_chunk(seed=seed, split='test', chunk=0, n=num_images,
-                              size=SIZE)
-  return [dict({k: v[i] for k, v in arrays.items()}, id=f'img{i}')
-          for i in range(num_images)]
+  arrays = syn.generate_chunk(
+    seed=seed, split='test', chunk=0, n=num_images, size=SIZE
+  )
+  return [
+    dict({k: v[i] for k, v in arrays.items()}, id=f'img{i}')
+    for i in range(num_images)
+  ]
 
 
 def _train_average(seed=0):
   """The training split's average mode probabilities (the blind baseline's)."""
-  arrays = syn.generate_chunk(seed=seed, split='train', chunk=0, n=256,
-                              size=SIZE)
+  arrays = syn.generate_chunk(
+    seed=seed, split='train', chunk=0, n=256, size=SIZE
+  )
   return arrays['mode_probs'].astype(np.float64).mean(0)
 
 
@@ -34,7 +37,7 @@ def _batches(images):
   """Fixed-size batches; the last is padded with copies marked invalid."""
   out = []
   for start in range(0, len(images), BATCH):
-    chunk = images[start:start + BATCH]
+    chunk = images[start : start + BATCH]
     valid = [True] * len(chunk) + [False] * (BATCH - len(chunk))
     chunk = chunk + [chunk[0]] * (BATCH - len(chunk))
     batch = {k: np.stack([x[k] for x in chunk]) for k in chunk[0]}
@@ -50,6 +53,7 @@ def _lookup(images):
 def _mode_sampler(images, blind_probs=None):
   """Draws each image's true modes, with its true or with fixed probabilities."""
   table = _lookup(images)
+
   def sample_fn(image, rng, num_samples):
     image = np.asarray(image)
     out = []
@@ -57,26 +61,35 @@ def _mode_sampler(images, blind_probs=None):
       x = table[image[b].tobytes()]
       p = x['mode_probs'] if blind_probs is None else blind_probs
       draw = np.random.default_rng(
-          np.asarray(jax.random.key_data(rng)).ravel().tolist() + [b])
+        np.asarray(jax.random.key_data(rng)).ravel().tolist() + [b]
+      )
       out.append(x['modes'][draw.choice(3, size=num_samples, p=p)])
     return np.stack(out).astype(bool)
+
   return sample_fn
 
 
 def _run(tmp_path, sample_fn, images, name, blind_mode_probs=None):
   lines = []
   summary = evaluation.evaluate(
-      sample_fn, _batches(images), num_samples_list=(4, 32),
-      out_dir=str(tmp_path / name), rng=jax.random.PRNGKey(0),
-      split_name='test', blind_mode_probs=blind_mode_probs, log=lines.append)
+    sample_fn,
+    _batches(images),
+    num_samples_list=(4, 32),
+    out_dir=str(tmp_path / name),
+    rng=jax.random.PRNGKey(0),
+    split_name='test',
+    blind_mode_probs=blind_mode_probs,
+    log=lines.append,
+  )
   return summary, lines
 
 
 def test_end_to_end_good_vs_blind(tmp_path):
   images = _tiny_source()
   average = _train_average()
-  good, lines = _run(tmp_path, _mode_sampler(images), images, 'good',
-                     blind_mode_probs=average)
+  good, lines = _run(
+    tmp_path, _mode_sampler(images), images, 'good', blind_mode_probs=average
+  )
   blind, _ = _run(tmp_path, _mode_sampler(images, average), images, 'blind')
 
   out = tmp_path / 'good'
@@ -88,19 +101,44 @@ def test_end_to_end_good_vs_blind(tmp_path):
   with open(out / 'per_image.jsonl') as f:
     records = [json.loads(line) for line in f]
   assert [r['id'] for r in records] == [f'img{i}' for i in range(len(images))]
-  for key in ('ged_4', 'ged_32', 'hm_iou_32', 'ci', 's_c', 'd_max', 'd_a',
-              'ncc', 'ged_pp', 'ci_pp', 'mode_tv_32', 'oracle_ged_32',
-              'oracle_mode_tv_32', 'mode_oracle_ged_32',
-              'mode_oracle_mode_tv_32', 'blind_ged_32', 'blind_mode_tv_32'):
+  for key in (
+    'ged_4',
+    'ged_32',
+    'hm_iou_32',
+    'ci',
+    's_c',
+    'd_max',
+    'd_a',
+    'ncc',
+    'ged_pp',
+    'ci_pp',
+    'mode_tv_32',
+    'oracle_ged_32',
+    'oracle_mode_tv_32',
+    'mode_oracle_ged_32',
+    'mode_oracle_mode_tv_32',
+    'blind_ged_32',
+    'blind_mode_tv_32',
+  ):
     assert key in good and key in records[0], key
   # Every metric counts every image (no silent drops).
   assert {v['n'] for v in good.values()} == {len(images)}
-  assert (out / 'metrics.md').read_text().strip().endswith(lines[0].strip()
-                                                           .splitlines()[-1])
+  assert (
+    (out / 'metrics.md')
+    .read_text()
+    .strip()
+    .endswith(lines[0].strip().splitlines()[-1])
+  )
   table = lines[0]
-  rows = [l.split(' |')[0] for l in table.splitlines() if l.startswith('| ')]
-  assert rows.index('| ged') < rows.index('| oracle_ged') < rows.index(
-      '| mode_oracle_ged') < rows.index('| blind_ged')
+  rows = [
+    line.split(' |')[0] for line in table.splitlines() if line.startswith('| ')
+  ]
+  assert (
+    rows.index('| ged')
+    < rows.index('| oracle_ged')
+    < rows.index('| mode_oracle_ged')
+    < rows.index('| blind_ged')
+  )
   assert 'blind_ged_32' not in blind  # No blind_mode_probs, no baseline.
 
   # A sampler of the modes with the true probabilities scores like the mode
@@ -108,32 +146,47 @@ def test_end_to_end_good_vs_blind(tmp_path):
   # average probabilities.
   tv_good = good['mode_tv_32']['mean']
   assert abs(tv_good - good['mode_oracle_mode_tv_32']['mean']) < 0.08
-  assert abs(blind['mode_tv_32']['mean'] -
-             good['blind_mode_tv_32']['mean']) < 0.08
+  assert (
+    abs(blind['mode_tv_32']['mean'] - good['blind_mode_tv_32']['mean']) < 0.08
+  )
   assert blind['mode_tv_32']['mean'] > tv_good + 0.1
-  assert good['mode_oracle_mode_tv_32']['mean'] < (
-      good['blind_mode_tv_32']['mean'])
+  assert (
+    good['mode_oracle_mode_tv_32']['mean'] < (good['blind_mode_tv_32']['mean'])
+  )
 
 
 def test_blind_baseline_uses_the_given_probabilities(tmp_path):
   images = _tiny_source(seed=3, num_images=6)
   # Always the core: the mode TV is exactly 1 - p_core of each image.
-  summary, _ = _run(tmp_path, _mode_sampler(images), images, 'core',
-                    blind_mode_probs=np.array([0.0, 1.0, 0.0]))
-  expected = np.mean([1 - x['mode_probs'][1].astype(np.float64)
-                      for x in images])
-  assert summary['blind_mode_tv_32']['mean'] == pytest.approx(expected,
-                                                              abs=1e-6)
+  summary, _ = _run(
+    tmp_path,
+    _mode_sampler(images),
+    images,
+    'core',
+    blind_mode_probs=np.array([0.0, 1.0, 0.0]),
+  )
+  expected = np.mean(
+    [1 - x['mode_probs'][1].astype(np.float64) for x in images]
+  )
+  assert summary['blind_mode_tv_32']['mean'] == pytest.approx(
+    expected, abs=1e-6
+  )
   with pytest.raises(ValueError, match='blind_mode_probs has shape'):
-    _run(tmp_path, _mode_sampler(images), images, 'bad',
-         blind_mode_probs=np.ones(4) / 4)
+    _run(
+      tmp_path,
+      _mode_sampler(images),
+      images,
+      'bad',
+      blind_mode_probs=np.ones(4) / 4,
+    )
 
 
 def test_average_mode_probs():
   images = _tiny_source(seed=4, num_images=9)
   np.testing.assert_allclose(
-      evaluation.average_mode_probs(images),
-      np.mean([x['mode_probs'] for x in images], axis=0, dtype=np.float64))
+    evaluation.average_mode_probs(images),
+    np.mean([x['mode_probs'] for x in images], axis=0, dtype=np.float64),
+  )
   no_probs = [{'image': x['image'], 'masks': x['masks']} for x in images]
   assert evaluation.average_mode_probs(no_probs) is None
 
@@ -142,17 +195,24 @@ def test_true_oracle_draws_fresh_annotations(tmp_path):
   """oracle_ = mode + jitter like the stored annotations; below mode_oracle_."""
   images = _tiny_source(seed=5, num_images=200)
   summary = evaluation.evaluate(
-      _mode_sampler(images), _batches(images), num_samples_list=(4, 16),
-      out_dir=None, rng=jax.random.PRNGKey(1), split_name='test',
-      log=lambda *_: None)
+    _mode_sampler(images),
+    _batches(images),
+    num_samples_list=(4, 16),
+    out_dir=None,
+    rng=jax.random.PRNGKey(1),
+    split_name='test',
+    log=lambda *_: None,
+  )
   true, mode = summary['oracle_ged_16'], summary['mode_oracle_ged_16']
   assert true['mean'] < mode['mean'] - 2 * max(true['sem'], mode['sem'])
   assert true['n'] == mode['n'] == 200
 
 
 def test_old_build_without_geometry_is_an_error(tmp_path):
-  images = [{k: v for k, v in x.items() if k != 'geometry'}
-            for x in _tiny_source(num_images=5)]
+  images = [
+    {k: v for k, v in x.items() if k != 'geometry'}
+    for x in _tiny_source(num_images=5)
+  ]
   with pytest.raises(KeyError, match="lacks 'geometry'.*--overwrite"):
     _run(tmp_path, _mode_sampler(images), images, 'old')
 
@@ -162,13 +222,16 @@ def test_degenerate_samples_count_every_image(tmp_path, kind):
   """All samples identical (or all empty): every metric defined on every image."""
   images = _tiny_source(seed=6, num_images=7)
   table = _lookup(images)
+
   def sample_fn(image, rng, num_samples):
     del rng
     core = np.stack([table[x.tobytes()]['modes'][1] for x in np.asarray(image)])
     core = core.astype(bool) & (kind == 'identical')
     return np.repeat(core[:, None], num_samples, axis=1)
-  summary, _ = _run(tmp_path, sample_fn, images, kind,
-                    blind_mode_probs=_train_average())
+
+  summary, _ = _run(
+    tmp_path, sample_fn, images, kind, blind_mode_probs=_train_average()
+  )
   with open(tmp_path / kind / 'metrics.json') as f:
     written = json.load(f)['metrics']
   for key, stats in written.items():
@@ -192,10 +255,12 @@ def test_aggregates_match_per_image_metrics(tmp_path):
     for n in (4, 32):
       for pp, suffix in ((False, ''), (True, '_pp')):
         theirs = metrics.authors_metrics(
-            samples[:, :n], batch['masks'].astype(bool), postprocess=pp)
+          samples[:, :n], batch['masks'].astype(bool), postprocess=pp
+        )
         for name, value in theirs.items():
           authors.setdefault(f'authors_{name}_{n}{suffix}', []).extend(
-              np.asarray(value)[batch['valid']])
+            np.asarray(value)[batch['valid']]
+          )
   # The authors' keys, for every N, without and with their area filter, on
   # the model's samples only.
   assert len(authors) == 2 * 2 * len(metrics.AUTHORS_KEYS)
@@ -206,7 +271,8 @@ def test_aggregates_match_per_image_metrics(tmp_path):
   geds = np.array(geds, np.float64)
   assert summary['ged_32']['mean'] == pytest.approx(geds.mean(), abs=1e-6)
   assert summary['ged_32']['sem'] == pytest.approx(
-      geds.std(ddof=1) / np.sqrt(len(geds)), abs=1e-6)
+    geds.std(ddof=1) / np.sqrt(len(geds)), abs=1e-6
+  )
   assert summary['ged_32']['n'] == 7
 
 
@@ -233,22 +299,40 @@ def test_mode_tv_hand_computed():
 
 
 def test_render_table_layout():
-  table = evaluation.render_table({
-      'ged_16': {'mean': 0.25, 'sem': 0.01}, 'ged': {'mean': 0.3, 'sem': None},
-      'ged_pp': {'mean': 0.29, 'sem': 0.02}, 'ged_4': {'mean': 0.3, 'sem': 0.1}})
+  table = evaluation.render_table(
+    {
+      'ged_16': {'mean': 0.25, 'sem': 0.01},
+      'ged': {'mean': 0.3, 'sem': None},
+      'ged_pp': {'mean': 0.29, 'sem': 0.02},
+      'ged_4': {'mean': 0.3, 'sem': 0.1},
+    }
+  )
   lines = table.splitlines()
   assert lines[0] == '| metric | N=4 | N=16 | paper (4) | paper pp |'
-  assert lines[2] == '| ged | 0.3000 ± 0.1000 | 0.2500 ± 0.0100 | 0.3000 | 0.2900 ± 0.0200 |'
-  table = evaluation.render_table({
+  assert (
+    lines[2]
+    == '| ged | 0.3000 ± 0.1000 | 0.2500 ± 0.0100 | 0.3000 | 0.2900 ± 0.0200 |'
+  )
+  table = evaluation.render_table(
+    {
       'authors_GED_4': {'mean': 0.5, 'sem': None},
       'authors_GED_4_pp': {'mean': 0.25, 'sem': None},
-      'authors_GED_16_pp': {'mean': 0.125, 'sem': None}})
-  assert table.splitlines()[2:] == ['| authors_GED | 0.5000 |  |',
-                                    '| authors_GED_pp | 0.2500 | 0.1250 |']
+      'authors_GED_16_pp': {'mean': 0.125, 'sem': None},
+    }
+  )
+  assert table.splitlines()[2:] == [
+    '| authors_GED | 0.5000 |  |',
+    '| authors_GED_pp | 0.2500 | 0.1250 |',
+  ]
 
 
 def test_missing_key_is_reported(tmp_path):
   with pytest.raises(KeyError, match="lacks 'masks'"):
-    evaluation.evaluate(lambda *a: None, [{'image': np.zeros((1, 4, 4, 1))}],
-                        out_dir=str(tmp_path), rng=jax.random.PRNGKey(0),
-                        split_name='x', num_samples_list=(4,))
+    evaluation.evaluate(
+      lambda *a: None,
+      [{'image': np.zeros((1, 4, 4, 1))}],
+      out_dir=str(tmp_path),
+      rng=jax.random.PRNGKey(0),
+      split_name='x',
+      num_samples_list=(4,),
+    )

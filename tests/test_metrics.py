@@ -11,8 +11,15 @@ import pytest
 from diffseg_jax import metrics
 
 TOL = 1e-6
-OFFICIAL = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                        'data', 'reference', 'official_metrics.npz')
+OFFICIAL = os.path.join(
+  os.path.dirname(__file__),
+  '..',
+  '..',
+  'shared',
+  'data',
+  'reference',
+  'official_metrics.npz',
+)
 
 
 # --------------------------------------------------------------------------
@@ -34,7 +41,7 @@ def ref_ged(s, y):
   n, m = len(s), len(y)
   cross = sum(1 - ref_iou(s[i], y[j]) for i in range(n) for j in range(m))
   ss = sum(1 - ref_iou(s[i], s[k]) for i in range(n) for k in range(n))
-  yy = sum(1 - ref_iou(y[j], y[l]) for j in range(m) for l in range(m))
+  yy = sum(1 - ref_iou(y[j], y[k]) for j in range(m) for k in range(m))
   return 2 * cross / (n * m) - ss / n**2 - yy / m**2
 
 
@@ -44,8 +51,10 @@ def ref_hm_iou_bruteforce(s, y):
   s_t = [s[i // (length // n)] for i in range(length)]
   y_t = [y[j // (length // m)] for j in range(length)]
   mat = np.array([[ref_iou(a, b) for b in y_t] for a in s_t])
-  best = max(mat[np.arange(length), list(p)].sum()
-             for p in itertools.permutations(range(length)))
+  best = max(
+    mat[np.arange(length), list(p)].sum()
+    for p in itertools.permutations(range(length))
+  )
   return best / length
 
 
@@ -60,8 +69,13 @@ def ref_ci(s, y, compat):
 
   def variances(x):
     x = x.astype(np.float64)
-    return [np.var(x[i] - x[k]) for i in range(len(x)) for k in range(len(x))
-            if compat or i != k] or [0.0]
+    return [
+      np.var(x[i] - x[k])
+      for i in range(len(x))
+      for k in range(len(x))
+      if compat or i != k
+    ] or [0.0]
+
   v_s, v_y = variances(s), variances(y)
   d_a = 1 - (abs(max(v_s) - max(v_y)) + abs(min(v_s) - min(v_y))) / 2
   if compat:
@@ -108,8 +122,10 @@ def ref_ece(s, y, num_bins=10):
 
 def ref_mean_overlap(s, y):
   mean = s.astype(np.float64).mean(axis=0) > 0.5
-  return (np.mean([ref_dice(mean, yj) for yj in y]),
-          np.mean([ref_iou(mean, yj) for yj in y]))
+  return (
+    np.mean([ref_dice(mean, yj) for yj in y]),
+    np.mean([ref_iou(mean, yj) for yj in y]),
+  )
 
 
 def random_set(rng, n, h=12, w=12):
@@ -119,8 +135,11 @@ def random_set(rng, n, h=12, w=12):
     if rng.random() < 0.15:
       continue
     r0, c0 = rng.integers(0, h // 2, size=2)
-    out[i, r0:r0 + rng.integers(1, h // 2 + 1),
-        c0:c0 + rng.integers(1, w // 2 + 1)] = True
+    out[
+      i,
+      r0 : r0 + rng.integers(1, h // 2 + 1),
+      c0 : c0 + rng.integers(1, w // 2 + 1),
+    ] = True
     out[i] ^= rng.random((h, w)) < 0.05
   return out
 
@@ -166,8 +185,16 @@ def test_disjoint_sets():
 def test_all_empty():
   z = np.zeros((1, 3, 6, 6), bool)
   out = metrics.all_metrics(z, np.zeros((1, 4, 6, 6), bool))
-  for key in ('hm_iou', 's_c', 'd_max', 'd_a', 'ci', 'ci_compat',
-              'dice_of_mean', 'iou_of_mean'):
+  for key in (
+    'hm_iou',
+    's_c',
+    'd_max',
+    'd_a',
+    'ci',
+    'ci_compat',
+    'dice_of_mean',
+    'iou_of_mean',
+  ):
     assert out[key][0] == pytest.approx(1.0, abs=TOL), key
   assert out['ged'][0] == pytest.approx(0.0, abs=TOL)
   assert out['ece'][0] == pytest.approx(0.0, abs=TOL)
@@ -235,22 +262,26 @@ def test_single_functions_match_all_metrics():
   valid[:, 0] = True
   out = metrics.all_metrics(s, y, valid)
   np.testing.assert_allclose(metrics.ged(s, y, valid), out['ged'], atol=TOL)
-  np.testing.assert_allclose(metrics.hm_iou(s, y, valid), out['hm_iou'],
-                             atol=TOL)
+  np.testing.assert_allclose(
+    metrics.hm_iou(s, y, valid), out['hm_iou'], atol=TOL
+  )
   np.testing.assert_allclose(metrics.ncc(s, y, valid), out['ncc'], atol=TOL)
   np.testing.assert_allclose(metrics.ece(s, y, valid), out['ece'], atol=TOL)
-  np.testing.assert_allclose(metrics.dice_of_mean(s, y, valid),
-                             out['dice_of_mean'], atol=TOL)
-  np.testing.assert_allclose(metrics.iou_of_mean(s, y, valid),
-                             out['iou_of_mean'], atol=TOL)
+  np.testing.assert_allclose(
+    metrics.dice_of_mean(s, y, valid), out['dice_of_mean'], atol=TOL
+  )
+  np.testing.assert_allclose(
+    metrics.iou_of_mean(s, y, valid), out['iou_of_mean'], atol=TOL
+  )
   for compat, suffix in ((False, ''), (True, '_compat')):
     ci = metrics.collective_insight(s, y, valid, compat=compat)
     np.testing.assert_allclose(ci['ci'], out['ci' + suffix], atol=TOL)
     np.testing.assert_allclose(ci['d_max'], out['d_max'], atol=TOL)
   # Validity mask = dropping the invalid annotations.
   for b in range(3):
-    assert out['ged'][b] == pytest.approx(ref_ged(s[b], y[b][valid[b]]),
-                                          abs=TOL)
+    assert out['ged'][b] == pytest.approx(
+      ref_ged(s[b], y[b][valid[b]]), abs=TOL
+    )
     ref = ref_ci(s[b], y[b][valid[b]], compat=False)
     assert out['ci'][b] == pytest.approx(ref['ci'], abs=TOL)
 
@@ -261,7 +292,8 @@ def test_hm_iou_brute_force(n, m):
   for _ in range(3):
     s, y = random_set(rng, n, 6, 6), random_set(rng, m, 6, 6)
     assert metrics.hm_iou(s[None], y[None])[0] == pytest.approx(
-        ref_hm_iou_bruteforce(s, y), abs=TOL)
+      ref_hm_iou_bruteforce(s, y), abs=TOL
+    )
 
 
 def test_order_invariance():
@@ -284,8 +316,9 @@ def test_batched_equals_looped():
       single = metrics.all_metrics(s[i, j], y[i, j])
       for key in metrics.METRIC_NAMES:
         assert out[key].shape == (2, 2)
-        np.testing.assert_allclose(out[key][i, j], single[key], atol=TOL,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+          out[key][i, j], single[key], atol=TOL, err_msg=key
+        )
 
 
 def test_uncertainty_map():
@@ -294,8 +327,9 @@ def test_uncertainty_map():
   s[:1, 0, 1] = True  # p = 0.25
   s[:, 1, 1] = True  # p = 1
   out = metrics.uncertainty_map(s)
-  np.testing.assert_allclose(out['variance'],
-                             [[0.25, 0.1875], [0.0, 0.0]], atol=TOL)
+  np.testing.assert_allclose(
+    out['variance'], [[0.25, 0.1875], [0.0, 0.0]], atol=TOL
+  )
   h = -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))
   np.testing.assert_allclose(out['entropy'], [[1.0, h], [0.0, 0.0]], atol=TOL)
 
@@ -331,13 +365,20 @@ def ref_authors(s, y, postprocess=False):
     v = (v - v.mean()) / (v.std() + 1e-8)
     return np.sum(a * v)
 
-  nccs = [ncc(e_ss, np.mean([xent(si, onehot(yj)) for si in s1],
-                            axis=0).ravel()) for yj in y]
-  return {'GED': ref_ged(s, y), 'CI': ci['ci'], 'S_c': ci['s_c'],
-          'D_max': ci['d_max'], 'D_a': ci['d_a'],
-          'iou': np.mean([[ref_iou(a, b) for a in s] for b in y]),
-          'dice': np.mean([[ref_dice(a, b) for a in s] for b in y]),
-          'ncc': np.mean(nccs)}
+  nccs = [
+    ncc(e_ss, np.mean([xent(si, onehot(yj)) for si in s1], axis=0).ravel())
+    for yj in y
+  ]
+  return {
+    'GED': ref_ged(s, y),
+    'CI': ci['ci'],
+    'S_c': ci['s_c'],
+    'D_max': ci['d_max'],
+    'D_a': ci['d_a'],
+    'iou': np.mean([[ref_iou(a, b) for a in s] for b in y]),
+    'dice': np.mean([[ref_dice(a, b) for a in s] for b in y]),
+    'ncc': np.mean(nccs),
+  }
 
 
 def _degenerate_sets():
@@ -346,14 +387,18 @@ def _degenerate_sets():
   half = _square(8, 8, 1, 3, 1, 5)  # area 8
   b = _square(8, 8, 4, 8, 3, 8)
   empty = np.zeros_like(a)
-  s = [[a, a, a, a],  # identical samples: constant E_ss, ncc 0
-       [empty] * 4,  # all samples empty
-       [a, half, b, empty],  # an area at exactly half the largest
-       [a, b, a, half]]
-  y = [[a, b, a, half],
-       [a, b, half, empty],
-       [empty] * 4,  # all annotations empty
-       [a, a, a, a]]  # identical annotations
+  s = [
+    [a, a, a, a],  # identical samples: constant E_ss, ncc 0
+    [empty] * 4,  # all samples empty
+    [a, half, b, empty],  # an area at exactly half the largest
+    [a, b, a, half],
+  ]
+  y = [
+    [a, b, a, half],
+    [a, b, half, empty],
+    [empty] * 4,  # all annotations empty
+    [a, a, a, a],
+  ]  # identical annotations
   return np.array(s), np.array(y)
 
 
@@ -396,8 +441,9 @@ def test_authors_metrics_match_official(num_samples, postprocess):
 
 def test_bad_shapes_raise():
   with pytest.raises(ValueError, match='equal leading dims'):
-    metrics.all_metrics(np.zeros((2, 3, 4, 4), bool), np.zeros((3, 3, 4, 4),
-                                                               bool))
+    metrics.all_metrics(
+      np.zeros((2, 3, 4, 4), bool), np.zeros((3, 3, 4, 4), bool)
+    )
 
 
 def test_accelerator_path_matches_cpu_path(monkeypatch):
@@ -411,7 +457,9 @@ def test_accelerator_path_matches_cpu_path(monkeypatch):
   accelerator = metrics.all_metrics(s, y)
   jax.clear_caches()
   for key in metrics.METRIC_NAMES:
-    np.testing.assert_allclose(accelerator[key], cpu[key], atol=TOL,
-                               err_msg=key)
-  np.testing.assert_allclose(accelerator['ged'],
-                             [ref_ged(a, b) for a, b in zip(s, y)], atol=TOL)
+    np.testing.assert_allclose(
+      accelerator[key], cpu[key], atol=TOL, err_msg=key
+    )
+  np.testing.assert_allclose(
+    accelerator['ged'], [ref_ged(a, b) for a, b in zip(s, y)], atol=TOL
+  )

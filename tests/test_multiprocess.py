@@ -23,30 +23,47 @@ from diffseg_jax import errors
 from diffseg_jax import runtime
 from diffseg_jax import settings
 from diffseg_jax.models import unet
-from tests.conftest import REPO, config_flags, tiny_config
+from tests.conftest import config_flags
+from tests.conftest import REPO
+from tests.conftest import tiny_config
 
 NUM_STEPS = 2
 TIMEOUT_S = 400
 # A one-level U-Net: the run time is mostly compilation, twice over in two processes.
-OVERRIDES = {"num_train_steps": NUM_STEPS, "checkpoint_every_steps": NUM_STEPS,
-             "model.channel_mult": (1,), "model.num_res_blocks": (1,), "model.num_middle_blocks": 1}
+OVERRIDES = {
+  'num_train_steps': NUM_STEPS,
+  'checkpoint_every_steps': NUM_STEPS,
+  'model.channel_mult': (1,),
+  'model.num_res_blocks': (1,),
+  'model.num_middle_blocks': 1,
+}
 
 
 def _free_port() -> int:
   with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
+    s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
 
 
 def _run_all(commands, *, log_dir, timeout_s):
   """Runs the commands concurrently; fails with their stderr tails if one fails or times out."""
   procs, logs = [], []
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   for i, cmd in enumerate(commands):
-    log = open(os.path.join(log_dir, f"process_{i}.log"), "w+", encoding="utf-8")
+    log = open(
+      os.path.join(log_dir, f'process_{i}.log'), 'w+', encoding='utf-8'
+    )
     logs.append(log)
-    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True))
+    procs.append(
+      subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+      )
+    )
   deadline = time.time() + timeout_s
   try:
     while time.time() < deadline and any(p.poll() is None for p in procs):
@@ -61,10 +78,14 @@ def _run_all(commands, *, log_dir, timeout_s):
   tails = []
   for i, (p, log) in enumerate(zip(procs, logs)):
     log.seek(0)
-    tails.append(f"--- process {i} (exit {p.returncode}) ---\n" + log.read()[-3000:])
+    tails.append(
+      f'--- process {i} (exit {p.returncode}) ---\n' + log.read()[-3000:]
+    )
     log.close()
   if any(p.returncode != 0 for p in procs):
-    pytest.fail(f"a process failed or ran past {timeout_s} s:\n" + "\n".join(tails))
+    pytest.fail(
+      f'a process failed or ran past {timeout_s} s:\n' + '\n'.join(tails)
+    )
 
 
 def _abstract_params(config):
@@ -78,142 +99,244 @@ def _final_params(workdir, config):
   """
   abstract = _abstract_params(config)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract,
-                                           use_ema=False)
-  ema, _ = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract, use_ema=True)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+  )
+  params, step = checkpoint.restore_params(
+    os.path.join(workdir, 'checkpoints'), abstract, use_ema=False
+  )
+  ema, _ = checkpoint.restore_params(
+    os.path.join(workdir, 'checkpoints'), abstract, use_ema=True
+  )
   return params, ema, step
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def two_and_one_process_runs(tiny_synthetic, tmp_path_factory):
   """Work directories of the same training run by two processes and by one process."""
-  tmp_path = tmp_path_factory.mktemp("multiprocess")
+  tmp_path = tmp_path_factory.mktemp('multiprocess')
   flags = config_flags(tiny_synthetic, **OVERRIDES)
-  main = [sys.executable, "-m", "diffseg_jax.main"]
-  two_dir, one_dir = tmp_path / "two_processes", tmp_path / "one_process"
-  address = f"127.0.0.1:{_free_port()}"
-  two = [main + flags + [f"--workdir={two_dir}", f"--coordinator_address={address}",
-                         "--num_processes=2", f"--process_id={i}", "--cpu_collectives=gloo"]
-         for i in range(2)]
-  (tmp_path / "logs").mkdir()
-  _run_all(two, log_dir=str(tmp_path / "logs"), timeout_s=TIMEOUT_S)
-  one = [main + flags + [f"--workdir={one_dir}"]]
+  main = [sys.executable, '-m', 'diffseg_jax.main']
+  two_dir, one_dir = tmp_path / 'two_processes', tmp_path / 'one_process'
+  address = f'127.0.0.1:{_free_port()}'
+  two = [
+    main
+    + flags
+    + [
+      f'--workdir={two_dir}',
+      f'--coordinator_address={address}',
+      '--num_processes=2',
+      f'--process_id={i}',
+      '--cpu_collectives=gloo',
+    ]
+    for i in range(2)
+  ]
+  (tmp_path / 'logs').mkdir()
+  _run_all(two, log_dir=str(tmp_path / 'logs'), timeout_s=TIMEOUT_S)
+  one = [main + flags + [f'--workdir={one_dir}']]
   _run_all(one, log_dir=str(tmp_path), timeout_s=TIMEOUT_S)
-  return {"two": two_dir, "one": one_dir, "logs": tmp_path / "logs",
-          "config": tiny_config(tiny_synthetic, **OVERRIDES)}
+  return {
+    'two': two_dir,
+    'one': one_dir,
+    'logs': tmp_path / 'logs',
+    'config': tiny_config(tiny_synthetic, **OVERRIDES),
+  }
 
 
 def test_two_processes_match_one_process(two_and_one_process_runs):
   runs = two_and_one_process_runs
-  log0 = (runs["logs"] / "process_0.log").read_text()
-  assert "JAX process 0 of 2; 1 local / 2 global cpu devices" in log0, log0[-3000:]
+  log0 = (runs['logs'] / 'process_0.log').read_text()
+  assert 'JAX process 0 of 2; 1 local / 2 global cpu devices' in log0, log0[
+    -3000:
+  ]
   assert "{'data': 2} mesh" in log0, log0[-3000:]
-  log1 = (runs["logs"] / "process_1.log").read_text()
-  assert "JAX process 1 of 2" in log1, log1[-3000:]
+  log1 = (runs['logs'] / 'process_1.log').read_text()
+  assert 'JAX process 1 of 2' in log1, log1[-3000:]
   # Only process 0 writes event files.
-  assert len([f for f in os.listdir(runs["two"]) if f.startswith("events.out")]) == 1
+  assert (
+    len([f for f in os.listdir(runs['two']) if f.startswith('events.out')]) == 1
+  )
 
-  config = runs["config"]
-  params2, ema2, step2 = _final_params(str(runs["two"]), config)
-  params1, ema1, step1 = _final_params(str(runs["one"]), config)
+  config = runs['config']
+  params2, ema2, step2 = _final_params(str(runs['two']), config)
+  params1, ema1, step1 = _final_params(str(runs['one']), config)
   assert step1 == step2 == NUM_STEPS
-  initial = unet.init_params(settings.unet_config(config),
-                             jax.random.split(jax.random.PRNGKey(config.seed))[0])
-  moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-              for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(initial), strict=True))
-  assert moved > 1e-4, "the steps did not change the parameters: the comparison would be empty"
+  initial = unet.init_params(
+    settings.unet_config(config),
+    jax.random.split(jax.random.PRNGKey(config.seed))[0],
+  )
+  moved = max(
+    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    for a, b in zip(
+      jax.tree.leaves(params1), jax.tree.leaves(initial), strict=True
+    )
+  )
+  assert moved > 1e-4, (
+    'the steps did not change the parameters: the comparison would be empty'
+  )
   for one_tree, two_tree in ((params1, params2), (ema1, ema2)):
     for path, a in jax.tree_util.tree_leaves_with_path(one_tree):
       b = _get(two_tree, path)
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5,
-                                 err_msg=jax.tree_util.keystr(path))
+      np.testing.assert_allclose(
+        np.asarray(b),
+        np.asarray(a),
+        rtol=0,
+        atol=1e-5,
+        err_msg=jax.tree_util.keystr(path),
+      )
 
 
-def test_two_processes_checkpoint_the_same_data_iterator_state(two_and_one_process_runs):
+def test_two_processes_checkpoint_the_same_data_iterator_state(
+  two_and_one_process_runs,
+):
   states = {}
-  for label in ("two", "one"):
-    path = two_and_one_process_runs[label] / "checkpoints" / str(NUM_STEPS) / "data" / "metadata"
+  for label in ('two', 'one'):
+    path = (
+      two_and_one_process_runs[label]
+      / 'checkpoints'
+      / str(NUM_STEPS)
+      / 'data'
+      / 'metadata'
+    )
     states[label] = json.loads(path.read_text())
-  assert states["two"]["next_index"] == NUM_STEPS and states["two"]["process_count"] == 2
-  assert dict(states["two"], process_count=1) == states["one"]
+  assert (
+    states['two']['next_index'] == NUM_STEPS
+    and states['two']['process_count'] == 2
+  )
+  assert dict(states['two'], process_count=1) == states['one']
 
 
-def test_restore_params_without_shardings_reads_a_two_process_checkpoint(two_and_one_process_runs):
-  config = two_and_one_process_runs["config"]
+def test_restore_params_without_shardings_reads_a_two_process_checkpoint(
+  two_and_one_process_runs,
+):
+  config = two_and_one_process_runs['config']
   abstract = _abstract_params(config)
   params, step = checkpoint.restore_params(
-      os.path.join(two_and_one_process_runs["two"], "checkpoints"), abstract)
-  assert step == NUM_STEPS and len(jax.tree.leaves(params)) == len(jax.tree.leaves(abstract))
+    os.path.join(two_and_one_process_runs['two'], 'checkpoints'), abstract
+  )
+  assert step == NUM_STEPS and len(jax.tree.leaves(params)) == len(
+    jax.tree.leaves(abstract)
+  )
 
 
 def _get(tree, path):
   for entry in path:
-    tree = tree[getattr(entry, "key", getattr(entry, "idx", None))]
+    tree = tree[getattr(entry, 'key', getattr(entry, 'idx', None))]
   return tree
 
 
-SRUN_ENV = {"SLURM_JOB_ID": "1234", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "8",
-            "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}
+SRUN_ENV = {
+  'SLURM_JOB_ID': '1234',
+  'SLURM_STEP_NODELIST': 'gpu[01-02]',
+  'SLURM_NTASKS': '8',
+  'SLURM_PROCID': '3',
+  'SLURM_LOCALID': '3',
+}
 
 
 def _settings(environ, **flags):
-  flags = {"coordinator_address": None, "num_processes": None, "process_id": None, **flags}
+  flags = {
+    'coordinator_address': None,
+    'num_processes': None,
+    'process_id': None,
+    **flags,
+  }
   return runtime.distributed_settings(environ=environ, **flags)
 
 
 def test_single_process_without_settings():
   assert _settings({}) is None
-  assert _settings({"TPU_WORKER_HOSTNAMES": "host0"}) is None  # One TPU host.
-  assert _settings(dict(SRUN_ENV, SLURM_NTASKS="1")) is None  # A one-task SLURM step.
+  assert _settings({'TPU_WORKER_HOSTNAMES': 'host0'}) is None  # One TPU host.
+  # A one-task SLURM step.
+  assert _settings(dict(SRUN_ENV, SLURM_NTASKS='1')) is None
   # An allocation's shell (no srun step) is not a multi-process launch.
-  assert _settings({k: v for k, v in SRUN_ENV.items() if k != "SLURM_STEP_NODELIST"}) is None
+  assert (
+    _settings({k: v for k, v in SRUN_ENV.items() if k != 'SLURM_STEP_NODELIST'})
+    is None
+  )
 
 
 def test_flags_then_jax_env_variables():
-  env = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
-  assert _settings(env) == {"coordinator_address": "h0:1234", "num_processes": 4, "process_id": 2}
-  assert _settings(env, coordinator_address="h1:99", process_id=0) == {
-      "coordinator_address": "h1:99", "num_processes": 4, "process_id": 0}
-  assert _settings({}, coordinator_address="h1:99", num_processes=2, process_id=1) == {
-      "coordinator_address": "h1:99", "num_processes": 2, "process_id": 1}
+  env = {
+    'JAX_COORDINATOR_ADDRESS': 'h0:1234',
+    'JAX_NUM_PROCESSES': '4',
+    'JAX_PROCESS_ID': '2',
+  }
+  assert _settings(env) == {
+    'coordinator_address': 'h0:1234',
+    'num_processes': 4,
+    'process_id': 2,
+  }
+  assert _settings(env, coordinator_address='h1:99', process_id=0) == {
+    'coordinator_address': 'h1:99',
+    'num_processes': 4,
+    'process_id': 0,
+  }
+  assert _settings(
+    {}, coordinator_address='h1:99', num_processes=2, process_id=1
+  ) == {'coordinator_address': 'h1:99', 'num_processes': 2, 'process_id': 1}
 
 
 def test_clusters_are_left_to_jax_auto_detection():
   assert _settings(SRUN_ENV) == {}
-  assert _settings({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}) == {}
-  assert _settings({"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"}) == {}
-  assert _settings({"DIFFSEG_DISTRIBUTED": "auto"}) == {}
+  assert _settings({'TPU_WORKER_HOSTNAMES': 't0,t1,t2,t3'}) == {}
+  assert _settings({'MEGASCALE_COORDINATOR_ADDRESS': 't0:8080'}) == {}
+  assert _settings({'DIFFSEG_DISTRIBUTED': 'auto'}) == {}
   # Partial explicit settings inside a cluster: JAX detects the rest.
-  assert _settings(dict(SRUN_ENV, JAX_COORDINATOR_ADDRESS="gpu01:5000")) == {
-      "coordinator_address": "gpu01:5000"}
-  assert _settings(dict(SRUN_ENV, DIFFSEG_DISTRIBUTED="off")) is None
+  assert _settings(dict(SRUN_ENV, JAX_COORDINATOR_ADDRESS='gpu01:5000')) == {
+    'coordinator_address': 'gpu01:5000'
+  }
+  assert _settings(dict(SRUN_ENV, DIFFSEG_DISTRIBUTED='off')) is None
 
 
 def test_bad_settings_name_the_fix():
-  with pytest.raises(ValueError, match=r"--num_processes \(or JAX_NUM_PROCESSES\), --process_id"):
-    _settings({}, coordinator_address="h0:1234")
-  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
-    _settings({"JAX_NUM_PROCESSES": "two"})
+  with pytest.raises(
+    ValueError, match=r'--num_processes \(or JAX_NUM_PROCESSES\), --process_id'
+  ):
+    _settings({}, coordinator_address='h0:1234')
+  with pytest.raises(
+    ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"
+  ):
+    _settings({'JAX_NUM_PROCESSES': 'two'})
   with pytest.raises(ValueError, match="DIFFSEG_DISTRIBUTED='yes'"):
-    _settings({"DIFFSEG_DISTRIBUTED": "yes"})
+    _settings({'DIFFSEG_DISTRIBUTED': 'yes'})
 
 
-def test_initialize_rejects_incomplete_settings_before_starting_anything(monkeypatch):
-  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
-  for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "DIFFSEG_DISTRIBUTED", "SLURM_NTASKS",
-               "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+def test_initialize_rejects_incomplete_settings_before_starting_anything(
+  monkeypatch,
+):
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '127.0.0.1:1')
+  for name in (
+    'JAX_NUM_PROCESSES',
+    'JAX_PROCESS_ID',
+    'DIFFSEG_DISTRIBUTED',
+    'SLURM_NTASKS',
+    'TPU_WORKER_HOSTNAMES',
+    'MEGASCALE_COORDINATOR_ADDRESS',
+  ):
     monkeypatch.delenv(name, raising=False)
-  with pytest.raises(errors.ConfigError, match="JAX_NUM_PROCESSES"):
+  with pytest.raises(errors.ConfigError, match='JAX_NUM_PROCESSES'):
     runtime.initialize()
   assert jax.process_count() == 1
 
 
 def test_main_reports_incomplete_settings_and_exits_2():
   proc = subprocess.run(
-      [sys.executable, "-m", "diffseg_jax.main", "--config=" + os.path.join(REPO, "configs", "quickstart.py"),
-       "--workdir=/nonexistent", "--coordinator_address=127.0.0.1:1"],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"), capture_output=True,
-      text=True, timeout=120)
-  assert "JAX_NUM_PROCESSES" in proc.stderr, proc.stderr[-2000:]
-  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [
+      sys.executable,
+      '-m',
+      'diffseg_jax.main',
+      '--config=' + os.path.join(REPO, 'configs', 'quickstart.py'),
+      '--workdir=/nonexistent',
+      '--coordinator_address=127.0.0.1:1',
+    ],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert 'JAX_NUM_PROCESSES' in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[
+    -2000:
+  ]

@@ -25,19 +25,37 @@ from diffseg_jax import optimizer
 def test_ema_update_matches_the_formula(step):
   decay = 0.999
   rng = np.random.default_rng(step)
-  ema = {'a': rng.standard_normal((3, 4)).astype(np.float32), 'b': np.float32(2.0)}
-  params = {'a': rng.standard_normal((3, 4)).astype(np.float32), 'b': np.float32(-1.0)}
+  ema = {
+    'a': rng.standard_normal((3, 4)).astype(np.float32),
+    'b': np.float32(2.0),
+  }
+  params = {
+    'a': rng.standard_normal((3, 4)).astype(np.float32),
+    'b': np.float32(-1.0),
+  }
   got = optimizer.ema_update(ema, params, decay=decay, step=jnp.int32(step))
-  d = min(decay, (1.0 + step) / (10.0 + step))  # Warm-up: 0.1 at step 0, `decay` from step 8990.
+  # Warm-up: 0.1 at step 0, `decay` from step 8990.
+  d = min(decay, (1.0 + step) / (10.0 + step))
   for key in ema:
     want = d * np.float64(ema[key]) + (1.0 - d) * np.float64(params[key])
-    np.testing.assert_allclose(np.asarray(got[key], np.float64), want, rtol=1e-6, atol=1e-7)
-  assert float(optimizer.ema_decay(decay, jnp.int32(step))) == pytest.approx(d, rel=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(got[key], np.float64), want, rtol=1e-6, atol=1e-7
+    )
+  assert float(optimizer.ema_decay(decay, jnp.int32(step))) == pytest.approx(
+    d, rel=1e-6
+  )
 
 
 def test_schedule_feeds_the_optimizer():
-  optim = optimizer.OptimizerConfig(learning_rate=0.5, warmup_steps=2, decay_steps=0, grad_clip=0.0,
-                                    weight_decay=0.0, b1=0.0, b2=0.0)
+  optim = optimizer.OptimizerConfig(
+    learning_rate=0.5,
+    warmup_steps=2,
+    decay_steps=0,
+    grad_clip=0.0,
+    weight_decay=0.0,
+    b1=0.0,
+    b2=0.0,
+  )
   schedule = optimizer.learning_rate_schedule(optim, num_train_steps=10)
   tx = optimizer.make_optimizer(optim, schedule)
   params = {'w': jnp.zeros(())}

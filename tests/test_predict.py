@@ -8,17 +8,20 @@ runs a real one end to end).
 import os
 
 import numpy as np
-import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-import pytest
 from PIL import Image
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import generate_uid
+import pytest
 
 from diffseg_jax import checkpoint
 from diffseg_jax import errors
 from diffseg_jax import predict
 from diffseg_jax import sampling
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO
+from tests.conftest import tiny_config
 
 WINDOW = 32  # synthetic_lesions/32, the quickstart smoke config's data set.
 
@@ -45,15 +48,17 @@ class _Recorder:
     del params, rng
     self.images.append(np.array(image))
     b, h, w, _ = image.shape
-    return np.broadcast_to(image[:, None, :, :, 0] > 0.5,
-                           (b, num_samples, h, w))
+    return np.broadcast_to(
+      image[:, None, :, :, 0] > 0.5, (b, num_samples, h, w)
+    )
 
 
 @pytest.fixture
 def fake_model(monkeypatch):
   recorder = _Recorder()
-  monkeypatch.setattr(checkpoint, 'load_params',
-                      lambda *args, **kwargs: (None, None, 0))
+  monkeypatch.setattr(
+    checkpoint, 'load_params', lambda *args, **kwargs: (None, None, 0)
+  )
   monkeypatch.setattr(sampling, 'Sampler', recorder)
   return recorder
 
@@ -78,8 +83,9 @@ def _ramp(h, w, high):
   return np.linspace(0, high, h * w).reshape(h, w)
 
 
-@pytest.mark.parametrize('kind',
-                         ['16bit', 'L', 'RGB', 'RGBA', 'P', 'LA', '1bit'])
+@pytest.mark.parametrize(
+  'kind', ['16bit', 'L', 'RGB', 'RGBA', 'P', 'LA', '1bit']
+)
 def test_png_read_at_its_bit_depth(tmp_path, kind):
   """16-bit PNGs became white; the 8-bit modes are regression cases."""
   if kind == '16bit':
@@ -109,11 +115,13 @@ def test_png_read_at_its_bit_depth(tmp_path, kind):
 def test_npy_must_be_a_float_image_in_range(tmp_path):
   """NaN and integer arrays were accepted; out of range is refused."""
   cases = {
-      'nan.npy': (np.full((32, 32), np.nan, np.float32), 'NaN'),
-      'mask.npy': (np.ones((32, 32), np.uint8), 'float array'),
-      'hu.npy': (np.full((32, 32), 1.5, np.float32),
-                 r'values must lie in \[0, 1\]'),
-      'stack.npy': (np.zeros((2, 32, 32), np.float32), r'\[H, W\]'),
+    'nan.npy': (np.full((32, 32), np.nan, np.float32), 'NaN'),
+    'mask.npy': (np.ones((32, 32), np.uint8), 'float array'),
+    'hu.npy': (
+      np.full((32, 32), 1.5, np.float32),
+      r'values must lie in \[0, 1\]',
+    ),
+    'stack.npy': (np.zeros((2, 32, 32), np.float32), r'\[H, W\]'),
   }
   for name, (array, message) in cases.items():
     np.save(tmp_path / name, array)
@@ -125,7 +133,8 @@ def test_npy_must_be_a_float_image_in_range(tmp_path):
 
 
 def test_training_window_comes_from_the_config(tiny_synthetic, tmp_path):
-  from configs import crop64, default  # pylint: disable=g-import-not-at-top
+  from configs import crop64  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
 
   assert predict.training_window(_config(tmp_path)) == 32
   assert predict.training_window(default.get_config('smoke')) == 128
@@ -140,15 +149,19 @@ def test_training_window_comes_from_the_config(tiny_synthetic, tmp_path):
 
 def test_one_pixel_png_is_refused_before_compute(tmp_path, no_compute):
   path = _png(tmp_path / 'dot.png', np.full((1, 1), 128, np.uint8))
-  with pytest.raises(errors.DataError, match=r'dot.png: the image is 1x1 '
-                     'pixels, smaller than the 32x32'):
+  with pytest.raises(
+    errors.DataError,
+    match=r'dot.png: the image is 1x1 '
+    'pixels, smaller than the 32x32',
+  ):
     predict.predict(_config(tmp_path), str(tmp_path), path)
 
 
 def test_large_png_without_center_fails_before_compute(tmp_path, no_compute):
   path = _png(tmp_path / 'big.png', _ramp(256, 200, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError,
-                     match=r'big.png: the image is 256x200 .* --center=ROW,'):
+  with pytest.raises(
+    errors.DataError, match=r'big.png: the image is 256x200 .* --center=ROW,'
+  ):
     predict.predict(_config(tmp_path), str(tmp_path), path)
 
 
@@ -157,11 +170,12 @@ def test_center_cuts_that_window(tmp_path, fake_model):
   pixels = pixels.astype(np.uint8)
   path = _png(tmp_path / 'big.png', pixels)
   out = tmp_path / 'out'
-  stems = predict.predict(_config(tmp_path), str(tmp_path), path,
-                          output_dir=str(out), center='40,70')
+  stems = predict.predict(
+    _config(tmp_path), str(tmp_path), path, output_dir=str(out), center='40,70'
+  )
   assert stems == [str(out / 'big')]
   (fed,) = fake_model.images
-  crop = pixels[40 - 16:40 + 16, 70 - 16:70 + 16] / 255.0
+  crop = pixels[40 - 16 : 40 + 16, 70 - 16 : 70 + 16] / 255.0
   np.testing.assert_allclose(fed[0, :, :, 0], crop, atol=1e-6)
   samples = np.load(out / 'big_samples.npy')
   assert samples.shape == (2, WINDOW, WINDOW)
@@ -170,10 +184,12 @@ def test_center_cuts_that_window(tmp_path, fake_model):
 
 def test_center_window_must_lie_inside_the_image(tmp_path, no_compute):
   path = _png(tmp_path / 'big.png', _ramp(100, 120, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError,
-                     match=r'window around --center=10,70 leaves the 100x120 '
-                     r'image; the centre must lie in rows 16..84 and columns '
-                     r'16..104'):
+  with pytest.raises(
+    errors.DataError,
+    match=r'window around --center=10,70 leaves the 100x120 '
+    r'image; the centre must lie in rows 16..84 and columns '
+    r'16..104',
+  ):
     predict.predict(_config(tmp_path), str(tmp_path), path, center=(10, 70))
   with pytest.raises(errors.ConfigError, match='ROW,COL'):
     predict.predict(_config(tmp_path), str(tmp_path), path, center='10')
@@ -204,22 +220,27 @@ def test_dicom_window_is_resampled_around_the_center(tmp_path, no_compute):
   # HU linear in (row, col): bilinear resampling is exact, so the reference
   # is analytic.
   rows, cols = np.meshgrid(np.arange(100.0), np.arange(100.0), indexing='ij')
-  path = _write_ct(tmp_path / 'slice.dcm', -1000.0 + 10.0 * rows + 5.0 * cols,
-                   spacing_mm=1.0)
+  path = _write_ct(
+    tmp_path / 'slice.dcm', -1000.0 + 10.0 * rows + 5.0 * cols, spacing_mm=1.0
+  )
   assert pydicom.dcmread(path).pixel_array.max() > 2000  # The slope matters.
-  with pytest.raises(errors.DataError,
-                     match=r'slice.dcm .*200x200 pixels at 0.5 mm, larger .* '
-                     r'--center'):
+  with pytest.raises(
+    errors.DataError,
+    match=r'slice.dcm .*200x200 pixels at 0.5 mm, larger .* '
+    r'--center',
+  ):
     predict.predict(_config(tmp_path), str(tmp_path), path)
   window = predict.read_window(path, size=WINDOW, center=(40, 60))
   # 0.5 mm steps in 1 mm pixels.
   offs = (np.arange(WINDOW) - (WINDOW - 1) / 2.0) * 0.5
   hu = -1000.0 + 10.0 * (40 + offs[:, None]) + 5.0 * (60 + offs[None, :])
-  np.testing.assert_allclose(window, np.clip((hu + 1350.0) / 1500.0, 0, 1),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    window, np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=1e-5
+  )
   small = _write_ct(tmp_path / 'small.dcm', np.zeros((10, 10)), spacing_mm=1.0)
-  with pytest.raises(errors.DataError,
-                     match=r'small.dcm .*20x20 pixels at 0.5 mm, smaller'):
+  with pytest.raises(
+    errors.DataError, match=r'small.dcm .*20x20 pixels at 0.5 mm, smaller'
+  ):
     predict.read_window(small, size=WINDOW)
 
 
@@ -233,13 +254,17 @@ def test_folder_with_bad_files_processes_the_good_ones(tmp_path, fake_model):
   np.save(inputs / 'e_hu.npy', np.full((32, 32), -1000.0, np.float32))
   out = tmp_path / 'out'
   with pytest.raises(errors.DataError) as info:
-    predict.predict(_config(tmp_path), str(tmp_path), str(inputs),
-                    output_dir=str(out))
+    predict.predict(
+      _config(tmp_path), str(tmp_path), str(inputs), output_dir=str(out)
+    )
   lines = str(info.value).splitlines()
   assert lines[0].startswith('3 of 5 inputs were skipped (the other 2 are in')
   assert len(lines) == 4
-  expected = [('b_corrupt.png', 'Cannot read'), ('c_dot.png', 'smaller'),
-              ('e_hu.npy', 'values must lie in')]
+  expected = [
+    ('b_corrupt.png', 'Cannot read'),
+    ('c_dot.png', 'smaller'),
+    ('e_hu.npy', 'values must lie in'),
+  ]
   for line, (name, cause) in zip(lines[1:], expected):
     assert name in line and cause in line, line
   assert len(fake_model.images) == 2
@@ -251,8 +276,9 @@ def test_folder_with_bad_files_processes_the_good_ones(tmp_path, fake_model):
 def test_folder_of_only_bad_files_fails_before_compute(tmp_path, no_compute):
   (tmp_path / 'x.png').write_bytes(b'not a png')
   _png(tmp_path / 'y.png', _ramp(64, 64, 255).astype(np.uint8))
-  with pytest.raises(errors.DataError,
-                     match=r'No usable input .*\n.*x.png.*\n.*y.png.*--center'):
+  with pytest.raises(
+    errors.DataError, match=r'No usable input .*\n.*x.png.*\n.*y.png.*--center'
+  ):
     predict.predict(_config(tmp_path), str(tmp_path), str(tmp_path))
 
 
@@ -261,9 +287,13 @@ def test_cli_center_flag(tmp_path):
 
   path = _png(tmp_path / 'big.png', _ramp(64, 64, 255).astype(np.uint8))
   config = os.path.join(REPO, 'configs', 'quickstart.py') + ':smoke'
-  flags = [f'--workdir={tmp_path}', f'--config={config}',
-           f'--config.dataset.data_dir={tmp_path}', '--mode=predict',
-           f'--input={path}']
+  flags = [
+    f'--workdir={tmp_path}',
+    f'--config={config}',
+    f'--config.dataset.data_dir={tmp_path}',
+    '--mode=predict',
+    f'--input={path}',
+  ]
   result = _main(*flags)
   assert result.returncode == 2, result.stderr
   assert '--center=ROW,COL' in result.stderr

@@ -22,14 +22,25 @@ from diffseg_jax import parallel
 from diffseg_jax import sampling
 from diffseg_jax.models import unet
 
-TINY = unet.UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1),
-                       num_middle_blocks=1, attention_levels=(), num_heads=1)
+TINY = unet.UNetConfig(
+  base_channels=8,
+  channel_mult=(1, 2),
+  num_res_blocks=(1, 1),
+  num_middle_blocks=1,
+  attention_levels=(),
+  num_heads=1,
+)
 
 
 def _sampler(graphdef, mesh, max_batch):
-  return sampling.Sampler(graphdef, mesh, diffusion_config=diffusion.DiffusionConfig(),
-                          sampler_config=diffusion.SamplerConfig(num_steps=2),
-                          preprocessing='grey', max_batch=max_batch)
+  return sampling.Sampler(
+    graphdef,
+    mesh,
+    diffusion_config=diffusion.DiffusionConfig(),
+    sampler_config=diffusion.SamplerConfig(num_steps=2),
+    preprocessing='grey',
+    max_batch=max_batch,
+  )
 
 
 def test_several_chunks_equal_their_one_chunk_samples():
@@ -38,8 +49,10 @@ def test_several_chunks_equal_their_one_chunk_samples():
   # The output layer starts at zero; perturb every weight so the samples depend on the network.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    tree,
+    [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)],
+  )
   mesh = parallel.make_mesh(1)
   image = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
   rng = jax.random.key(7)
@@ -55,4 +68,6 @@ def test_several_chunks_equal_their_one_chunk_samples():
   one_chunk = _sampler(graphdef, mesh, max_batch=1000)(params, image, rng, 2)
   np.testing.assert_array_equal(one_chunk, six[:, :2])
   for i, j in ((0, 2), (0, 4), (2, 4)):
-    assert not np.array_equal(six[:, i:i + 2], six[:, j:j + 2]), 'chunks repeat the same samples'
+    assert not np.array_equal(six[:, i : i + 2], six[:, j : j + 2]), (
+      'chunks repeat the same samples'
+    )

@@ -12,205 +12,352 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(relative_path, name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relative_path))
+  spec = importlib.util.spec_from_file_location(
+    name, os.path.join(REPO, relative_path)
+  )
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module  # dataclasses resolve their module by name.
   spec.loader.exec_module(module)
   return module
 
 
-sweep = _load(os.path.join("launch", "sweep.py"), "sweep_under_test")
-report = _load(os.path.join("benchmarks", "design_study_report.py"), "design_study_report_under_test")
+sweep = _load(os.path.join('launch', 'sweep.py'), 'sweep_under_test')
+report = _load(
+  os.path.join('benchmarks', 'design_study_report.py'),
+  'design_study_report_under_test',
+)
 
 
 def _flags(run):
   """{config key: value string} of a run's --config.<key>=<value> flags."""
   out = {}
-  for arg in run.command(config="c.py", python="python"):
-    if arg.startswith("--config."):
-      key, value = arg[len("--config."):].split("=", 1)
+  for arg in run.command(config='c.py', python='python'):
+    if arg.startswith('--config.'):
+      key, value = arg[len('--config.') :].split('=', 1)
       out[key] = value
   return out
 
 
 def _trainings(runs):
-  return [r for r in runs if r.mode == "train"]
+  return [r for r in runs if r.mode == 'train']
 
 
-@pytest.mark.parametrize("study,factor,values", [
-    ("input_scale", "diffusion.input_scale", ["1.0", "0.3", "0.1", "0.03"]),
-    ("prediction", "diffusion.prediction", ["x", "v", "eps"]),
-    ("weighting", "diffusion.weighting", ["uniform", "snr", "snr_plus1", "snr_trunc", "sigmoid_0"]),
-])
+@pytest.mark.parametrize(
+  'study,factor,values',
+  [
+    ('input_scale', 'diffusion.input_scale', ['1.0', '0.3', '0.1', '0.03']),
+    ('prediction', 'diffusion.prediction', ['x', 'v', 'eps']),
+    (
+      'weighting',
+      'diffusion.weighting',
+      ['uniform', 'snr', 'snr_plus1', 'snr_trunc', 'sigmoid_0'],
+    ),
+  ],
+)
 def test_training_studies_vary_one_factor(tmp_path, study, factor, values):
-  runs, entries = sweep.plan(studies=[study], seeds=[0, 1], steps=1234, workroot=str(tmp_path))
-  assert all(r.mode == "train" for r in runs)
+  runs, entries = sweep.plan(
+    studies=[study], seeds=[0, 1], steps=1234, workroot=str(tmp_path)
+  )
+  assert all(r.mode == 'train' for r in runs)
   assert len(runs) == 2 * len(values) == len(entries)
   for seed in (0, 1):
-    flags = [_flags(r) for r in runs if _flags(r)["seed"] == str(seed)]
+    flags = [_flags(r) for r in runs if _flags(r)['seed'] == str(seed)]
     assert [f[factor] for f in flags] == values
     for f in flags:
-      assert f["num_train_steps"] == "1234"
-      assert f["evaluate_after_training"] == "True"
-      others = {k: v for k, v in f.items() if k.startswith("diffusion.") and k != factor}
-      expected = {k: sweep._flag_value(v) for k, v in sweep.REFERENCE.items() if k != factor}
+      assert f['num_train_steps'] == '1234'
+      assert f['evaluate_after_training'] == 'True'
+      others = {
+        k: v for k, v in f.items() if k.startswith('diffusion.') and k != factor
+      }
+      expected = {
+        k: sweep._flag_value(v)
+        for k, v in sweep.REFERENCE.items()
+        if k != factor
+      }
       assert others == expected
   assert len({r.workdir for r in runs}) == len(runs)
   for r in runs:
-    assert r.metrics_path == os.path.join(str(tmp_path), r.name, "eval", "test", "metrics.json")
-    command = r.command(config="configs/quickstart.py", python="python")
-    assert command[:3] == ["python", "-m", "diffseg_jax.main"]
-    assert "--mode=train" in command and f"--workdir={r.workdir}" in command
+    assert r.metrics_path == os.path.join(
+      str(tmp_path), r.name, 'eval', 'test', 'metrics.json'
+    )
+    command = r.command(config='configs/quickstart.py', python='python')
+    assert command[:3] == ['python', '-m', 'diffseg_jax.main']
+    assert '--mode=train' in command and f'--workdir={r.workdir}' in command
 
 
 def test_sampler_study_evaluates_one_checkpoint_per_seed(tmp_path):
-  runs, entries = sweep.plan(studies=["sampler"], seeds=[0, 1], steps=10, workroot=str(tmp_path))
+  runs, entries = sweep.plan(
+    studies=['sampler'], seeds=[0, 1], steps=10, workroot=str(tmp_path)
+  )
   trainings = _trainings(runs)
-  evaluations = [r for r in runs if r.mode == "evaluate"]
+  evaluations = [r for r in runs if r.mode == 'evaluate']
   assert len(trainings) == 2
-  assert len(evaluations) == 2 * len(sweep.SAMPLERS) * len(sweep.SAMPLER_STEPS) == len(entries)
-  assert runs[:2] == trainings  # Trainings run before the evaluations that need them.
+  assert (
+    len(evaluations)
+    == 2 * len(sweep.SAMPLERS) * len(sweep.SAMPLER_STEPS)
+    == len(entries)
+  )
+  # Trainings run before the evaluations that need them.
+  assert runs[:2] == trainings
   by_name = {r.name: r for r in trainings}
   settings = set()
   for r in evaluations:
     f = _flags(r)
     train = by_name[r.requires]
     assert r.workdir == train.workdir
-    assert f["seed"] == _flags(train)["seed"]
-    assert f["eval.output_name"] == f"{f['sampler.name']}_{f['sampler.num_steps']}" == r.output_name
-    assert r.metrics_path == os.path.join(train.workdir, "eval", r.output_name, "metrics.json")
+    assert f['seed'] == _flags(train)['seed']
+    assert (
+      f['eval.output_name']
+      == f'{f["sampler.name"]}_{f["sampler.num_steps"]}'
+      == r.output_name
+    )
+    assert r.metrics_path == os.path.join(
+      train.workdir, 'eval', r.output_name, 'metrics.json'
+    )
     # The network must be the trained one: same diffusion settings as the training.
-    assert {k: v for k, v in f.items() if k.startswith("diffusion.")} == {
-        k: v for k, v in _flags(train).items() if k.startswith("diffusion.")}
-    assert "--mode=evaluate" in r.command(config="c.py")
-    settings.add((f["seed"], f["sampler.name"], int(f["sampler.num_steps"])))
-  assert settings == {(str(s), n, k) for s in (0, 1) for n in sweep.SAMPLERS for k in sweep.SAMPLER_STEPS}
+    assert {k: v for k, v in f.items() if k.startswith('diffusion.')} == {
+      k: v for k, v in _flags(train).items() if k.startswith('diffusion.')
+    }
+    assert '--mode=evaluate' in r.command(config='c.py')
+    settings.add((f['seed'], f['sampler.name'], int(f['sampler.num_steps'])))
+  assert settings == {
+    (str(s), n, k)
+    for s in (0, 1)
+    for n in sweep.SAMPLERS
+    for k in sweep.SAMPLER_STEPS
+  }
 
 
 def test_all_studies_share_the_reference_training(tmp_path):
-  runs, entries = sweep.plan(studies=list(sweep.STUDIES), seeds=[0], steps=None, workroot=str(tmp_path))
+  runs, entries = sweep.plan(
+    studies=list(sweep.STUDIES), seeds=[0], steps=None, workroot=str(tmp_path)
+  )
   trainings = _trainings(runs)
   # 4 scales + 3 predictions + 5 weightings, the reference (b 0.1, x, snr_plus1) counted once.
   assert len(trainings) == 4 + 3 + 5 - 2
   assert len({r.name for r in runs}) == len(runs)
   reference = sweep._train_name(sweep.REFERENCE, 0)
-  users = {e.study for e in entries if e.run == reference or e.run.startswith(reference + "_eval_")}
+  users = {
+    e.study
+    for e in entries
+    if e.run == reference or e.run.startswith(reference + '_eval_')
+  }
   assert users == set(sweep.STUDIES)
-  assert all("num_train_steps" not in _flags(r) for r in runs)
+  assert all('num_train_steps' not in _flags(r) for r in runs)
 
 
 def test_eval_overrides_and_cli_dry(tmp_path, capsys):
-  runs, _ = sweep.plan(studies=["prediction"], seeds=[3], steps=5, workroot=str(tmp_path),
-                       eval_overrides=[("eval.num_examples", 100)])
-  assert all(_flags(r)["eval.num_examples"] == "100" for r in runs)
-  workroot = tmp_path / "dry"
-  rc = sweep.main(["--study=sampler", "--seeds=0", "--steps=7", f"--workroot={workroot}", "--dry",
-                   "--eval_examples=50", "--num_samples_list=4,16"])
+  runs, _ = sweep.plan(
+    studies=['prediction'],
+    seeds=[3],
+    steps=5,
+    workroot=str(tmp_path),
+    eval_overrides=[('eval.num_examples', 100)],
+  )
+  assert all(_flags(r)['eval.num_examples'] == '100' for r in runs)
+  workroot = tmp_path / 'dry'
+  rc = sweep.main(
+    [
+      '--study=sampler',
+      '--seeds=0',
+      '--steps=7',
+      f'--workroot={workroot}',
+      '--dry',
+      '--eval_examples=50',
+      '--num_samples_list=4,16',
+    ]
+  )
   assert rc == 0 and not workroot.exists()
-  lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+  lines = [
+    line
+    for line in capsys.readouterr().out.splitlines()
+    if not line.startswith('#')
+  ]
   assert len(lines) == 1 + 15
-  assert all("--config.eval.num_samples_list=(4,16,)" in l and "--config.num_train_steps=7" in l
-             for l in lines)
+  assert all(
+    '--config.eval.num_samples_list=(4,16,)' in line
+    and '--config.num_train_steps=7' in line
+    for line in lines
+  )
 
 
 def test_plan_files_and_resume_skips_finished(tmp_path):
-  workroot = tmp_path / "study"
-  assert sweep.main(["--study=input_scale", "--seeds=0", "--steps=3", f"--workroot={workroot}"]) == 0
-  manifest = json.loads((workroot / "manifest.json").read_text())
-  assert len(manifest["runs"]) == 4 and len(manifest["entries"]) == 4
-  assert (workroot / "commands.sh").read_text().count("diffseg_jax.main") == 4
-  runs, _ = sweep.plan(studies=["sampler"], seeds=[0], steps=3, workroot=str(workroot))
+  workroot = tmp_path / 'study'
+  assert (
+    sweep.main(
+      [
+        '--study=input_scale',
+        '--seeds=0',
+        '--steps=3',
+        f'--workroot={workroot}',
+      ]
+    )
+    == 0
+  )
+  manifest = json.loads((workroot / 'manifest.json').read_text())
+  assert len(manifest['runs']) == 4 and len(manifest['entries']) == 4
+  assert (workroot / 'commands.sh').read_text().count('diffseg_jax.main') == 4
+  runs, _ = sweep.plan(
+    studies=['sampler'], seeds=[0], steps=3, workroot=str(workroot)
+  )
   for r in runs:  # Every run already finished: nothing is started.
     os.makedirs(os.path.dirname(r.metrics_path), exist_ok=True)
-    with open(r.metrics_path, "w") as f:
-      f.write("{}")
-  status = sweep.execute(runs, config="c.py", workroot=str(workroot), log=lambda *a: None)
-  assert set(status.values()) == {"done"}
+    with open(r.metrics_path, 'w') as f:
+      f.write('{}')
+  status = sweep.execute(
+    runs, config='c.py', workroot=str(workroot), log=lambda *a: None
+  )
+  assert set(status.values()) == {'done'}
 
 
 def test_failed_training_skips_its_evaluations(tmp_path):
-  runs, _ = sweep.plan(studies=["sampler"], seeds=[0], steps=1, workroot=str(tmp_path))
-  bad_config = str(tmp_path / "missing_config.py")  # main exits non-zero at once.
-  status = sweep.execute(runs[:3], config=bad_config, workroot=str(tmp_path), log=lambda *a: None)
-  assert status[runs[0].name].startswith("failed")
-  assert status[runs[1].name] == status[runs[2].name] == f"skipped (needs {runs[0].name})"
-  assert os.path.exists(tmp_path / "logs" / f"{runs[0].name}.log")
+  runs, _ = sweep.plan(
+    studies=['sampler'], seeds=[0], steps=1, workroot=str(tmp_path)
+  )
+  # Main exits non-zero at once.
+  bad_config = str(tmp_path / 'missing_config.py')
+  status = sweep.execute(
+    runs[:3], config=bad_config, workroot=str(tmp_path), log=lambda *a: None
+  )
+  assert status[runs[0].name].startswith('failed')
+  assert (
+    status[runs[1].name]
+    == status[runs[2].name]
+    == f'skipped (needs {runs[0].name})'
+  )
+  assert os.path.exists(tmp_path / 'logs' / f'{runs[0].name}.log')
 
 
 def _write_metrics(path, values):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"split": "test", "metrics": {k: {"mean": m, "sem": s, "n": 10}
-                                            for k, (m, s) in values.items()}}, f)
+  with open(path, 'w') as f:
+    json.dump(
+      {
+        'split': 'test',
+        'metrics': {
+          k: {'mean': m, 'sem': s, 'n': 10} for k, (m, s) in values.items()
+        },
+      },
+      f,
+    )
 
 
 def test_combine_over_seeds_and_single_seed():
   assert report.combine([]) is None
-  assert report.combine([{"mean": 0.5, "sem": 0.01}]) == (0.5, 0.01, "img")
+  assert report.combine([{'mean': 0.5, 'sem': 0.01}]) == (0.5, 0.01, 'img')
   means = [0.2, 0.3, 0.7]
-  mean, sem, basis = report.combine([{"mean": m, "sem": 9.0} for m in means])
+  mean, sem, basis = report.combine([{'mean': m, 'sem': 9.0} for m in means])
   ref_mean = sum(means) / 3
-  ref_sem = math.sqrt(sum((m - ref_mean) ** 2 for m in means) / 2) / math.sqrt(3)
-  assert basis == "seeds"
-  assert mean == pytest.approx(ref_mean, abs=1e-12) and sem == pytest.approx(ref_sem, abs=1e-12)
-  assert report.combine([None, {"mean": None}, {"mean": 1.0, "sem": None}]) == (1.0, None, "img")
+  ref_sem = math.sqrt(sum((m - ref_mean) ** 2 for m in means) / 2) / math.sqrt(
+    3
+  )
+  assert basis == 'seeds'
+  assert mean == pytest.approx(ref_mean, abs=1e-12) and sem == pytest.approx(
+    ref_sem, abs=1e-12
+  )
+  assert report.combine([None, {'mean': None}, {'mean': 1.0, 'sem': None}]) == (
+    1.0,
+    None,
+    'img',
+  )
 
 
 def test_report_tables_from_fake_metrics(tmp_path, capsys):
-  workroot = tmp_path / "study"
-  assert sweep.main(["--study=all", "--seeds=0,1", "--steps=3", f"--workroot={workroot}"]) == 0
-  manifest = json.loads((workroot / "manifest.json").read_text())
+  workroot = tmp_path / 'study'
+  assert (
+    sweep.main(
+      ['--study=all', '--seeds=0,1', '--steps=3', f'--workroot={workroot}']
+    )
+    == 0
+  )
+  manifest = json.loads((workroot / 'manifest.json').read_text())
   # Fake results: GED = 0.1 * seed + b for trainings; 1 + steps/1000 for sampler settings.
-  for e in manifest["entries"]:
-    if e["study"] == "sampler" and e["setting"]["sampler"] == "ddim" and e["setting"]["steps"] == 100:
+  for e in manifest['entries']:
+    if (
+      e['study'] == 'sampler'
+      and e['setting']['sampler'] == 'ddim'
+      and e['setting']['steps'] == 100
+    ):
       continue  # one unfinished setting
-    base = e["setting"].get("b", 1 + e["setting"].get("steps", 0) / 1000)
-    ged = base + 0.1 * e["seed"]
-    _write_metrics(e["metrics"], {"ged_16": (ged, 0.5), "hm_iou_16": (0.6, 0.01),
-                                  "ci_16": (0.7, 0.02), "mode_tv_16": (0.05, 0.01),
-                                  "oracle_ged_16": (0.3 + 0.2 * e["seed"], 0.02),
-                                  "blind_ged_16": (0.9, 0.03)})
-  assert report.main([f"--workroot={workroot}"]) == 0
+    base = e['setting'].get('b', 1 + e['setting'].get('steps', 0) / 1000)
+    ged = base + 0.1 * e['seed']
+    _write_metrics(
+      e['metrics'],
+      {
+        'ged_16': (ged, 0.5),
+        'hm_iou_16': (0.6, 0.01),
+        'ci_16': (0.7, 0.02),
+        'mode_tv_16': (0.05, 0.01),
+        'oracle_ged_16': (0.3 + 0.2 * e['seed'], 0.02),
+        'blind_ged_16': (0.9, 0.03),
+      },
+    )
+  assert report.main([f'--workroot={workroot}']) == 0
   text = capsys.readouterr().out
-  assert (workroot / "report.md").read_text().strip() in text
+  assert (workroot / 'report.md').read_text().strip() in text
   for title in report.STUDY_TITLES.values():
     assert title in text
-  sem_two_seeds = math.sqrt(2 * 0.05 ** 2) / math.sqrt(2)  # seeds 0 and 1: means g, g + 0.1.
-  assert f"| 0.03 | 2/2 | {0.08:.4f} ± {sem_two_seeds:.4f} |" in text
-  assert f"| x | 2/2 | {0.15:.4f} ± {sem_two_seeds:.4f} |" in text
-  assert f"| ddpm, 25 | 2/2 | {1.075:.4f} ± {sem_two_seeds:.4f} |" in text
-  assert "| ddim, 100 | 0/2 | – | – | – | – |" in text
-  assert "Not finished: ddim, 100 (seed 0); ddim, 100 (seed 1)." in text
-  oracle = [l for l in text.splitlines() if l.startswith("| oracle")]
-  assert len(oracle) == 4 and all(f"{0.4:.4f} ±" in l for l in oracle)
-  assert all(l.count("–") == 3 for l in oracle)  # only GED given for the baselines
-  one_seed = report.study_table("input_scale", [e for e in manifest["entries"] if e["seed"] == 0])
-  assert f"| 1.0 | 1/1 | {1.0:.4f} ± {0.5:.4f} (img) |" in one_seed
+  # Seeds 0 and 1: means g, g + 0.1.
+  sem_two_seeds = math.sqrt(2 * 0.05**2) / math.sqrt(2)
+  assert f'| 0.03 | 2/2 | {0.08:.4f} ± {sem_two_seeds:.4f} |' in text
+  assert f'| x | 2/2 | {0.15:.4f} ± {sem_two_seeds:.4f} |' in text
+  assert f'| ddpm, 25 | 2/2 | {1.075:.4f} ± {sem_two_seeds:.4f} |' in text
+  assert '| ddim, 100 | 0/2 | – | – | – | – |' in text
+  assert 'Not finished: ddim, 100 (seed 0); ddim, 100 (seed 1).' in text
+  oracle = [line for line in text.splitlines() if line.startswith('| oracle')]
+  assert len(oracle) == 4 and all(f'{0.4:.4f} ±' in line for line in oracle)
+  # Only GED is given for the baselines.
+  assert all(line.count('–') == 3 for line in oracle)
+  one_seed = report.study_table(
+    'input_scale', [e for e in manifest['entries'] if e['seed'] == 0]
+  )
+  assert f'| 1.0 | 1/1 | {1.0:.4f} ± {0.5:.4f} (img) |' in one_seed
 
 
 def test_report_without_manifest_names_the_fix(tmp_path, capsys):
-  assert report.main([f"--workroot={tmp_path}"]) == 2
-  assert "launch/sweep.py" in capsys.readouterr().err
+  assert report.main([f'--workroot={tmp_path}']) == 2
+  assert 'launch/sweep.py' in capsys.readouterr().err
 
 
 def test_report_rejects_foreign_json(tmp_path):
-  path = tmp_path / "metrics.json"
-  path.write_text(json.dumps({"ged": 1.0}))
+  path = tmp_path / 'metrics.json'
+  path.write_text(json.dumps({'ged': 1.0}))
   with pytest.raises(ValueError, match="metrics.json has no 'metrics'"):
     report.load_metrics(str(path))
 
 
-def test_extra_overrides_reach_every_run_and_clashes_are_refused(tmp_path, capsys):
-  rc = sweep.main(["--study=sampler", "--dry", f"--workroot={tmp_path}",
-                   "--override=dataset.data_dir=/data/tfds", "--override=eval.batch_size=10"])
+def test_extra_overrides_reach_every_run_and_clashes_are_refused(
+  tmp_path, capsys
+):
+  rc = sweep.main(
+    [
+      '--study=sampler',
+      '--dry',
+      f'--workroot={tmp_path}',
+      '--override=dataset.data_dir=/data/tfds',
+      '--override=eval.batch_size=10',
+    ]
+  )
   assert rc == 0
-  lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+  lines = [
+    line
+    for line in capsys.readouterr().out.splitlines()
+    if not line.startswith('#')
+  ]
   assert len(lines) == 16
-  assert all("--config.dataset.data_dir=/data/tfds" in l and "--config.eval.batch_size=10" in l
-             for l in lines)
-  with pytest.raises(ValueError, match="sampler.num_steps"):
-    sweep.plan(studies=["sampler"], seeds=[0], steps=1, workroot=str(tmp_path),
-               eval_overrides=[("sampler.num_steps", 3)])
-  for bad in ("--override=seed=3", "--override=no_equals_sign"):
+  assert all(
+    '--config.dataset.data_dir=/data/tfds' in line
+    and '--config.eval.batch_size=10' in line
+    for line in lines
+  )
+  with pytest.raises(ValueError, match='sampler.num_steps'):
+    sweep.plan(
+      studies=['sampler'],
+      seeds=[0],
+      steps=1,
+      workroot=str(tmp_path),
+      eval_overrides=[('sampler.num_steps', 3)],
+    )
+  for bad in ('--override=seed=3', '--override=no_equals_sign'):
     with pytest.raises(SystemExit):
-      sweep.main(["--study=prediction", "--dry", bad])
+      sweep.main(['--study=prediction', '--dry', bad])

@@ -23,7 +23,9 @@ def _sigmoid64(x):
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('syn'))
-  report = build.build('synthetic_lesions/32', data_dir, overrides=TINY, log=lambda *_: None)
+  report = build.build(
+    'synthetic_lesions/32', data_dir, overrides=TINY, log=lambda *_: None
+  )
   return data_dir, report
 
 
@@ -34,7 +36,10 @@ def chunk():
 
 def test_build_and_read_without_tensorflow(built):
   data_dir, report = built
-  assert report['dataset'] == 'synthetic_lesions/32_num_test16_num_train40_num_validation16'
+  assert (
+    report['dataset']
+    == 'synthetic_lesions/32_num_test16_num_train40_num_validation16'
+  )
   assert report['num_examples'] == {'train': 40, 'validation': 16, 'test': 16}
   with open(os.path.join(report['data_dir'], build.REPORT_NAME)) as f:
     assert json.load(f)['num_examples'] == report['num_examples']
@@ -62,10 +67,14 @@ def test_build_and_read_without_tensorflow(built):
 
 def test_two_builds_identical(built, tmp_path):
   data_dir, report = built
-  report2 = build.build('synthetic_lesions/32', str(tmp_path), overrides=TINY, log=lambda *_: None)
+  report2 = build.build(
+    'synthetic_lesions/32', str(tmp_path), overrides=TINY, log=lambda *_: None
+  )
   for split in ('train', 'test'):
     a = tfds.data_source(report['dataset'], split=split, data_dir=data_dir)
-    b = tfds.data_source(report2['dataset'], split=split, data_dir=str(tmp_path))
+    b = tfds.data_source(
+      report2['dataset'], split=split, data_dir=str(tmp_path)
+    )
     for i in range(len(a)):
       for key in ('image', 'masks', 'modes', 'mode_probs', 'geometry', 'id'):
         np.testing.assert_array_equal(a[i][key], b[i][key])
@@ -89,7 +98,8 @@ def test_mode_probability_formula():
   p = syn.mode_probabilities(core_area_fraction=area, lobe_contrast=contrast)
   p_empty = _sigmoid64(-(area - syn.EMPTY_AREA_CENTRE) / syn.EMPTY_AREA_WIDTH)
   p_lobe = _sigmoid64(
-      (contrast - syn.LOBE_CONTRAST_CENTRE) / syn.LOBE_CONTRAST_WIDTH)
+    (contrast - syn.LOBE_CONTRAST_CENTRE) / syn.LOBE_CONTRAST_WIDTH
+  )
   np.testing.assert_allclose(p[:, 0], p_empty, rtol=1e-12)
   np.testing.assert_allclose(p[:, 2], (1 - p_empty) * p_lobe, rtol=1e-12)
   np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
@@ -118,9 +128,13 @@ def test_fainter_lobe_rarer_union(chunk):
   image = chunk['image'][..., 0].astype(np.float64)
   modes = chunk['modes'].astype(bool)
   lobe_only = modes[:, 2] & ~modes[:, 1]
-  ring = np.stack([ndimage.binary_dilation(m, iterations=3) for m in modes[:, 2]]) & ~modes[:, 2]
-  lobe_contrast = ((image * lobe_only).sum((1, 2)) / lobe_only.sum((1, 2))
-                   - (image * ring).sum((1, 2)) / ring.sum((1, 2)))
+  ring = (
+    np.stack([ndimage.binary_dilation(m, iterations=3) for m in modes[:, 2]])
+    & ~modes[:, 2]
+  )
+  lobe_contrast = (image * lobe_only).sum((1, 2)) / lobe_only.sum((1, 2)) - (
+    image * ring
+  ).sum((1, 2)) / ring.sum((1, 2))
   p = chunk['mode_probs'].astype(np.float64)
   p_lobe_given_lesion = p[:, 2] / (p[:, 1] + p[:, 2])
   assert stats.spearmanr(lobe_contrast, p_lobe_given_lesion).statistic > 0.8
@@ -170,28 +184,37 @@ def test_annotator_jitter_is_small(chunk):
       # so the inner bound uses one more erosion step.
       assert np.all(ndimage.binary_erosion(mode, iterations=3) <= mask)
   # Jitter is real: annotations of the same mode differ somewhere.
-  assert np.any(chunk['masks'][:, 0] != chunk['modes'][np.arange(2048), chosen[:, 0]])
+  assert np.any(
+    chunk['masks'][:, 0] != chunk['modes'][np.arange(2048), chosen[:, 0]]
+  )
 
 
 def test_geometry_reproduces_the_modes(chunk):
   geom = dict(zip(syn.GEOMETRY_KEYS, chunk['geometry'].T))
   d_core, d_lobe = syn._distances(geom, size=32)  # pylint: disable=protected-access
   np.testing.assert_array_equal(d_core > 0, chunk['modes'][:, 1].astype(bool))
-  np.testing.assert_array_equal(np.maximum(d_core, d_lobe) > 0,
-                                chunk['modes'][:, 2].astype(bool))
+  np.testing.assert_array_equal(
+    np.maximum(d_core, d_lobe) > 0, chunk['modes'][:, 2].astype(bool)
+  )
 
 
 def _welch_z(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / a.size
-                                         + b.var(ddof=1) / b.size)
+  return (a.mean() - b.mean()) / np.sqrt(
+    a.var(ddof=1) / a.size + b.var(ddof=1) / b.size
+  )
 
 
 def test_fresh_draws_match_the_stored_annotations(chunk):
   """draw_annotations is the stored annotations' distribution: modes and jitter."""
   p = chunk['mode_probs'].astype(np.float64)
-  fresh = syn.draw_annotations(geometry=chunk['geometry'], mode_probs=p,
-                               num=syn.NUM_ANNOTATORS, size=32, seed=11)
+  fresh = syn.draw_annotations(
+    geometry=chunk['geometry'],
+    mode_probs=p,
+    num=syn.NUM_ANNOTATORS,
+    size=32,
+    seed=11,
+  )
   assert fresh.shape == chunk['masks'].shape and fresh.dtype == bool
   stored_modes = _annotation_modes(chunk['masks'], chunk['modes'])
   fresh_modes = _annotation_modes(fresh, chunk['modes'])
@@ -202,51 +225,64 @@ def test_fresh_draws_match_the_stored_annotations(chunk):
     assert abs(diff) < 4.5 * sd[k], (k, diff, sd[k])
   # Jitter: pixels where an annotation differs from its mode, per mode.
   index = np.arange(len(p))[:, None]
+
   def jitter_pixels(masks, chosen, k):
     modes = chunk['modes'][index, chosen].astype(bool)
     counts = (masks.astype(bool) != modes).sum((-1, -2))
     return counts[chosen == k]
+
   for k in (1, 2):
     a = jitter_pixels(fresh, fresh_modes, k)
     b = jitter_pixels(chunk['masks'], stored_modes, k)
     assert a.mean() > 5 and b.mean() > 5  # The jitter is there in both.
     assert abs(_welch_z(a, b)) < 4.5, (k, a.mean(), b.mean())
     assert stats.ks_2samp(a, b).pvalue > 1e-4, k
-    areas = lambda m, c: m.astype(bool).sum((-1, -2))[c == k]
-    assert abs(_welch_z(areas(fresh, fresh_modes),
-                        areas(chunk['masks'], stored_modes))) < 4.5
+    areas = lambda m, c, k=k: m.astype(bool).sum((-1, -2))[c == k]
+    assert (
+      abs(
+        _welch_z(areas(fresh, fresh_modes), areas(chunk['masks'], stored_modes))
+      )
+      < 4.5
+    )
 
 
 def test_draw_annotations_is_a_seeded_pure_function(chunk):
   geometry = chunk['geometry'][:6].reshape(2, 3, -1)
   probs = chunk['mode_probs'][:6].reshape(2, 3, -1)
-  a = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
-                           size=32, seed=(1, 2))
-  b = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
-                           size=32, seed=(1, 2))
-  c = syn.draw_annotations(geometry=geometry, mode_probs=probs, num=5,
-                           size=32, seed=(1, 3))
+  a = syn.draw_annotations(
+    geometry=geometry, mode_probs=probs, num=5, size=32, seed=(1, 2)
+  )
+  b = syn.draw_annotations(
+    geometry=geometry, mode_probs=probs, num=5, size=32, seed=(1, 2)
+  )
+  c = syn.draw_annotations(
+    geometry=geometry, mode_probs=probs, num=5, size=32, seed=(1, 3)
+  )
   assert a.shape == (2, 3, 5, 32, 32)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   with pytest.raises(ValueError, match="'geometry' and 'mode_probs'"):
-    syn.draw_annotations(geometry=geometry[..., :9], mode_probs=probs, num=5,
-                         size=32, seed=0)
+    syn.draw_annotations(
+      geometry=geometry[..., :9], mode_probs=probs, num=5, size=32, seed=0
+    )
 
 
 def test_prepare_dataset_does_not_reuse_an_older_version(tmp_path, monkeypatch):
   from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
   data_dir = str(tmp_path)
-  name = build.build('synthetic_lesions/32', data_dir, overrides=TINY,
-                     log=lambda *_: None)['dataset']
+  name = build.build(
+    'synthetic_lesions/32', data_dir, overrides=TINY, log=lambda *_: None
+  )['dataset']
   calls = []
   monkeypatch.setattr(build, 'build', lambda name, *a, **k: calls.append(name))
   input_pipeline.prepare_dataset(name=name, data_dir=data_dir, split='train')
   assert not calls  # The current version is built: reused.
   base = os.path.join(data_dir, name)
-  os.rename(os.path.join(base, str(syn.SyntheticLesions.VERSION)),
-            os.path.join(base, '1.0.0'))
+  os.rename(
+    os.path.join(base, str(syn.SyntheticLesions.VERSION)),
+    os.path.join(base, '1.0.0'),
+  )
   input_pipeline.prepare_dataset(name=name, data_dir=data_dir, split='train')
   assert calls == [name]  # Only an older version: rebuilt.
 
@@ -254,6 +290,12 @@ def test_prepare_dataset_does_not_reuse_an_older_version(tmp_path, monkeypatch):
 def test_cli_errors(capsys, tmp_path):
   assert build.main(['--dataset=nope/32', f'--data_dir={tmp_path}']) == 1
   assert 'Unknown data set' in capsys.readouterr().err
-  assert build.main(['--dataset=synthetic_lesions/7', f'--data_dir={tmp_path}']) == 1
+  assert (
+    build.main(['--dataset=synthetic_lesions/7', f'--data_dir={tmp_path}']) == 1
+  )
   assert "choose one of ['128', '32', '64']" in capsys.readouterr().err
-  assert build.parse_overrides('num_train=5, seed=2,x=a') == {'num_train': 5, 'seed': 2, 'x': 'a'}
+  assert build.parse_overrides('num_train=5, seed=2,x=a') == {
+    'num_train': 5,
+    'seed': 2,
+    'x': 'a',
+  }

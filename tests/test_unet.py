@@ -3,17 +3,23 @@
 import dataclasses
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import numpy as np
 import pytest
 
 from diffseg_jax.models import layers
 from diffseg_jax.models import unet
 
-TINY = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1),
-            num_middle_blocks=2, attention_levels=(-1,), num_heads=2)
+TINY = dict(
+  base_channels=8,
+  channel_mult=(1, 2),
+  num_res_blocks=(1, 1),
+  num_middle_blocks=2,
+  attention_levels=(-1,),
+  num_heads=2,
+)
 
 
 def _np_conv(x, w, *, stride, pad):
@@ -25,7 +31,9 @@ def _np_conv(x, w, *, stride, pad):
   out = np.zeros((x.shape[0], out_h, out_w, w.shape[-1]))
   for i in range(k):
     for j in range(k):
-      window = x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+      window = x[
+        :, i : i + stride * out_h : stride, j : j + stride * out_w : stride
+      ]
       out += np.einsum('bhwc,co->bhwo', window, w[i, j].astype(np.float64))
   return out
 
@@ -77,14 +85,16 @@ def test_custom_conv_gradients_match_xla():
   got = jax.grad(loss('cpu_fast'), argnums=(0, 1))(x, w)
   want = jax.grad(loss('xla'), argnums=(0, 1))(x, w)
   for g, r in zip(got, want):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(g), np.asarray(r), atol=1e-4, rtol=1e-5
+    )
 
 
 def test_resolve_conv_impl():
   backend = jax.default_backend()
   assert layers.resolve_conv_impl('auto') == (
-      'cpu_fast' if backend == 'cpu' else 'xla')
+    'cpu_fast' if backend == 'cpu' else 'xla'
+  )
   assert layers.resolve_conv_impl('xla') == 'xla'
   with pytest.raises(ValueError, match='conv_impl'):
     layers.resolve_conv_impl('cudnn')
@@ -97,11 +107,15 @@ def test_group_norm_matches_float64_reference(channels, groups):
   x = (3.0 + 2.0 * rng.normal(size=(2, 5, 4, channels))).astype(np.float32)
   scale = rng.normal(size=channels).astype(np.float32)
   bias = rng.normal(size=channels).astype(np.float32)
-  got = layers.group_norm(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32),
-                          scale=jnp.asarray(scale), bias=jnp.asarray(bias),
-                          groups=groups)
-  want = _np_group_norm(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64),
-                        scale, bias, groups)
+  got = layers.group_norm(
+    jnp.asarray(x, jnp.bfloat16).astype(jnp.float32),
+    scale=jnp.asarray(scale),
+    bias=jnp.asarray(bias),
+    groups=groups,
+  )
+  want = _np_group_norm(
+    np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), scale, bias, groups
+  )
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
 
@@ -121,8 +135,12 @@ def test_group_norm_gradient_matches_reshape_formulation():
   def loss(fn):
     return lambda x, s: jnp.sum(fn(x, s) * cot)
 
-  got = jax.grad(loss(lambda x, s: layers.group_norm(
-      x, scale=s, bias=jnp.zeros(64), groups=32)), argnums=(0, 1))(x, scale)
+  got = jax.grad(
+    loss(
+      lambda x, s: layers.group_norm(x, scale=s, bias=jnp.zeros(64), groups=32)
+    ),
+    argnums=(0, 1),
+  )(x, scale)
   want = jax.grad(loss(reshape_gn), argnums=(0, 1))(x, scale)
   for g, r in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4)
@@ -139,11 +157,13 @@ def test_timestep_embedding_matches_numpy():
 
 def test_attention_uses_legacy_head_layout():
   channels, heads, hw = 32, 4, 3
-  block = layers.AttentionBlock(channels, num_heads=heads, dtype=jnp.float32,
-                                impl='xla', rngs=nnx.Rngs(0))
+  block = layers.AttentionBlock(
+    channels, num_heads=heads, dtype=jnp.float32, impl='xla', rngs=nnx.Rngs(0)
+  )
   rng = np.random.default_rng(4)
   block.proj_out.kernel.value = jnp.asarray(
-      rng.normal(size=(1, 1, channels, channels)) * 0.2, jnp.float32)
+    rng.normal(size=(1, 1, channels, channels)) * 0.2, jnp.float32
+  )
   block.qkv.bias.value = jnp.asarray(rng.normal(size=3 * channels), jnp.float32)
   x = rng.normal(size=(2, hw, hw, channels)).astype(np.float32)
   got = block(jnp.asarray(x))
@@ -154,24 +174,29 @@ def test_attention_uses_legacy_head_layout():
   qkv = (h @ wq + np.asarray(block.qkv.bias.value)).transpose(0, 2, 1)
   ch = channels // heads
   qkv = qkv.reshape(2 * heads, 3 * ch, hw * hw)
-  q, k, v = qkv[:, :ch], qkv[:, ch:2 * ch], qkv[:, 2 * ch:]
-  s = ch ** -0.25
+  q, k, v = qkv[:, :ch], qkv[:, ch : 2 * ch], qkv[:, 2 * ch :]
+  s = ch**-0.25
   logits = np.einsum('bct,bcs->bts', q * s, k * s)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   a = np.einsum('bts,bcs->bct', weights, v).reshape(2, channels, hw * hw)
-  proj = a.transpose(0, 2, 1) @ np.asarray(block.proj_out.kernel.value,
-                                           np.float64)[0, 0]
+  proj = (
+    a.transpose(0, 2, 1)
+    @ np.asarray(block.proj_out.kernel.value, np.float64)[0, 0]
+  )
   want = x + proj.reshape(2, hw, hw, channels)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
 def _inputs(batch=2, size=8, image_channels=1, seed=0):
   rng = np.random.default_rng(seed)
-  return (jnp.asarray(rng.normal(size=(batch, size, size, 1)), jnp.float32),
-          jnp.asarray(rng.uniform(size=batch), jnp.float32),
-          jnp.asarray(rng.normal(size=(batch, size, size, image_channels)),
-                      jnp.float32))
+  return (
+    jnp.asarray(rng.normal(size=(batch, size, size, 1)), jnp.float32),
+    jnp.asarray(rng.uniform(size=batch), jnp.float32),
+    jnp.asarray(
+      rng.normal(size=(batch, size, size, image_channels)), jnp.float32
+    ),
+  )
 
 
 @nnx.jit
@@ -191,7 +216,8 @@ def _make(config, seed=0):
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
   state = jax.tree.map(
-      lambda p: jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), state)
+    lambda p: jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype), state
+  )
   return nnx.merge(graphdef, state)
 
 
@@ -204,25 +230,32 @@ def test_tiny_unet_shapes_jit_and_impls_agree():
   assert float(jnp.max(jnp.abs(out))) <= 1.0  # tanh output.
   jitted = _apply(model, z, t, image)
   np.testing.assert_allclose(np.asarray(jitted), np.asarray(out), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(_apply(fast, z, t, image)),
-                             np.asarray(out), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(_apply(fast, z, t, image)), np.asarray(out), atol=1e-5
+  )
   g_xla = jax.tree.leaves(_grad(model, z, t, image))
   g_fast = jax.tree.leaves(_grad(fast, z, t, image))
   for a, b in zip(g_xla, g_fast):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_output_depends_on_time_and_image_and_identity_head():
-  config = unet.UNetConfig(**TINY, output_activation='identity',
-                           image_channels=3)
+  config = unet.UNetConfig(
+    **TINY, output_activation='identity', image_channels=3
+  )
   model = _make(config, seed=1)
   z, t, image = _inputs(image_channels=3)
   out = _apply(model, z, t, image)
-  with_tanh = _make(dataclasses.replace(config, output_activation='tanh'),
-                    seed=1)
-  np.testing.assert_allclose(np.asarray(_apply(with_tanh, z, t, image)),
-                             np.tanh(np.asarray(out)), atol=1e-5)
+  with_tanh = _make(
+    dataclasses.replace(config, output_activation='tanh'), seed=1
+  )
+  np.testing.assert_allclose(
+    np.asarray(_apply(with_tanh, z, t, image)),
+    np.tanh(np.asarray(out)),
+    atol=1e-5,
+  )
   assert float(jnp.max(jnp.abs(out))) > 0.1
   assert not np.allclose(out, _apply(model, z, t + 0.5, image))
   assert not np.allclose(out, _apply(model, z, t, image + 1.0))
@@ -237,8 +270,9 @@ def test_bfloat16_compute_keeps_float32_params():
   z, t, image = _inputs()
   out = _apply(model, z, t, image)
   assert out.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(out), np.asarray(_apply(ref, z, t, image)),
-                             atol=0.1)
+  np.testing.assert_allclose(
+    np.asarray(out), np.asarray(_apply(ref, z, t, image)), atol=0.1
+  )
 
 
 def test_dropout_only_with_rngs():
@@ -251,8 +285,9 @@ def test_dropout_only_with_rngs():
 
 
 def test_bad_inputs_and_configs_raise_clear_errors():
-  model = nnx.eval_shape(lambda: unet.UNet(unet.UNetConfig(**TINY),
-                                            rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: unet.UNet(unet.UNetConfig(**TINY), rngs=nnx.Rngs(0))
+  )
   z, t, image = _inputs()
   with pytest.raises(ValueError, match='image_channels'):
     model(z, t, jnp.concatenate([image, image], -1))
@@ -261,7 +296,8 @@ def test_bad_inputs_and_configs_raise_clear_errors():
   with pytest.raises(ValueError, match='num_res_blocks'):
     unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 2, 3))
   with pytest.raises(ValueError, match='attention level'):
-    unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 1),
-                    attention_levels=(2,))
+    unet.UNetConfig(
+      channel_mult=(1, 2), num_res_blocks=(1, 1), attention_levels=(2,)
+    )
   with pytest.raises(ValueError, match='dtype'):
     unet.UNetConfig(dtype='float16')

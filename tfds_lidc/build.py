@@ -28,28 +28,52 @@ import tensorflow_datasets as tfds
 
 from tfds_lidc import errors
 
-_DATASET = flags.DEFINE_string('dataset', None, 'NAME/CONFIG, e.g. synthetic_lesions/32.')
+_DATASET = flags.DEFINE_string(
+  'dataset', None, 'NAME/CONFIG, e.g. synthetic_lesions/32.'
+)
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir to write to.')
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder with the LIDC input files.')
+_MANUAL_DIR = flags.DEFINE_string(
+  'manual_dir', None, 'Folder with the LIDC input files.'
+)
 _SKIP_CORRUPT = flags.DEFINE_bool(
-    'skip_corrupt', False, 'Skip unreadable input files and list them in build_report.json.')
+  'skip_corrupt',
+  False,
+  'Skip unreadable input files and list them in build_report.json.',
+)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild if already built.')
 _OVERRIDE = flags.DEFINE_list(
-    'override', [], 'Config field overrides, e.g. num_train=1000,seed=1 (the data set is '
-    'then named NAME/CONFIG_num_train1000_seed1 unless name=... is given).')
+  'override',
+  [],
+  'Config field overrides, e.g. num_train=1000,seed=1 (the data set is '
+  'then named NAME/CONFIG_num_train1000_seed1 unless name=... is given).',
+)
 _ALLOW_UNMATCHED_IDS = flags.DEFINE_bool(
-    'allow_unmatched_ids', False, 'lidc/knegt_pickle: ignore ids of test_ids.txt / '
-    'vali_ids.txt that match no pickle key (listed in the report) instead of failing.')
+  'allow_unmatched_ids',
+  False,
+  'lidc/knegt_pickle: ignore ids of test_ids.txt / '
+  'vali_ids.txt that match no pickle key (listed in the report) instead of failing.',
+)
 _NUM_WORKERS = flags.DEFINE_integer(
-    'num_workers', None, 'lidc/tcia: processes parsing patients in parallel (default: all '
-    'CPUs; 0 parses in the main process).')
-_FLAGS = (_DATASET, _DATA_DIR, _MANUAL_DIR, _SKIP_CORRUPT, _OVERWRITE, _OVERRIDE,
-          _ALLOW_UNMATCHED_IDS, _NUM_WORKERS)
+  'num_workers',
+  None,
+  'lidc/tcia: processes parsing patients in parallel (default: all '
+  'CPUs; 0 parses in the main process).',
+)
+_FLAGS = (
+  _DATASET,
+  _DATA_DIR,
+  _MANUAL_DIR,
+  _SKIP_CORRUPT,
+  _OVERWRITE,
+  _OVERRIDE,
+  _ALLOW_UNMATCHED_IDS,
+  _NUM_WORKERS,
+)
 
 # Data set name -> (module, builder class); modules are imported on use.
 BUILDERS = {
-    'synthetic_lesions': ('tfds_lidc.synthetic_lesions', 'SyntheticLesions'),
-    'lidc': ('tfds_lidc.lidc', 'Lidc'),
+  'synthetic_lesions': ('tfds_lidc.synthetic_lesions', 'SyntheticLesions'),
+  'lidc': ('tfds_lidc.lidc', 'Lidc'),
 }
 REPORT_NAME = 'build_report.json'
 
@@ -70,7 +94,9 @@ def parse_overrides(items) -> dict:
   out = {}
   for item in filter(None, (t.strip() for t in items)):
     if '=' not in item:
-      raise ValueError(f'--override expects key=value pairs separated by commas, got {item!r}.')
+      raise ValueError(
+        f'--override expects key=value pairs separated by commas, got {item!r}.'
+      )
     key, value = item.split('=', 1)
     out[key.strip()] = _parse_value(value.strip())
   return out
@@ -78,12 +104,20 @@ def parse_overrides(items) -> dict:
 
 def override_config_name(config_name: str, overrides: dict) -> str:
   """Name of a config with overrides, e.g. ('32', {'num_train': 100}) -> '32_num_train100'."""
-  return '_'.join([config_name] + [f'{k}{v}' for k, v in sorted(overrides.items())])
+  return '_'.join(
+    [config_name] + [f'{k}{v}' for k, v in sorted(overrides.items())]
+  )
 
 
-def make_builder(name: str, data_dir: str, *, skip_corrupt: bool = False,
-                 overrides: dict | None = None, allow_unmatched_ids: bool = False,
-                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
+def make_builder(
+  name: str,
+  data_dir: str,
+  *,
+  skip_corrupt: bool = False,
+  overrides: dict | None = None,
+  allow_unmatched_ids: bool = False,
+  num_workers: int | None = None,
+) -> tfds.core.DatasetBuilder:
   """Returns the builder for 'NAME/CONFIG' writing array_record files under data_dir.
 
   `overrides` replaces fields of the named config (e.g. split sizes, seed); TFDS needs
@@ -92,37 +126,61 @@ def make_builder(name: str, data_dir: str, *, skip_corrupt: bool = False,
   (see `lidc.Lidc`); they do not change the data set's name.
   """
   if '/' not in name:
-    raise ValueError(f'--dataset must be NAME/CONFIG, e.g. synthetic_lesions/32; got {name!r}.')
+    raise ValueError(
+      f'--dataset must be NAME/CONFIG, e.g. synthetic_lesions/32; got {name!r}.'
+    )
   builder_name, config_name = name.split('/', 1)
   if builder_name not in BUILDERS:
-    raise ValueError(f'Unknown data set {builder_name!r}; choose one of {sorted(BUILDERS)}.')
+    raise ValueError(
+      f'Unknown data set {builder_name!r}; choose one of {sorted(BUILDERS)}.'
+    )
   module_name, class_name = BUILDERS[builder_name]
   cls = getattr(importlib.import_module(module_name), class_name)
   configs = {c.name: c for c in cls.BUILDER_CONFIGS}
   if config_name not in configs:
-    raise ValueError(f'Unknown config {config_name!r} of {builder_name}; '
-                     f'choose one of {sorted(configs)}.')
+    raise ValueError(
+      f'Unknown config {config_name!r} of {builder_name}; '
+      f'choose one of {sorted(configs)}.'
+    )
   config = configs[config_name]
   if overrides:
     overrides = dict(overrides)
     fields = {f.name for f in dataclasses.fields(config)} - {'version'}
     unknown = set(overrides) - fields
     if unknown:
-      raise ValueError(f'Unknown config fields {sorted(unknown)} for {name}; known: {sorted(fields)}.')
-    new_name = overrides.pop('name', None) or override_config_name(config_name, overrides)
+      raise ValueError(
+        f'Unknown config fields {sorted(unknown)} for {name}; known: {sorted(fields)}.'
+      )
+    new_name = overrides.pop('name', None) or override_config_name(
+      config_name, overrides
+    )
     config = dataclasses.replace(config, name=new_name, **overrides)
-  kwargs = dict(data_dir=os.path.expanduser(data_dir), config=config,
-                file_format=tfds.core.FileFormat.ARRAY_RECORD)
+  kwargs = dict(
+    data_dir=os.path.expanduser(data_dir),
+    config=config,
+    file_format=tfds.core.FileFormat.ARRAY_RECORD,
+  )
   if builder_name == 'lidc':
-    kwargs.update(skip_corrupt=skip_corrupt, allow_unmatched_ids=allow_unmatched_ids,
-                  num_workers=num_workers)
+    kwargs.update(
+      skip_corrupt=skip_corrupt,
+      allow_unmatched_ids=allow_unmatched_ids,
+      num_workers=num_workers,
+    )
   return cls(**kwargs)
 
 
-def build(name: str, data_dir: str, manual_dir: str | None = None, *,
-          skip_corrupt: bool = False, overwrite: bool = False,
-          overrides: dict | None = None, allow_unmatched_ids: bool = False,
-          num_workers: int | None = None, log=print) -> dict:
+def build(
+  name: str,
+  data_dir: str,
+  manual_dir: str | None = None,
+  *,
+  skip_corrupt: bool = False,
+  overwrite: bool = False,
+  overrides: dict | None = None,
+  allow_unmatched_ids: bool = False,
+  num_workers: int | None = None,
+  log=print,
+) -> dict:
   """Builds 'NAME/CONFIG' into data_dir and returns the build report dict.
 
   Args:
@@ -148,45 +206,65 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
     manual_path = os.path.abspath(os.path.expanduser(manual_dir))
     if os.path.exists(manual_path) and not os.path.isdir(manual_path):
       raise errors.ManualDataError(
-          f'--manual_dir {manual_path} is a file, not a folder: pass the folder that holds '
-          f'the LIDC input files (for a single file such as data_lidc.pickle, its folder '
-          f'{os.path.dirname(manual_path)}).')
-  builder = make_builder(name, data_dir, skip_corrupt=skip_corrupt, overrides=overrides,
-                         allow_unmatched_ids=allow_unmatched_ids, num_workers=num_workers)
-  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+        f'--manual_dir {manual_path} is a file, not a folder: pass the folder that holds '
+        f'the LIDC input files (for a single file such as data_lidc.pickle, its folder '
+        f'{os.path.dirname(manual_path)}).'
+      )
+  builder = make_builder(
+    name,
+    data_dir,
+    skip_corrupt=skip_corrupt,
+    overrides=overrides,
+    allow_unmatched_ids=allow_unmatched_ids,
+    num_workers=num_workers,
+  )
+  mode = (
+    tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    if overwrite
+    else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
   download_config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None, download_mode=mode)
+    manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+    download_mode=mode,
+  )
   report_path = os.path.join(builder.data_dir, REPORT_NAME)
   if builder.is_prepared() and not overwrite:
-    log(f'{name} already built in {builder.data_dir}; pass overwrite=True to rebuild.')
+    log(
+      f'{name} already built in {builder.data_dir}; pass overwrite=True to rebuild.'
+    )
     if os.path.exists(report_path):
       with open(report_path) as f:
         return json.load(f)
   parent = os.path.dirname(str(builder.data_dir))
   stale = sorted(glob.glob(os.path.join(parent, 'incomplete.*')))
   if stale:
-    log(f'Folders left by an interrupted build (delete them to free the disk): {stale}')
+    log(
+      f'Folders left by an interrupted build (delete them to free the disk): {stale}'
+    )
   tfds.disable_progress_bar()
   start = time.perf_counter()
   builder.download_and_prepare(download_config=download_config)
   seconds = time.perf_counter() - start
   report = dict(
-      dataset=f'{builder.name}/{builder.builder_config.name}',
-      config=_config_dict(builder.builder_config),
-      data_dir=str(builder.data_dir),
-      build_seconds=round(seconds, 3),
-      num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
-      skipped_corrupt=list(getattr(builder, 'skipped_files', [])),
-      **getattr(builder, 'notes', {}),
+    dataset=f'{builder.name}/{builder.builder_config.name}',
+    config=_config_dict(builder.builder_config),
+    data_dir=str(builder.data_dir),
+    build_seconds=round(seconds, 3),
+    num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
+    skipped_corrupt=list(getattr(builder, 'skipped_files', [])),
+    **getattr(builder, 'notes', {}),
   )
   with open(report_path, 'w') as f:
     json.dump(report, f, indent=2)
-  log(f'Built {report["dataset"]} in {seconds:.1f} s: {report["num_examples"]} examples'
-      + (f', {report["patients"]} patients' if 'patients' in report else '')
-      + f' -> {builder.data_dir}')
+  log(
+    f'Built {report["dataset"]} in {seconds:.1f} s: {report["num_examples"]} examples'
+    + (f', {report["patients"]} patients' if 'patients' in report else '')
+    + f' -> {builder.data_dir}'
+  )
   if report['skipped_corrupt']:
-    log(f'Skipped {len(report["skipped_corrupt"])} corrupt files; see {report_path}')
+    log(
+      f'Skipped {len(report["skipped_corrupt"])} corrupt files; see {report_path}'
+    )
   for entry in ('unmatched_ids', 'ignored_series_folders'):
     if report.get(entry):
       log(f'{entry}: {report[entry]} (listed in {report_path})')
@@ -194,9 +272,15 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, *,
 
 
 def _config_dict(config):
-  return {f.name: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
-          for f in dataclasses.fields(config) for v in [getattr(config, f.name)]
-          if f.name not in ('description', 'release_notes', 'supported_versions', 'tags')}
+  return {
+    f.name: (
+      str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+    )
+    for f in dataclasses.fields(config)
+    for v in [getattr(config, f.name)]
+    if f.name
+    not in ('description', 'release_notes', 'supported_versions', 'tags')
+  }
 
 
 def main(argv):
@@ -216,25 +300,41 @@ def main(argv):
       print(f'ERROR: {e}', file=sys.stderr)
       return 1
   if len(argv) > 1:
-    print(f'ERROR: unexpected arguments {argv[1:]}; flags are --name=value.', file=sys.stderr)
+    print(
+      f'ERROR: unexpected arguments {argv[1:]}; flags are --name=value.',
+      file=sys.stderr,
+    )
     return 1
   missing = [f'--{f.name}' for f in (_DATASET, _DATA_DIR) if not f.value]
   if missing:
-    print(f'ERROR: {" and ".join(missing)} required, e.g. --dataset=synthetic_lesions/32 '
-          '--data_dir=~/tensorflow_datasets (see --help).', file=sys.stderr)
+    print(
+      f'ERROR: {" and ".join(missing)} required, e.g. --dataset=synthetic_lesions/32 '
+      '--data_dir=~/tensorflow_datasets (see --help).',
+      file=sys.stderr,
+    )
     return 1
   try:
-    build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value,
-          skip_corrupt=_SKIP_CORRUPT.value, overwrite=_OVERWRITE.value,
-          overrides=parse_overrides(_OVERRIDE.value),
-          allow_unmatched_ids=_ALLOW_UNMATCHED_IDS.value, num_workers=_NUM_WORKERS.value)
+    build(
+      _DATASET.value,
+      _DATA_DIR.value,
+      _MANUAL_DIR.value,
+      skip_corrupt=_SKIP_CORRUPT.value,
+      overwrite=_OVERWRITE.value,
+      overrides=parse_overrides(_OVERRIDE.value),
+      allow_unmatched_ids=_ALLOW_UNMATCHED_IDS.value,
+      num_workers=_NUM_WORKERS.value,
+    )
   except (errors.ManualDataError, errors.CorruptFileError, ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
   except OSError as e:  # A folder that cannot be read or written, a full disk.
-    where = f' ({e.filename})' if e.filename and str(e.filename) not in str(e) else ''
-    print(f'ERROR: {e}{where}: check the path and its permissions and free space.',
-          file=sys.stderr)
+    where = (
+      f' ({e.filename})' if e.filename and str(e.filename) not in str(e) else ''
+    )
+    print(
+      f'ERROR: {e}{where}: check the path and its permissions and free space.',
+      file=sys.stderr,
+    )
     return 1
   return 0
 

@@ -95,6 +95,7 @@ lidc/tcia[_crop64] (raw TCIA LIDC-IDRI):
 @dataclasses.dataclass
 class LidcConfig(tfds.core.BuilderConfig):
   """source: 'knegt_pickle' | 'deepmind_crops' | 'tcia'; crop64: 64 x 64 val/test windows."""
+
   source: str = 'knegt_pickle'
   crop64: bool = False
   seed: int = 0
@@ -104,11 +105,21 @@ class LidcConfig(tfds.core.BuilderConfig):
 
 def _configs():
   out = []
-  for source, val, test in (('knegt_pickle', 0.2, 0.2), ('deepmind_crops', 0.0, 0.0),
-                            ('tcia', 0.15, 0.15)):
+  for source, val, test in (
+    ('knegt_pickle', 0.2, 0.2),
+    ('deepmind_crops', 0.0, 0.0),
+    ('tcia', 0.15, 0.15),
+  ):
     for crop64 in (False, True):
-      out.append(LidcConfig(name=source + ('_crop64' if crop64 else ''), source=source,
-                            crop64=crop64, val_fraction=val, test_fraction=test))
+      out.append(
+        LidcConfig(
+          name=source + ('_crop64' if crop64 else ''),
+          source=source,
+          crop64=crop64,
+          val_fraction=val,
+          test_fraction=test,
+        )
+      )
   return out
 
 
@@ -122,7 +133,7 @@ def check_disjoint(split_ids: dict, *, fix: str = '') -> None:
   """
   names = sorted(split_ids)
   for i, a in enumerate(names):
-    for b in names[i + 1:]:
+    for b in names[i + 1 :]:
       common = sorted(set(split_ids[a]) & set(split_ids[b]))
       if common:
         where = ''
@@ -130,8 +141,9 @@ def check_disjoint(split_ids: dict, *, fix: str = '') -> None:
           first = common[0]
           where = f' ({first!r} from {split_ids[a][first]} and from {split_ids[b][first]})'
         raise errors.SplitLeakError(
-            f'Split leak: ids {common[:10]} occur in both {a} and {b}{where}. '
-            f'{fix or "Each patient must be in one split only."}')
+          f'Split leak: ids {common[:10]} occur in both {a} and {b}{where}. '
+          f'{fix or "Each patient must be in one split only."}'
+        )
 
 
 def seeded_split(ids, *, seed, val_fraction, test_fraction) -> dict:
@@ -140,14 +152,18 @@ def seeded_split(ids, *, seed, val_fraction, test_fraction) -> dict:
   order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
   n_test = int(round(test_fraction * len(ids)))
   n_val = int(round(val_fraction * len(ids)))
-  return {'test': set(order[:n_test]), 'validation': set(order[n_test:n_test + n_val]),
-          'train': set(order[n_test + n_val:])}
+  return {
+    'test': set(order[:n_test]),
+    'validation': set(order[n_test : n_test + n_val]),
+    'train': set(order[n_test + n_val :]),
+  }
 
 
 def _require(path, what):
   if not os.path.exists(path):
     raise errors.ManualDataError(
-        f'Missing {path}: {what}\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+      f'Missing {path}: {what}\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+    )
   return path
 
 
@@ -155,10 +171,17 @@ def _check_example(ex, *, where, size):
   image, masks = ex['image'], ex['masks']
   if image.shape != (size, size, 1) or masks.shape != (NUM_READERS, size, size):
     raise errors.CorruptFileError(
-        f'{where}: expected image [{size},{size},1] and masks [4,{size},{size}], got '
-        f'{image.shape} and {masks.shape}.')
-  if not np.all(np.isfinite(image)) or image.min() < -1e-3 or image.max() > 1 + 1e-3:
-    raise errors.CorruptFileError(f'{where}: image values must be finite and in [0, 1].')
+      f'{where}: expected image [{size},{size},1] and masks [4,{size},{size}], got '
+      f'{image.shape} and {masks.shape}.'
+    )
+  if (
+    not np.all(np.isfinite(image))
+    or image.min() < -1e-3
+    or image.max() > 1 + 1e-3
+  ):
+    raise errors.CorruptFileError(
+      f'{where}: image values must be finite and in [0, 1].'
+    )
 
 
 class Lidc(tfds.core.GeneratorBasedBuilder):
@@ -169,8 +192,14 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  def __init__(self, *, skip_corrupt: bool = False, allow_unmatched_ids: bool = False,
-               num_workers: int | None = None, **kwargs):
+  def __init__(
+    self,
+    *,
+    skip_corrupt: bool = False,
+    allow_unmatched_ids: bool = False,
+    num_workers: int | None = None,
+    **kwargs,
+  ):
     """Builder options that do not change the data set's content or name.
 
     Args:
@@ -184,7 +213,9 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
     self.skip_corrupt = skip_corrupt
     self.allow_unmatched_ids = allow_unmatched_ids
-    self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    self.num_workers = (
+      (os.cpu_count() or 1) if num_workers is None else num_workers
+    )
     self.skipped_files = []
     self.notes = {}  # Extra build report entries.
 
@@ -193,35 +224,47 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     zlib = tfds.features.Encoding.ZLIB
     if c.crop64:
       features = {
-          'image': tfds.features.Tensor(shape=(None, None, 1), dtype=np.float32,
-                                        encoding=tfds.features.Encoding.BYTES),
-          'masks': tfds.features.Tensor(shape=(NUM_READERS, None, None), dtype=np.uint8,
-                                        encoding=zlib),
-          'crop_offset': tfds.features.Tensor(shape=(2,), dtype=np.int32),
+        'image': tfds.features.Tensor(
+          shape=(None, None, 1),
+          dtype=np.float32,
+          encoding=tfds.features.Encoding.BYTES,
+        ),
+        'masks': tfds.features.Tensor(
+          shape=(NUM_READERS, None, None), dtype=np.uint8, encoding=zlib
+        ),
+        'crop_offset': tfds.features.Tensor(shape=(2,), dtype=np.int32),
       }
     else:
       features = {
-          'image': tfds.features.Tensor(shape=(SIZE, SIZE, 1), dtype=np.float32),
-          'masks': tfds.features.Tensor(shape=(NUM_READERS, SIZE, SIZE), dtype=np.uint8,
-                                        encoding=zlib),
+        'image': tfds.features.Tensor(shape=(SIZE, SIZE, 1), dtype=np.float32),
+        'masks': tfds.features.Tensor(
+          shape=(NUM_READERS, SIZE, SIZE), dtype=np.uint8, encoding=zlib
+        ),
       }
       if c.source != 'knegt_pickle':
-        features['image_180'] = tfds.features.Tensor(shape=(STORED, STORED, 1),
-                                                     dtype=np.float32)
-        features['masks_180'] = tfds.features.Tensor(shape=(NUM_READERS, STORED, STORED),
-                                                     dtype=np.uint8, encoding=zlib)
+        features['image_180'] = tfds.features.Tensor(
+          shape=(STORED, STORED, 1), dtype=np.float32
+        )
+        features['masks_180'] = tfds.features.Tensor(
+          shape=(NUM_READERS, STORED, STORED), dtype=np.uint8, encoding=zlib
+        )
     features['id'] = tfds.features.Text()
     features['patient_id'] = tfds.features.Text()
-    return tfds.core.DatasetInfo(builder=self, description=__doc__, disable_shuffling=True,
-                                 features=tfds.features.FeaturesDict(features))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=__doc__,
+      disable_shuffling=True,
+      features=tfds.features.FeaturesDict(features),
+    )
 
   def _manual_dir(self, dl_manager):
     try:
       path = dl_manager.manual_dir
     except (AssertionError, ValueError) as e:
       raise errors.ManualDataError(
-          f'lidc/{self.builder_config.name} needs your LIDC files in --manual_dir ({e}).\n\n'
-          f'{MANUAL_DOWNLOAD_INSTRUCTIONS}') from e
+        f'lidc/{self.builder_config.name} needs your LIDC files in --manual_dir ({e}).\n\n'
+        f'{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      ) from e
     return os.fspath(path)
 
   def _guard(self, fn, *args, where):
@@ -246,15 +289,23 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     else:
       raise ValueError(f'Unknown LIDC source {source!r}.')
     # Items are (patient id, where it came from, payload).
-    fix = {'deepmind_crops': 'Keep each patient folder in one of train/, val/, test/.',
-           'knegt_pickle': 'Keep each id in one of test_ids.txt, vali_ids.txt.',
-           }.get(source, 'Each patient must be in one split only.')
-    check_disjoint({s: {p: w for p, w, _ in items} for s, items in per_split.items()},
-                   fix=fix)
-    self.notes['patients'] = {s: len({p for p, _, _ in items}) for s, items in per_split.items()}
+    fix = {
+      'deepmind_crops': 'Keep each patient folder in one of train/, val/, test/.',
+      'knegt_pickle': 'Keep each id in one of test_ids.txt, vali_ids.txt.',
+    }.get(source, 'Each patient must be in one split only.')
+    check_disjoint(
+      {s: {p: w for p, w, _ in items} for s, items in per_split.items()},
+      fix=fix,
+    )
+    self.notes['patients'] = {
+      s: len({p for p, _, _ in items}) for s, items in per_split.items()
+    }
     # TFDS cannot write empty splits; a split without inputs is left out.
-    return {s: self._generate_examples(split=s, items=items)
-            for s, items in per_split.items() if items}
+    return {
+      s: self._generate_examples(split=s, items=items)
+      for s, items in per_split.items()
+      if items
+    }
 
   def _generate_examples(self, *, split, items):
     c = self.builder_config
@@ -272,60 +323,84 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
         ex['crop_offset'] = np.array([-1, -1], np.int32)
       else:
         r, col = rng.integers(0, SIZE - CROP + 1, size=2)
-        ex['image'] = ex['image'][r:r + CROP, col:col + CROP]
-        ex['masks'] = ex['masks'][:, r:r + CROP, col:col + CROP]
+        ex['image'] = ex['image'][r : r + CROP, col : col + CROP]
+        ex['masks'] = ex['masks'][:, r : r + CROP, col : col + CROP]
         ex['crop_offset'] = np.array([r, col], np.int32)
       yield key, ex
 
   # LIDCv1 -------------------------------------------------------------------------------
 
   def _knegt_items(self, manual_dir):
-    path = _require(os.path.join(manual_dir, 'data_lidc.pickle'),
-                    'LIDCv1 pickle (put data_lidc.pickle in --manual_dir).')
+    path = _require(
+      os.path.join(manual_dir, 'data_lidc.pickle'),
+      'LIDCv1 pickle (put data_lidc.pickle in --manual_dir).',
+    )
     data = self._guard(_load_pickle, path, where=path)
     if data is None:
-      raise errors.ManualDataError(f'{path} is corrupt and was skipped; nothing to build.')
-    test_file, val_file = (os.path.join(manual_dir, f) for f in ('test_ids.txt', 'vali_ids.txt'))
+      raise errors.ManualDataError(
+        f'{path} is corrupt and was skipped; nothing to build.'
+      )
+    test_file, val_file = (
+      os.path.join(manual_dir, f) for f in ('test_ids.txt', 'vali_ids.txt')
+    )
     ids_of = {key: str(key).split('_')[0] for key in data}
     _check_knegt_series(data, ids_of, path)
     if os.path.exists(test_file) or os.path.exists(val_file):
-      _require(test_file, 'the paper split needs both test_ids.txt and vali_ids.txt.')
-      _require(val_file, 'the paper split needs both test_ids.txt and vali_ids.txt.')
+      _require(
+        test_file, 'the paper split needs both test_ids.txt and vali_ids.txt.'
+      )
+      _require(
+        val_file, 'the paper split needs both test_ids.txt and vali_ids.txt.'
+      )
       test_ids, val_ids = _read_ids(test_file), _read_ids(val_file)
       both = sorted(test_ids & val_ids)
       if both:
         raise errors.SplitLeakError(
-            f'{len(both)} ids are listed in both {test_file} and {val_file}: {both[:10]}. '
-            'Remove each from one of the two files.')
+          f'{len(both)} ids are listed in both {test_file} and {val_file}: {both[:10]}. '
+          'Remove each from one of the two files.'
+        )
       known = set(ids_of.values())
-      unmatched = {f: sorted(ids - known) for f, ids in ((test_file, test_ids),
-                                                         (val_file, val_ids))}
+      unmatched = {
+        f: sorted(ids - known)
+        for f, ids in ((test_file, test_ids), (val_file, val_ids))
+      }
       unmatched = {f: ids for f, ids in unmatched.items() if ids}
       if unmatched and not self.allow_unmatched_ids:
-        listed = '; '.join(f'{len(ids)} in {f}: {ids[:10]}' for f, ids in unmatched.items())
+        listed = '; '.join(
+          f'{len(ids)} in {f}: {ids[:10]}' for f, ids in unmatched.items()
+        )
         raise errors.ManualDataError(
-            f'Split id lists name ids that match no key of {path} ({listed}). Keys are '
-            '"<id>_<slice>"; check that the lists belong to this pickle, or pass '
-            '--allow_unmatched_ids to ignore these ids.')
+          f'Split id lists name ids that match no key of {path} ({listed}). Keys are '
+          '"<id>_<slice>"; check that the lists belong to this pickle, or pass '
+          '--allow_unmatched_ids to ignore these ids.'
+        )
       self.notes['unmatched_ids'] = unmatched
       assign = {'test': test_ids & known, 'validation': val_ids & known}
       assign['train'] = known - test_ids - val_ids
     else:
       c = self.builder_config
-      assign = seeded_split(ids_of.values(), seed=c.seed, val_fraction=c.val_fraction,
-                            test_fraction=c.test_fraction)
+      assign = seeded_split(
+        ids_of.values(),
+        seed=c.seed,
+        val_fraction=c.val_fraction,
+        test_fraction=c.test_fraction,
+      )
     split_of = {i: s for s, ids in assign.items() for i in ids}
     per_split = {s: [] for s in SPLITS}
     for key in sorted(data, key=str):
       pid = ids_of[key]
-      per_split[split_of[pid]].append((pid, f'{path}:{key}',
-                                       self._knegt_maker(data, key, pid, path)))
+      per_split[split_of[pid]].append(
+        (pid, f'{path}:{key}', self._knegt_maker(data, key, pid, path))
+      )
     return per_split
 
   def _knegt_maker(self, data, key, pid, path):
     def make():
-      ex = self._guard(_knegt_example, data[key], key, pid, path, where=f'{path}:{key}')
+      ex = self._guard(
+        _knegt_example, data[key], key, pid, path, where=f'{path}:{key}'
+      )
       return [] if ex is None else [(str(key), ex)]
+
     return make
 
   # LIDCv2 -------------------------------------------------------------------------------
@@ -335,16 +410,30 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     for split, folder in DEEPMIND_SPLIT_DIRS.items():
       root = os.path.join(manual_dir, folder)
       if not os.path.isdir(root):
-        tarball = next((os.path.join(manual_dir, folder + ext)
-                        for ext in ('.tar.gz', '.tgz', '.tar')
-                        if os.path.exists(os.path.join(manual_dir, folder + ext))), None)
+        tarball = next(
+          (
+            os.path.join(manual_dir, folder + ext)
+            for ext in ('.tar.gz', '.tgz', '.tar')
+            if os.path.exists(os.path.join(manual_dir, folder + ext))
+          ),
+          None,
+        )
         if tarball is None:
           raise errors.ManualDataError(
-              f'Missing {root}/ (or {root}.tar.gz): the LIDCv2 {folder} split with images/ and gt/.'
-              f'\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
-        root = self._extract(tarball, folder, os.fspath(dl_manager.download_dir))
-      _require(os.path.join(root, 'images'), f'LIDCv2 {folder} split needs images/ and gt/.')
-      _require(os.path.join(root, 'gt'), f'LIDCv2 {folder} split needs images/ and gt/.')
+            f'Missing {root}/ (or {root}.tar.gz): the LIDCv2 {folder} split with images/ and gt/.'
+            f'\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+          )
+        root = self._extract(
+          tarball, folder, os.fspath(dl_manager.download_dir)
+        )
+      _require(
+        os.path.join(root, 'images'),
+        f'LIDCv2 {folder} split needs images/ and gt/.',
+      )
+      _require(
+        os.path.join(root, 'gt'),
+        f'LIDCv2 {folder} split needs images/ and gt/.',
+      )
       roots[split] = root
     per_split = {}
     for split, root in roots.items():
@@ -355,7 +444,9 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
         if not os.path.isdir(pdir):
           continue
         for name in sorted(f for f in os.listdir(pdir) if f.endswith('.png')):
-          items.append((patient, pdir, self._deepmind_maker(root, patient, name)))
+          items.append(
+            (patient, pdir, self._deepmind_maker(root, patient, name))
+          )
       per_split[split] = items
     return per_split
 
@@ -367,7 +458,9 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
         with tarfile.open(tarball) as tar:
           tar.extractall(out, filter='data')
       except (tarfile.TarError, OSError, EOFError) as e:
-        raise errors.CorruptFileError(f'Cannot extract {tarball}: {e}. Re-download it.') from e
+        raise errors.CorruptFileError(
+          f'Cannot extract {tarball}: {e}. Re-download it.'
+        ) from e
       open(done, 'w').close()
     for candidate in (os.path.join(out, folder), out):
       if os.path.isdir(os.path.join(candidate, 'images')):
@@ -379,6 +472,7 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
       image_path = os.path.join(root, 'images', patient, name)
       ex = self._guard(_deepmind_example, root, patient, name, where=image_path)
       return [] if ex is None else [(f'{patient}/{name[:-4]}', ex)]
+
     return make
 
   # Raw TCIA -----------------------------------------------------------------------------
@@ -389,16 +483,22 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     self.notes['ignored_series_folders'] = ignored
     if not series:
       raise errors.ManualDataError(
-          f'No LIDC-IDRI CT series (a folder with .dcm files and its LidcReadMessage .xml) '
-          f'under {manual_dir}.\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+        f'No LIDC-IDRI CT series (a folder with .dcm files and its LidcReadMessage .xml) '
+        f'under {manual_dir}.\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
     tcia.check_series(series)
-    self._tcia_cache_dir = os.path.join(os.fspath(dl_manager.download_dir),
-                                        'tcia_series_cache')
+    self._tcia_cache_dir = os.path.join(
+      os.fspath(dl_manager.download_dir), 'tcia_series_cache'
+    )
     self.notes['tcia_cache_dir'] = self._tcia_cache_dir
     self.notes['series_parsed'] = self.notes['series_reused'] = 0
     c = self.builder_config
-    assign = seeded_split([s.patient_id for s in series], seed=c.seed,
-                          val_fraction=c.val_fraction, test_fraction=c.test_fraction)
+    assign = seeded_split(
+      [s.patient_id for s in series],
+      seed=c.seed,
+      val_fraction=c.val_fraction,
+      test_fraction=c.test_fraction,
+    )
     split_of = {p: s for s, ps in assign.items() for p in ps}
     per_split = {s: [] for s in SPLITS}
     for s in series:
@@ -411,8 +511,11 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     At most 2 * num_workers series are in flight, and the examples travel through
     the per-series cache files, so memory stays bounded by a few series.
     """
-    task = functools.partial(tcia.parse_series_cached, cache_dir=self._tcia_cache_dir,
-                             skip_corrupt=self.skip_corrupt)
+    task = functools.partial(
+      tcia.parse_series_cached,
+      cache_dir=self._tcia_cache_dir,
+      skip_corrupt=self.skip_corrupt,
+    )
     workers = min(self.num_workers, len(series))
     if workers <= 1:
       for s in series:
@@ -421,8 +524,10 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     # spawn: the parent may hold threads (TFDS, absl) that fork would copy mid-state.
     with multiprocessing.get_context('spawn').Pool(workers) as pool:
       todo = iter(series)
-      pending = collections.deque(pool.apply_async(task, (s,))
-                                  for s in itertools.islice(todo, 2 * workers))
+      pending = collections.deque(
+        pool.apply_async(task, (s,))
+        for s in itertools.islice(todo, 2 * workers)
+      )
       while pending:
         result = pending.popleft().get()
         for s in itertools.islice(todo, 1):
@@ -444,11 +549,15 @@ def _load_pickle(path):
       except UnicodeDecodeError:
         f.seek(0)
         data = pickle.load(f, encoding='latin1')
-  except Exception as e:  # Unpickling raises many exception types on damaged files.
+  # Unpickling raises many exception types on damaged files.
+  except Exception as e:
     raise errors.CorruptFileError(
-        f'Cannot unpickle {path}: {type(e).__name__}: {e}. Re-download data_lidc.pickle.') from e
+      f'Cannot unpickle {path}: {type(e).__name__}: {e}. Re-download data_lidc.pickle.'
+    ) from e
   if not isinstance(data, dict) or not data:
-    raise errors.CorruptFileError(f'{path} must hold a non-empty dict key -> example.')
+    raise errors.CorruptFileError(
+      f'{path} must hold a non-empty dict key -> example.'
+    )
   return data
 
 
@@ -463,8 +572,9 @@ def _check_knegt_series(data, ids_of, path):
     other = first.setdefault(str(uid), key)
     if ids_of[other] != ids_of[key]:
       raise errors.SplitLeakError(
-          f'Split leak: series_uid {uid} of {path} is under two ids, in keys {other!r} and '
-          f'{key!r}; the scan could land in two splits. Remove the duplicate entries.')
+        f'Split leak: series_uid {uid} of {path} is under two ids, in keys {other!r} and '
+        f'{key!r}; the scan could land in two splits. Remove the duplicate entries.'
+      )
 
 
 def _read_ids(path):
@@ -478,11 +588,18 @@ def _knegt_example(value, key, pid, path):
     image = np.asarray(value['image'], np.float32)
     masks = np.stack([np.asarray(m) for m in value['masks']])
   except (KeyError, TypeError, ValueError) as e:
-    raise errors.CorruptFileError(f'{where}: needs "image" and 4 "masks" ({e}).') from e
-  ex = dict(image=image.reshape(image.shape + (1,) * (image.ndim == 2)),
-            masks=(masks > 0.5).astype(np.uint8), id=str(key), patient_id=pid)
+    raise errors.CorruptFileError(
+      f'{where}: needs "image" and 4 "masks" ({e}).'
+    ) from e
+  ex = dict(
+    image=image.reshape(image.shape + (1,) * (image.ndim == 2)),
+    masks=(masks > 0.5).astype(np.uint8),
+    id=str(key),
+    patient_id=pid,
+  )
   _check_example(ex, where=where, size=SIZE)
-  ex['image'] = np.clip(ex['image'], 0.0, 1.0)  # Within the checked 1e-3 tolerance.
+  # Within the checked 1e-3 tolerance.
+  ex['image'] = np.clip(ex['image'], 0.0, 1.0)
   return ex
 
 
@@ -491,8 +608,9 @@ def _read_png(path):
     with Image.open(path) as img:
       return np.array(img.convert('L'))
   except (OSError, SyntaxError, ValueError) as e:
-    raise errors.CorruptFileError(f'Cannot read PNG {path}: {e}. Re-download it or pass '
-                                  '--skip_corrupt.') from e
+    raise errors.CorruptFileError(
+      f'Cannot read PNG {path}: {e}. Re-download it or pass --skip_corrupt.'
+    ) from e
 
 
 def _deepmind_example(root, patient, name):
@@ -503,13 +621,18 @@ def _deepmind_example(root, patient, name):
   for k in range(NUM_READERS):
     gt = os.path.join(root, 'gt', patient, f'{stem}_l{k}.png')
     if not os.path.exists(gt):
-      raise errors.CorruptFileError(f'Missing mask {gt} for image {image_path}.')
+      raise errors.CorruptFileError(
+        f'Missing mask {gt} for image {image_path}.'
+      )
     masks.append(_read_png(gt) > 127)
   masks = np.stack(masks).astype(np.uint8)
   ex180 = dict(image=image[..., None], masks=masks)
   _check_example(ex180, where=image_path, size=STORED)
   return dict(
-      image=preprocessing.center_crop(ex180['image'], size=SIZE, axes=(0, 1)),
-      masks=preprocessing.center_crop(masks, size=SIZE),
-      image_180=ex180['image'], masks_180=masks,
-      id=f'{patient}/{stem}', patient_id=patient)
+    image=preprocessing.center_crop(ex180['image'], size=SIZE, axes=(0, 1)),
+    masks=preprocessing.center_crop(masks, size=SIZE),
+    image_180=ex180['image'],
+    masks_180=masks,
+    id=f'{patient}/{stem}',
+    patient_id=patient,
+  )

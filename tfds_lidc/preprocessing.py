@@ -38,6 +38,7 @@ def hu_to_unit(hu):
 @dataclasses.dataclass(frozen=True)
 class DicomSlice:
   """One CT slice: hu [rows, cols] float32, shape (rows, cols), spacing_mm (row, col), z_mm, UIDs."""
+
   hu: np.ndarray
   shape: tuple[int, int]
   spacing_mm: tuple[float, float]
@@ -54,10 +55,12 @@ def _read(path, *, stop_before_pixels=False):
     if 'ImagePositionPatient' not in ds or 'PixelSpacing' not in ds:
       raise ValueError('no ImagePositionPatient/PixelSpacing (not a CT slice)')
     return ds
-  except Exception as e:  # pydicom raises many exception types for broken files.
+  # Pydicom raises many exception types for broken files.
+  except Exception as e:
     raise errors.CorruptFileError(
-        f'Cannot read DICOM CT slice {path}: {type(e).__name__}: {e}. Re-download this '
-        'file or pass --skip_corrupt to build without it.') from e
+      f'Cannot read DICOM CT slice {path}: {type(e).__name__}: {e}. Re-download this '
+      'file or pass --skip_corrupt to build without it.'
+    ) from e
 
 
 def read_dicom_header(path):
@@ -73,8 +76,9 @@ def read_dicom_slice(path) -> DicomSlice:
     pixels = ds.pixel_array.astype(np.float32)
   except Exception as e:
     raise errors.CorruptFileError(
-        f'Cannot decode the pixel data of {path}: {type(e).__name__}: {e}. Re-download this '
-        'file or pass --skip_corrupt to build without it.') from e
+      f'Cannot decode the pixel data of {path}: {type(e).__name__}: {e}. Re-download this '
+      'file or pass --skip_corrupt to build without it.'
+    ) from e
   slope = float(ds.get('RescaleSlope', 1.0))
   intercept = float(ds.get('RescaleIntercept', 0.0))
   return _slice(ds, pixels * slope + intercept)
@@ -82,12 +86,16 @@ def read_dicom_slice(path) -> DicomSlice:
 
 def _slice(ds, hu):
   row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
-  return DicomSlice(hu=hu, shape=(int(ds.Rows), int(ds.Columns)), spacing_mm=(row_mm, col_mm),
-                    z_mm=float(ds.ImagePositionPatient[2]),
-                    sop_uid=str(ds.get('SOPInstanceUID', '')),
-                    series_uid=str(ds.get('SeriesInstanceUID', '')),
-                    patient_id=str(ds.get('PatientID', '')),
-                    study_uid=str(ds.get('StudyInstanceUID', '')))
+  return DicomSlice(
+    hu=hu,
+    shape=(int(ds.Rows), int(ds.Columns)),
+    spacing_mm=(row_mm, col_mm),
+    z_mm=float(ds.ImagePositionPatient[2]),
+    sop_uid=str(ds.get('SOPInstanceUID', '')),
+    series_uid=str(ds.get('SeriesInstanceUID', '')),
+    patient_id=str(ds.get('PatientID', '')),
+    study_uid=str(ds.get('StudyInstanceUID', '')),
+  )
 
 
 def read_dicom_hu(path) -> np.ndarray:
@@ -109,12 +117,22 @@ def read_dicom_unit(path, *, target_spacing_mm=TARGET_SPACING_MM) -> np.ndarray:
   r = (np.arange(out_r) + 0.5) * target_spacing_mm / ct.spacing_mm[0] - 0.5
   c = (np.arange(out_c) + 0.5) * target_spacing_mm / ct.spacing_mm[1] - 0.5
   grid = np.stack(np.meshgrid(r, c, indexing='ij'))
-  hu = ndimage.map_coordinates(ct.hu.astype(np.float64), grid, order=1, mode='nearest')
+  hu = ndimage.map_coordinates(
+    ct.hu.astype(np.float64), grid, order=1, mode='nearest'
+  )
   return hu_to_unit(hu)
 
 
-def resample_crop(array, *, spacing_mm, center_rc, size, order,
-                  target_spacing_mm=TARGET_SPACING_MM, cval=0.0):
+def resample_crop(
+  array,
+  *,
+  spacing_mm,
+  center_rc,
+  size,
+  order,
+  target_spacing_mm=TARGET_SPACING_MM,
+  cval=0.0,
+):
   """Resamples a 2-D array to `target_spacing_mm` pixels and crops size x size around a centre.
 
   Args:
@@ -129,12 +147,15 @@ def resample_crop(array, *, spacing_mm, center_rc, size, order,
     [size, size] float32; output pixel (i, j) samples source position
     center + ((i, j) - (size - 1) / 2) * target_spacing / spacing.
   """
-  offs = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * target_spacing_mm
+  offs = (
+    np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+  ) * target_spacing_mm
   rows = center_rc[0] + offs / spacing_mm[0]
   cols = center_rc[1] + offs / spacing_mm[1]
   grid = np.stack(np.meshgrid(rows, cols, indexing='ij'))
-  return ndimage.map_coordinates(np.asarray(array, np.float64), grid, order=order,
-                                 mode='constant', cval=cval).astype(np.float32)
+  return ndimage.map_coordinates(
+    np.asarray(array, np.float64), grid, order=order, mode='constant', cval=cval
+  ).astype(np.float32)
 
 
 def center_crop(array, *, size, axes=(-2, -1)):

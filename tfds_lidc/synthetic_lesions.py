@@ -54,12 +54,24 @@ EMPTY_AREA_CENTRE, EMPTY_AREA_WIDTH = 0.035, 0.008
 LOBE_CONTRAST_CENTRE, LOBE_CONTRAST_WIDTH = 0.15, 0.04
 _SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
 # The 'geometry' feature: core centre, semi-axes and rotation, then the lobe's.
-GEOMETRY_KEYS = ('cy', 'cx', 'a', 'b', 'theta', 'ly', 'lx', 'la', 'lb', 'ltheta')
+GEOMETRY_KEYS = (
+  'cy',
+  'cx',
+  'a',
+  'b',
+  'theta',
+  'ly',
+  'lx',
+  'la',
+  'lb',
+  'ltheta',
+)
 
 
 @dataclasses.dataclass
 class SyntheticLesionsConfig(tfds.core.BuilderConfig):
   """Image size, split sizes and seed of the synthetic set."""
+
   size: int = 32
   num_train: int = 8000
   num_validation: int = 500
@@ -83,7 +95,11 @@ def _ellipse_distance(*, yy, xx, cy, cx, a, b, theta):
     exact for circles and accurate to first order near any ellipse boundary.
   """
   f32 = lambda v: np.asarray(v, np.float32)[..., None]
-  y, x = yy[:, 0], xx[0, :]  # The grid is separable: [S] row and column coordinates.
+  # The grid is separable: [S] row and column coordinates.
+  y, x = (
+    yy[:, 0],
+    xx[0, :],
+  )
   cos, sin = np.cos(f32(theta)), np.sin(f32(theta))
   inv_a, inv_b = 1.0 / f32(a), 1.0 / f32(b)
   dy, dx = y - f32(cy), x - f32(cx)  # [..., S]
@@ -103,7 +119,7 @@ def _smooth_texture(rng, *, n, size):
   noise = rng.standard_normal((n, size, size))
   fy, fx = np.fft.fftfreq(size), np.fft.rfftfreq(size)
   width = 1.0 / (size / 8.0)
-  kernel = np.exp(-0.5 * (fy[:, None] ** 2 + fx[None, :] ** 2) / width ** 2)
+  kernel = np.exp(-0.5 * (fy[:, None] ** 2 + fx[None, :] ** 2) / width**2)
   tex = np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=(size, size))
   tex -= tex.mean(axis=(1, 2), keepdims=True)
   return tex / (tex.std(axis=(1, 2), keepdims=True) + 1e-12)
@@ -125,20 +141,44 @@ def _draw_geometry(rng, *, n, size):
   r_core = 1.0 / np.sqrt((np.cos(rel) / a) ** 2 + (np.sin(rel) / b) ** 2)
   dist = r_core + 0.7 * la
   return dict(
-      cy=cy, cx=cx, a=a, b=b, theta=theta,
-      ly=cy + dist * np.sin(phi), lx=cx + dist * np.cos(phi),
-      la=la, lb=lb, ltheta=phi + rng.uniform(-0.5, 0.5, n),
+    cy=cy,
+    cx=cx,
+    a=a,
+    b=b,
+    theta=theta,
+    ly=cy + dist * np.sin(phi),
+    lx=cx + dist * np.cos(phi),
+    la=la,
+    lb=lb,
+    ltheta=phi + rng.uniform(-0.5, 0.5, n),
   )
 
 
 def _distances(geom, *, size):
   """Signed distances [n, S, S] float32 to core and lobe boundaries."""
-  yy, xx = np.meshgrid(np.arange(size, dtype=np.float32) + 0.5,
-                       np.arange(size, dtype=np.float32) + 0.5, indexing='ij')
-  d_core = _ellipse_distance(yy=yy, xx=xx, cy=geom['cy'], cx=geom['cx'],
-                             a=geom['a'], b=geom['b'], theta=geom['theta'])
-  d_lobe = _ellipse_distance(yy=yy, xx=xx, cy=geom['ly'], cx=geom['lx'],
-                             a=geom['la'], b=geom['lb'], theta=geom['ltheta'])
+  yy, xx = np.meshgrid(
+    np.arange(size, dtype=np.float32) + 0.5,
+    np.arange(size, dtype=np.float32) + 0.5,
+    indexing='ij',
+  )
+  d_core = _ellipse_distance(
+    yy=yy,
+    xx=xx,
+    cy=geom['cy'],
+    cx=geom['cx'],
+    a=geom['a'],
+    b=geom['b'],
+    theta=geom['theta'],
+  )
+  d_lobe = _ellipse_distance(
+    yy=yy,
+    xx=xx,
+    cy=geom['ly'],
+    cx=geom['lx'],
+    a=geom['la'],
+    b=geom['lb'],
+    theta=geom['ltheta'],
+  )
   return d_core, d_lobe
 
 
@@ -147,9 +187,17 @@ def _valid_geometry(geom, d_core, d_lobe, *, size):
   core = d_core > 0
   added = (d_lobe > 0) & ~core
   core_area = core.sum(axis=(1, 2))
-  inside = (geom['ly'] - geom['la'] > 0) & (geom['ly'] + geom['la'] < size) & (
-      geom['lx'] - geom['la'] > 0) & (geom['lx'] + geom['la'] < size)
-  return (added.sum(axis=(1, 2)) >= MIN_LOBE_FRACTION * core_area) & (core_area > 0) & inside
+  inside = (
+    (geom['ly'] - geom['la'] > 0)
+    & (geom['ly'] + geom['la'] < size)
+    & (geom['lx'] - geom['la'] > 0)
+    & (geom['lx'] + geom['la'] < size)
+  )
+  return (
+    (added.sum(axis=(1, 2)) >= MIN_LOBE_FRACTION * core_area)
+    & (core_area > 0)
+    & inside
+  )
 
 
 def _jitter_field(rng, *, shape, size):
@@ -163,19 +211,34 @@ def _jitter_field(rng, *, shape, size):
   psi = rng.uniform(0, 2 * np.pi, shape)[..., None]
   k = 8 * np.pi / size
   t = np.arange(size) + 0.5
-  phase_x = k * np.cos(ang) * t                 # [..., S] along x
-  phase_y = k * np.sin(ang) * t + psi           # [..., S] along y
-  cy, sy = (amp * np.cos(phase_y)).astype(np.float32), (amp * np.sin(phase_y)).astype(np.float32)
-  cx, sx = np.cos(phase_x).astype(np.float32), np.sin(phase_x).astype(np.float32)
-  return (o.astype(np.float32) + cy[..., :, None] * cx[..., None, :]
-          - sy[..., :, None] * sx[..., None, :])
+  phase_x = k * np.cos(ang) * t  # [..., S] along x
+  phase_y = k * np.sin(ang) * t + psi  # [..., S] along y
+  cy, sy = (
+    (amp * np.cos(phase_y)).astype(np.float32),
+    (amp * np.sin(phase_y)).astype(np.float32),
+  )
+  cx, sx = (
+    np.cos(phase_x).astype(np.float32),
+    np.sin(phase_x).astype(np.float32),
+  )
+  return (
+    o.astype(np.float32)
+    + cy[..., :, None] * cx[..., None, :]
+    - sy[..., :, None] * sx[..., None, :]
+  )
 
 
 def mode_probabilities(*, core_area_fraction, lobe_contrast):
   """True mode probabilities [..., 3] (empty, core, core u lobe); see module doc."""
-  p_empty = _sigmoid(-(core_area_fraction - EMPTY_AREA_CENTRE) / EMPTY_AREA_WIDTH)
-  p_lobe = _sigmoid((lobe_contrast - LOBE_CONTRAST_CENTRE) / LOBE_CONTRAST_WIDTH)
-  return np.stack([p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1)
+  p_empty = _sigmoid(
+    -(core_area_fraction - EMPTY_AREA_CENTRE) / EMPTY_AREA_WIDTH
+  )
+  p_lobe = _sigmoid(
+    (lobe_contrast - LOBE_CONTRAST_CENTRE) / LOBE_CONTRAST_WIDTH
+  )
+  return np.stack(
+    [p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1
+  )
 
 
 def _annotate(rng, *, d_core, d_union, mode_probs, num):
@@ -196,8 +259,9 @@ def _annotate(rng, *, d_core, d_union, mode_probs, num):
   choice = np.minimum(choice, NUM_MODES - 1)
   jitter = _jitter_field(rng, shape=(n, num), size=size)
   c = choice[:, :, None, None]
-  return (((c == 1) & (d_core[:, None] + jitter > 0))
-          | ((c == 2) & (d_union[:, None] + jitter > 0)))
+  return ((c == 1) & (d_core[:, None] + jitter > 0)) | (
+    (c == 2) & (d_union[:, None] + jitter > 0)
+  )
 
 
 def draw_annotations(*, geometry, mode_probs, num, size, seed):
@@ -220,17 +284,23 @@ def draw_annotations(*, geometry, mode_probs, num, size, seed):
   geometry = np.asarray(geometry, np.float64)
   probs = np.asarray(mode_probs, np.float64)
   if geometry.shape[-1:] != (len(GEOMETRY_KEYS),) or (
-      probs.shape != geometry.shape[:-1] + (NUM_MODES,)):
+    probs.shape != geometry.shape[:-1] + (NUM_MODES,)
+  ):
     raise ValueError(
-        f'geometry {geometry.shape} and mode_probs {probs.shape} must be '
-        f'[..., {len(GEOMETRY_KEYS)}] and [..., {NUM_MODES}] (the features '
-        "'geometry' and 'mode_probs' of synthetic_lesions >= 1.1.0).")
+      f'geometry {geometry.shape} and mode_probs {probs.shape} must be '
+      f'[..., {len(GEOMETRY_KEYS)}] and [..., {NUM_MODES}] (the features '
+      "'geometry' and 'mode_probs' of synthetic_lesions >= 1.1.0)."
+    )
   lead = geometry.shape[:-1]
   flat = geometry.reshape(-1, len(GEOMETRY_KEYS))
   d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, flat.T)), size=size)
-  masks = _annotate(np.random.default_rng(seed), d_core=d_core,
-                    d_union=np.maximum(d_core, d_lobe),
-                    mode_probs=probs.reshape(-1, NUM_MODES), num=num)
+  masks = _annotate(
+    np.random.default_rng(seed),
+    d_core=d_core,
+    d_union=np.maximum(d_core, d_lobe),
+    mode_probs=probs.reshape(-1, NUM_MODES),
+    num=num,
+  )
   return masks.reshape(lead + (num, size, size))
 
 
@@ -259,22 +329,27 @@ def generate_chunk(*, seed, split, chunk, n, size):
   soft = lambda d: _sigmoid(d / 0.5)
   background = 0.3 + 0.06 * _smooth_texture(rng, n=n, size=size)
   soft_core = soft(d_core)
-  lesion = CORE_CONTRAST * soft_core + lobe_contrast[:, None, None] * (soft(d_union) - soft_core)
+  lesion = CORE_CONTRAST * soft_core + lobe_contrast[:, None, None] * (
+    soft(d_union) - soft_core
+  )
   image = background + lesion + 0.03 * rng.standard_normal((n, size, size))
   image = np.clip(image, 0.0, 1.0)
 
   core = d_core > 0
   modes = np.stack([np.zeros_like(core), core, d_union > 0], axis=1)
-  probs = mode_probabilities(core_area_fraction=core.sum(axis=(1, 2)) / size ** 2,
-                             lobe_contrast=lobe_contrast)
-  masks = _annotate(rng, d_core=d_core, d_union=d_union, mode_probs=probs,
-                    num=NUM_ANNOTATORS)
+  probs = mode_probabilities(
+    core_area_fraction=core.sum(axis=(1, 2)) / size**2,
+    lobe_contrast=lobe_contrast,
+  )
+  masks = _annotate(
+    rng, d_core=d_core, d_union=d_union, mode_probs=probs, num=NUM_ANNOTATORS
+  )
   return dict(
-      image=image[..., None].astype(np.float32),
-      masks=masks.astype(np.uint8),
-      modes=modes.astype(np.uint8),
-      mode_probs=probs.astype(np.float32),
-      geometry=np.stack([geom[k] for k in GEOMETRY_KEYS], -1).astype(np.float64),
+    image=image[..., None].astype(np.float32),
+    masks=masks.astype(np.uint8),
+    modes=modes.astype(np.uint8),
+    mode_probs=probs.astype(np.float32),
+    geometry=np.stack([geom[k] for k in GEOMETRY_KEYS], -1).astype(np.float64),
   )
 
 
@@ -292,50 +367,66 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': "Adds 'geometry' (the core and lobe ellipses) so that fresh "
-               'annotations can be drawn from the true distribution '
-               '(draw_annotations); the other features are unchanged.',
+    '1.0.0': 'Initial release.',
+    '1.1.0': "Adds 'geometry' (the core and lobe ellipses) so that fresh "
+    'annotations can be drawn from the true distribution '
+    '(draw_annotations); the other features are unchanged.',
   }
   BUILDER_CONFIGS = [
-      SyntheticLesionsConfig(name='32', size=32, num_train=8000),
-      SyntheticLesionsConfig(name='64', size=64, num_train=4000),
-      SyntheticLesionsConfig(name='128', size=128, num_train=2000),
+    SyntheticLesionsConfig(name='32', size=32, num_train=8000),
+    SyntheticLesionsConfig(name='64', size=64, num_train=4000),
+    SyntheticLesionsConfig(name='128', size=128, num_train=2000),
   ]
 
   def _info(self):
     s = self.builder_config.size
     zlib = tfds.features.Encoding.ZLIB
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(s, s, 1), dtype=np.float32),
-            'masks': tfds.features.Tensor(shape=(NUM_ANNOTATORS, s, s), dtype=np.uint8,
-                                          encoding=zlib),
-            'modes': tfds.features.Tensor(shape=(NUM_MODES, s, s), dtype=np.uint8,
-                                          encoding=zlib),
-            'mode_probs': tfds.features.Tensor(shape=(NUM_MODES,), dtype=np.float32),
-            # Raw bytes: a plain float feature would be stored as float32.
-            'geometry': tfds.features.Tensor(shape=(len(GEOMETRY_KEYS),),
-                                             dtype=np.float64,
-                                             encoding=tfds.features.Encoding.BYTES),
-            'id': tfds.features.Text(),
-            'patient_id': tfds.features.Text(),
-        }),
+      builder=self,
+      description=__doc__,
+      disable_shuffling=True,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(s, s, 1), dtype=np.float32),
+          'masks': tfds.features.Tensor(
+            shape=(NUM_ANNOTATORS, s, s), dtype=np.uint8, encoding=zlib
+          ),
+          'modes': tfds.features.Tensor(
+            shape=(NUM_MODES, s, s), dtype=np.uint8, encoding=zlib
+          ),
+          'mode_probs': tfds.features.Tensor(
+            shape=(NUM_MODES,), dtype=np.float32
+          ),
+          # Raw bytes: a plain float feature would be stored as float32.
+          'geometry': tfds.features.Tensor(
+            shape=(len(GEOMETRY_KEYS),),
+            dtype=np.float64,
+            encoding=tfds.features.Encoding.BYTES,
+          ),
+          'id': tfds.features.Text(),
+          'patient_id': tfds.features.Text(),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
     # TFDS cannot write empty splits: a split of size 0 is left out.
-    return {split: self._generate_examples(split=split, num=num)
-            for split, num in (('train', c.num_train), ('validation', c.num_validation),
-                               ('test', c.num_test)) if num > 0}
+    return {
+      split: self._generate_examples(split=split, num=num)
+      for split, num in (
+        ('train', c.num_train),
+        ('validation', c.num_validation),
+        ('test', c.num_test),
+      )
+      if num > 0
+    }
 
   def _generate_examples(self, *, split, num):
     c = self.builder_config
-    for index, ex in generate_split(seed=c.seed, split=split, num=num, size=c.size):
+    for index, ex in generate_split(
+      seed=c.seed, split=split, num=num, size=c.size
+    ):
       ex_id = f'synth{c.size}-{split}-{index:06d}'
       yield index, dict(ex, id=ex_id, patient_id=ex_id)

@@ -48,6 +48,7 @@ CACHE_VERSION = 1
 @dataclasses.dataclass(frozen=True)
 class Roi:
   """One reader's contour on one slice; points [P, 2] as (x=col, y=row) pixel indices."""
+
   z_mm: float
   sop_uid: str
   inclusion: bool
@@ -69,6 +70,7 @@ class Series:
   StudyInstanceUID, SeriesInstanceUID) of the first readable slice, not from folder
   names; xml_series_uid is the XML's SeriesInstanceUid ('' if it has none).
   """
+
   directory: str
   xml_path: str
   dicom_paths: tuple[str, ...]
@@ -119,20 +121,33 @@ def parse_reading_xml(path) -> tuple[str, list[list[Nodule]]]:
       for node in _children(session, 'unblindedReadNodule'):
         rois = []
         for roi in _children(node, 'roi'):
-          points = np.array([[int(float(_text(e, 'xCoord'))), int(float(_text(e, 'yCoord')))]
-                             for e in _children(roi, 'edgeMap')], np.int64).reshape(-1, 2)
-          rois.append(Roi(z_mm=float(_text(roi, 'imageZposition')),
-                          sop_uid=_text(roi, 'imageSOP_UID'),
-                          inclusion=_text(roi, 'inclusion', 'TRUE').upper() == 'TRUE',
-                          points=points))
+          points = np.array(
+            [
+              [int(float(_text(e, 'xCoord'))), int(float(_text(e, 'yCoord')))]
+              for e in _children(roi, 'edgeMap')
+            ],
+            np.int64,
+          ).reshape(-1, 2)
+          rois.append(
+            Roi(
+              z_mm=float(_text(roi, 'imageZposition')),
+              sop_uid=_text(roi, 'imageSOP_UID'),
+              inclusion=_text(roi, 'inclusion', 'TRUE').upper() == 'TRUE',
+              points=points,
+            )
+          )
         if any(len(r.points) >= MIN_CONTOUR_POINTS for r in rois):
-          nodules.append(Nodule(reader=reader, nodule_id=_text(node, 'noduleID'),
-                                rois=tuple(rois)))
+          nodules.append(
+            Nodule(
+              reader=reader, nodule_id=_text(node, 'noduleID'), rois=tuple(rois)
+            )
+          )
       readers.append(nodules)
   except (ET.ParseError, ValueError, IndexError) as e:
     raise errors.CorruptFileError(
-        f'Cannot parse LIDC annotation XML {path}: {type(e).__name__}: {e}. Re-download it '
-        'from TCIA or pass --skip_corrupt to build without this series.') from e
+      f'Cannot parse LIDC annotation XML {path}: {type(e).__name__}: {e}. Re-download it '
+      'from TCIA or pass --skip_corrupt to build without this series.'
+    ) from e
   return series_uid, readers
 
 
@@ -166,14 +181,27 @@ def rasterise(rois, *, shape):
 def _centroid_mm(nodule, *, spacing_mm):
   pts = np.concatenate([r.points for r in nodule.rois])
   z = np.concatenate([np.full(len(r.points), r.z_mm) for r in nodule.rois])
-  return np.array([pts[:, 1].mean() * spacing_mm[0], pts[:, 0].mean() * spacing_mm[1], z.mean()])
+  return np.array(
+    [
+      pts[:, 1].mean() * spacing_mm[0],
+      pts[:, 0].mean() * spacing_mm[1],
+      z.mean(),
+    ]
+  )
 
 
 def _overlap(a, b, *, shape):
   for ra in a.rois:
     for rb in b.rois:
-      if ra.inclusion and rb.inclusion and abs(ra.z_mm - rb.z_mm) < Z_TOLERANCE_MM:
-        if np.any(fill_contour(ra.points, shape=shape) & fill_contour(rb.points, shape=shape)):
+      if (
+        ra.inclusion
+        and rb.inclusion
+        and abs(ra.z_mm - rb.z_mm) < Z_TOLERANCE_MM
+      ):
+        if np.any(
+          fill_contour(ra.points, shape=shape)
+          & fill_contour(rb.points, shape=shape)
+        ):
           return True
   return False
 
@@ -211,7 +239,9 @@ def group_lesions(readers, *, spacing_mm, shape, distance_mm=GROUP_DISTANCE_MM):
   for i in range(len(nodules)):
     groups.setdefault(find(i), []).append(i)
   lesions = [[nodules[i] for i in idx] for idx in groups.values()]
-  key = lambda les: tuple(np.mean([_centroid_mm(n, spacing_mm=spacing_mm) for n in les], 0)[[2, 0, 1]])
+  key = lambda les: tuple(
+    np.mean([_centroid_mm(n, spacing_mm=spacing_mm) for n in les], 0)[[2, 0, 1]]
+  )
   return sorted(lesions, key=key)
 
 
@@ -259,12 +289,18 @@ def find_series(root, *, ignored=None) -> list[Series]:
   for directory, dirs, files in os.walk(root):
     dirs.sort()
     dcms = sorted(f for f in files if f.lower().endswith('.dcm'))
-    xmls = [os.path.join(directory, f) for f in sorted(files) if f.lower().endswith('.xml')]
+    xmls = [
+      os.path.join(directory, f)
+      for f in sorted(files)
+      if f.lower().endswith('.xml')
+    ]
     xmls = [p for p in xmls if is_ct_reading_xml(p)]
     for p in xmls:
       xml_by_uid.setdefault(xml_series_uid(p), p)
     if dcms:
-      dicom_dirs.append((directory, tuple(os.path.join(directory, f) for f in dcms), xmls))
+      dicom_dirs.append(
+        (directory, tuple(os.path.join(directory, f) for f in dcms), xmls)
+      )
   out = []
   for directory, dicom_paths, local_xmls in dicom_dirs:
     header = _first_readable_header(dicom_paths)
@@ -274,16 +310,29 @@ def find_series(root, *, ignored=None) -> list[Series]:
     if local_xmls:
       xml_path = local_xmls[0]
     else:
-      xml_path = xml_by_uid.get(header.series_uid) if header.series_uid else None
+      xml_path = (
+        xml_by_uid.get(header.series_uid) if header.series_uid else None
+      )
       if xml_path is None:
-        ignored.append(f'{directory}: no LIDC XML with SeriesInstanceUid {header.series_uid}')
+        ignored.append(
+          f'{directory}: no LIDC XML with SeriesInstanceUid {header.series_uid}'
+        )
         continue
     match = re.search(r'LIDC-IDRI-\d{4}', directory)
-    patient = header.patient_id or (match.group(0) if match else os.path.basename(directory))
-    out.append(Series(directory=directory, xml_path=xml_path, dicom_paths=dicom_paths,
-                      patient_id=patient, study_uid=header.study_uid,
-                      series_uid=header.series_uid or directory,
-                      xml_series_uid=xml_series_uid(xml_path)))
+    patient = header.patient_id or (
+      match.group(0) if match else os.path.basename(directory)
+    )
+    out.append(
+      Series(
+        directory=directory,
+        xml_path=xml_path,
+        dicom_paths=dicom_paths,
+        patient_id=patient,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid or directory,
+        xml_series_uid=xml_series_uid(xml_path),
+      )
+    )
   return out
 
 
@@ -295,19 +344,27 @@ def check_series(series) -> None:
     DICOM SeriesInstanceUID, share one XML, or one StudyInstanceUID appears under two
     DICOM PatientIDs; and when a series' XML names another SeriesInstanceUid.
   """
-  fix = ('Each scan must be in --manual_dir once: remove the copy (or give it its own '
-         'DICOM and XML UIDs).')
+  fix = (
+    'Each scan must be in --manual_dir once: remove the copy (or give it its own '
+    'DICOM and XML UIDs).'
+  )
   seen = {}
   for s in series:
     if s.xml_series_uid and s.series_uid and s.xml_series_uid != s.series_uid:
       raise errors.SplitLeakError(
-          f'{s.xml_path} annotates SeriesInstanceUid {s.xml_series_uid}, but the DICOM files of '
-          f'{s.directory} are series {s.series_uid}. Put each series\' XML beside its own '
-          'DICOM files (or remove the stray XML).')
+        f'{s.xml_path} annotates SeriesInstanceUid {s.xml_series_uid}, but the DICOM files of '
+        f"{s.directory} are series {s.series_uid}. Put each series' XML beside its own "
+        'DICOM files (or remove the stray XML).'
+      )
     for kind, key, text in (
-        ('series', s.series_uid, f'the scan with SeriesInstanceUID {s.series_uid}'),
-        ('xml', s.xml_path, f'the annotation file {s.xml_path}'),
-        ('study', s.study_uid, f'StudyInstanceUID {s.study_uid}')):
+      (
+        'series',
+        s.series_uid,
+        f'the scan with SeriesInstanceUID {s.series_uid}',
+      ),
+      ('xml', s.xml_path, f'the annotation file {s.xml_path}'),
+      ('study', s.study_uid, f'StudyInstanceUID {s.study_uid}'),
+    ):
       if not key:
         continue
       first = seen.setdefault((kind, key), s)
@@ -316,17 +373,20 @@ def check_series(series) -> None:
       if kind == 'study' and first.patient_id == s.patient_id:
         continue
       raise errors.SplitLeakError(
-          f'Split leak: {text} occurs twice, in {first.directory} (PatientID '
-          f'{first.patient_id}) and in {s.directory} (PatientID {s.patient_id}); one copy could '
-          f'land in another split or twice in one. {fix}')
+        f'Split leak: {text} occurs twice, in {first.directory} (PatientID '
+        f'{first.patient_id}) and in {s.directory} (PatientID {s.patient_id}); one copy could '
+        f'land in another split or twice in one. {fix}'
+      )
 
 
 def _foreign_slice(series, header):
   def fail(path):
     raise errors.CorruptFileError(
-        f'{path} belongs to SeriesInstanceUID {header.series_uid}, not to the series '
-        f'{series.series_uid} of the other files in {series.directory}. Move it to its own '
-        'series folder or pass --skip_corrupt to build without it.')
+      f'{path} belongs to SeriesInstanceUID {header.series_uid}, not to the series '
+      f'{series.series_uid} of the other files in {series.directory}. Move it to its own '
+      'series folder or pass --skip_corrupt to build without it.'
+    )
+
   return fail
 
 
@@ -363,7 +423,11 @@ def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
   paths = {}  # SOP UID -> (path, header)
   for path in series.dicom_paths:
     header = guard(preprocessing.read_dicom_header, path)
-    if header is not None and series.series_uid and header.series_uid != series.series_uid:
+    if (
+      header is not None
+      and series.series_uid
+      and header.series_uid != series.series_uid
+    ):
       header = guard(_foreign_slice(series, header), path)
     if header is not None:
       paths[header.sop_uid] = (path, header)
@@ -375,18 +439,26 @@ def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
   z_of = {p: h.z_mm for p, h in paths.values()}
   series_uid = series_uid or first.series_uid
 
-  for lesion_index, lesion in enumerate(group_lesions(readers, spacing_mm=spacing, shape=shape)):
+  for lesion_index, lesion in enumerate(
+    group_lesions(readers, spacing_mm=spacing, shape=shape)
+  ):
     rois_by_slice = {}
     for nodule in lesion:
       for roi in nodule.rois:
         entry = paths.get(roi.sop_uid) or by_z.get(round(roi.z_mm, 2))
         if entry is None:
           continue  # The slice's DICOM is not present: no example.
-        rois_by_slice.setdefault(entry[0], {}).setdefault(nodule.reader, []).append(roi)
+        rois_by_slice.setdefault(entry[0], {}).setdefault(
+          nodule.reader, []
+        ).append(roi)
     if not rois_by_slice:
       continue
-    masks = {path: np.stack([rasterise(rois.get(k, []), shape=shape) for k in range(NUM_READERS)])
-             for path, rois in rois_by_slice.items()}
+    masks = {
+      path: np.stack(
+        [rasterise(rois.get(k, []), shape=shape) for k in range(NUM_READERS)]
+      )
+      for path, rois in rois_by_slice.items()
+    }
     coords = np.concatenate([np.argwhere(m.any(0)) for m in masks.values()])
     if not len(coords):
       continue
@@ -398,22 +470,49 @@ def lesion_slices(series: Series, *, skip_corrupt=False, skipped=None):
       if ct is None:
         continue
       if ct.hu.shape != shape:
-        raise errors.CorruptFileError(f'{path}: slice shape {ct.hu.shape} differs from the '
-                                      f'series shape {shape}.')
-      hu = preprocessing.resample_crop(ct.hu, spacing_mm=ct.spacing_mm, center_rc=centre,
-                                       size=CROP_STORED, order=1, cval=preprocessing.AIR_HU)
-      m180 = np.stack([preprocessing.resample_crop(m.astype(np.float32), spacing_mm=ct.spacing_mm,
-                                                   center_rc=centre, size=CROP_STORED, order=1)
-                       for m in masks[path]]) > 0.5
+        raise errors.CorruptFileError(
+          f'{path}: slice shape {ct.hu.shape} differs from the '
+          f'series shape {shape}.'
+        )
+      hu = preprocessing.resample_crop(
+        ct.hu,
+        spacing_mm=ct.spacing_mm,
+        center_rc=centre,
+        size=CROP_STORED,
+        order=1,
+        cval=preprocessing.AIR_HU,
+      )
+      m180 = (
+        np.stack(
+          [
+            preprocessing.resample_crop(
+              m.astype(np.float32),
+              spacing_mm=ct.spacing_mm,
+              center_rc=centre,
+              size=CROP_STORED,
+              order=1,
+            )
+            for m in masks[path]
+          ]
+        )
+        > 0.5
+      )
       image_180 = preprocessing.hu_to_unit(hu)[..., None]
       ex_id = f'{series.patient_id}/{series_uid}/lesion{lesion_index:02d}/z{ct.z_mm:+.2f}'
-      yield ex_id, dict(
-          image=preprocessing.center_crop(image_180, size=CROP_USED, axes=(0, 1)),
-          masks=preprocessing.center_crop(m180, size=CROP_USED).astype(np.uint8),
+      yield (
+        ex_id,
+        dict(
+          image=preprocessing.center_crop(
+            image_180, size=CROP_USED, axes=(0, 1)
+          ),
+          masks=preprocessing.center_crop(m180, size=CROP_USED).astype(
+            np.uint8
+          ),
           image_180=image_180,
           masks_180=m180.astype(np.uint8),
           id=ex_id,
           patient_id=series.patient_id,
+        ),
       )
 
 
@@ -427,7 +526,9 @@ def _signature(series):
 
 
 def cache_path(series, cache_dir):
-  key = hashlib.sha1(f'{series.series_uid}\n{series.directory}'.encode()).hexdigest()
+  key = hashlib.sha1(
+    f'{series.series_uid}\n{series.directory}'.encode()
+  ).hexdigest()
   return os.path.join(cache_dir, f'{key}.pkl')
 
 
@@ -459,17 +560,29 @@ def parse_series_cached(series, *, cache_dir, skip_corrupt=False):
   path = cache_path(series, cache_dir)
   signature = _signature(series)
   header = _read_cache_header(path) if os.path.exists(path) else None
-  if (header is not None and header.get('version') == CACHE_VERSION
-      and header.get('signature') == signature
-      and (skip_corrupt or not header.get('skipped'))):
+  if (
+    header is not None
+    and header.get('version') == CACHE_VERSION
+    and header.get('signature') == signature
+    and (skip_corrupt or not header.get('skipped'))
+  ):
     return path, list(header['skipped']), True
   skipped = []
-  examples = list(lesion_slices(series, skip_corrupt=skip_corrupt, skipped=skipped))
+  examples = list(
+    lesion_slices(series, skip_corrupt=skip_corrupt, skipped=skipped)
+  )
   os.makedirs(cache_dir, exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
-    pickle.dump(dict(version=CACHE_VERSION, directory=series.directory,
-                     signature=signature, skipped=skipped), f)
+    pickle.dump(
+      dict(
+        version=CACHE_VERSION,
+        directory=series.directory,
+        signature=signature,
+        skipped=skipped,
+      ),
+      f,
+    )
     pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
   os.replace(tmp, path)
   return path, skipped, False

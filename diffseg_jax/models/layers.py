@@ -35,10 +35,10 @@ from __future__ import annotations
 import functools
 import math
 
+from flax import nnx
 import jax
 from jax import lax
 import jax.numpy as jnp
-from flax import nnx
 
 CONV_IMPLS = ('auto', 'xla', 'cpu_fast')
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
@@ -47,8 +47,7 @@ _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 def resolve_conv_impl(conv_impl: str) -> str:
   """Maps 'auto' to 'cpu_fast' on the CPU back end and to 'xla' elsewhere."""
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(
-        f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
+    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}.')
   if conv_impl == 'auto':
     return 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
   return conv_impl
@@ -56,9 +55,12 @@ def resolve_conv_impl(conv_impl: str) -> str:
 
 def _xla_conv(x, kernel, *, stride: int, padding: int):
   return lax.conv_general_dilated(
-      x, kernel, window_strides=(stride, stride),
-      padding=((padding, padding), (padding, padding)),
-      dimension_numbers=_DIMENSION_NUMBERS)
+    x,
+    kernel,
+    window_strides=(stride, stride),
+    padding=((padding, padding), (padding, padding)),
+    dimension_numbers=_DIMENSION_NUMBERS,
+  )
 
 
 @jax.custom_vjp
@@ -90,17 +92,22 @@ def _conv3x3_bwd(residuals, g):
   # the input features and g as a H x W kernel. (Measured on XLA:CPU with jax
   # 0.10: 1.5-3.5x faster than 9 shifted [Cin, BHW] x [BHW, Cout] matmuls.)
   dkernel = lax.conv_general_dilated(
-      x, g.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
-      dimension_numbers=('CHWN', 'IHWO', 'HWNC'),
-      preferred_element_type=jnp.float32)
+    x,
+    g.astype(x.dtype),
+    window_strides=(1, 1),
+    padding=((1, 1), (1, 1)),
+    dimension_numbers=('CHWN', 'IHWO', 'HWNC'),
+    preferred_element_type=jnp.float32,
+  )
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
 conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
-           impl: str = 'auto') -> jax.Array:
+def conv2d(
+  x: jax.Array, kernel: jax.Array, *, stride: int = 1, impl: str = 'auto'
+) -> jax.Array:
   """Convolution with PyTorch padding (k // 2 on both sides), no bias.
 
   Args:
@@ -126,8 +133,14 @@ def num_groups(channels: int) -> int:
   return 32 if channels % 32 == 0 else channels
 
 
-def group_norm(x: jax.Array, *, scale: jax.Array, bias: jax.Array,
-               groups: int, eps: float = 1e-5) -> jax.Array:
+def group_norm(
+  x: jax.Array,
+  *,
+  scale: jax.Array,
+  bias: jax.Array,
+  groups: int,
+  eps: float = 1e-5,
+) -> jax.Array:
   """Channels-last GroupNorm computed in float32.
 
   Sums over space per channel first ([B, C]), then over the channels of each
@@ -160,8 +173,9 @@ def group_norm(x: jax.Array, *, scale: jax.Array, bias: jax.Array,
   return centred * inv + bias.astype(jnp.float32)
 
 
-def timestep_embedding(t: jax.Array, *, dim: int,
-                       max_period: float = 10.0) -> jax.Array:
+def timestep_embedding(
+  t: jax.Array, *, dim: int, max_period: float = 10.0
+) -> jax.Array:
   """Sinusoidal embedding [cos(t f), sin(t f)], f_k = max_period^(-k / half).
 
   Args:
@@ -173,8 +187,9 @@ def timestep_embedding(t: jax.Array, *, dim: int,
     [B, dim] float32.
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period)
-                  * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(
+    -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half
+  )
   args = t.astype(jnp.float32)[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
@@ -189,20 +204,34 @@ def _kernel_init(zero: bool):
 class Conv(nnx.Module):
   """k x k convolution (k in {1, 3}) with bias; params kernel [k, k, in, out]."""
 
-  def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3,
-               stride: int = 1, zero_init: bool = False, dtype=jnp.float32,
-               impl: str = 'auto', rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    kernel_size: int = 3,
+    stride: int = 1,
+    zero_init: bool = False,
+    dtype=jnp.float32,
+    impl: str = 'auto',
+    rngs: nnx.Rngs,
+  ):
     shape = (kernel_size, kernel_size, in_channels, out_channels)
-    self.kernel = nnx.Param(_kernel_init(zero_init)(rngs.params(), shape,
-                                                    jnp.float32))
+    self.kernel = nnx.Param(
+      _kernel_init(zero_init)(rngs.params(), shape, jnp.float32)
+    )
     self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
     self.stride = stride
     self.dtype = dtype
     self.impl = impl
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-               stride=self.stride, impl=self.impl)
+    y = conv2d(
+      x.astype(self.dtype),
+      self.kernel[...].astype(self.dtype),
+      stride=self.stride,
+      impl=self.impl,
+    )
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -216,22 +245,29 @@ class GroupNorm(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = group_norm(x, scale=self.scale[...], bias=self.bias[...],
-                   groups=self.groups)
+    y = group_norm(
+      x, scale=self.scale[...], bias=self.bias[...], groups=self.groups
+    )
     return y.astype(self.dtype)
 
 
 def _linear(in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
-  return nnx.Linear(in_features, out_features, dtype=dtype,
-                    param_dtype=jnp.float32, kernel_init=_kernel_init(False),
-                    rngs=rngs)
+  return nnx.Linear(
+    in_features,
+    out_features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_kernel_init(False),
+    rngs=rngs,
+  )
 
 
 class TimeEmbed(nnx.Module):
   """Linear(C, 4C), SiLU, Linear(4C, 4C) on the sinusoidal embedding of t."""
 
-  def __init__(self, channels: int, *, max_period: float, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, channels: int, *, max_period: float, dtype, rngs: nnx.Rngs
+  ):
     self.channels = channels
     self.max_period = max_period
     self.linear_0 = _linear(channels, 4 * channels, dtype=dtype, rngs=rngs)
@@ -245,17 +281,31 @@ class TimeEmbed(nnx.Module):
 class ResBlock(nnx.Module):
   """h = Conv(SiLU(GN(x))) + Linear(SiLU(emb)); h = Conv(Drop(SiLU(GN(h))))."""
 
-  def __init__(self, in_channels: int, out_channels: int, *, emb_channels: int,
-               dropout: float, dtype, impl: str, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    emb_channels: int,
+    dropout: float,
+    dtype,
+    impl: str,
+    rngs: nnx.Rngs,
+  ):
     conv = functools.partial(Conv, dtype=dtype, impl=impl, rngs=rngs)
     self.in_norm = GroupNorm(in_channels, dtype=dtype)
     self.in_conv = conv(in_channels, out_channels)
-    self.emb_linear = _linear(emb_channels, out_channels, dtype=dtype, rngs=rngs)
+    self.emb_linear = _linear(
+      emb_channels, out_channels, dtype=dtype, rngs=rngs
+    )
     self.out_norm = GroupNorm(out_channels, dtype=dtype)
     self.dropout = nnx.Dropout(dropout)
     self.out_conv = conv(out_channels, out_channels, zero_init=True)
-    self.skip = (conv(in_channels, out_channels, kernel_size=1)
-                 if in_channels != out_channels else None)
+    self.skip = (
+      conv(in_channels, out_channels, kernel_size=1)
+      if in_channels != out_channels
+      else None
+    )
 
   def __call__(self, x, emb, *, rngs: nnx.Rngs | None = None):
     """x [B, H, W, Cin], emb [B, E] -> [B, H, W, Cout]."""
@@ -271,24 +321,36 @@ class ResBlock(nnx.Module):
 class AttentionBlock(nnx.Module):
   """Self-attention over space with the legacy qkv head layout (SPEC §2a)."""
 
-  def __init__(self, channels: int, *, num_heads: int, dtype, impl: str,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, channels: int, *, num_heads: int, dtype, impl: str, rngs: nnx.Rngs
+  ):
     if channels % num_heads:
-      raise ValueError(f'{channels} channels do not split into {num_heads} heads.')
+      raise ValueError(
+        f'{channels} channels do not split into {num_heads} heads.'
+      )
     self.num_heads = num_heads
     self.norm = GroupNorm(channels, dtype=dtype)
-    self.qkv = Conv(channels, 3 * channels, kernel_size=1, dtype=dtype,
-                    impl=impl, rngs=rngs)
-    self.proj_out = Conv(channels, channels, kernel_size=1, zero_init=True,
-                         dtype=dtype, impl=impl, rngs=rngs)
+    self.qkv = Conv(
+      channels, 3 * channels, kernel_size=1, dtype=dtype, impl=impl, rngs=rngs
+    )
+    self.proj_out = Conv(
+      channels,
+      channels,
+      kernel_size=1,
+      zero_init=True,
+      dtype=dtype,
+      impl=impl,
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     """x [B, H, W, C] -> [B, H, W, C]."""
     batch, height, width, channels = x.shape
     head_dim = channels // self.num_heads
     qkv = self.qkv(self.norm(x)).reshape(
-        batch, height * width, self.num_heads, 3, head_dim)
-    scale = head_dim ** -0.25
+      batch, height * width, self.num_heads, 3, head_dim
+    )
+    scale = head_dim**-0.25
     q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
     logits = jnp.einsum('btnc,bsnc->bnts', q, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -301,8 +363,9 @@ class Downsample(nnx.Module):
   """Conv3x3, stride 2, padding 1 on both sides."""
 
   def __init__(self, channels: int, *, dtype, impl: str, rngs: nnx.Rngs):
-    self.op = Conv(channels, channels, stride=2, dtype=dtype, impl=impl,
-                   rngs=rngs)
+    self.op = Conv(
+      channels, channels, stride=2, dtype=dtype, impl=impl, rngs=rngs
+    )
 
   def __call__(self, x):
     return self.op(x)

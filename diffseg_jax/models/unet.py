@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from diffseg_jax.models import layers
 
@@ -41,6 +41,7 @@ _OUTPUT_ACTIVATIONS = ('tanh', 'identity')
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
   """Network hyper-parameters; the defaults are the paper's 6.9 M network."""
+
   base_channels: int = 32
   channel_mult: Sequence[int] = (1, 1, 2, 4)
   num_res_blocks: Sequence[int] = (1, 2, 3, 4)
@@ -58,27 +59,35 @@ class UNetConfig:
   def __post_init__(self):
     levels = len(self.channel_mult)
     if isinstance(self.num_res_blocks, int):
-      object.__setattr__(self, 'num_res_blocks', (self.num_res_blocks,) * levels)
+      object.__setattr__(
+        self, 'num_res_blocks', (self.num_res_blocks,) * levels
+      )
     for name in ('channel_mult', 'num_res_blocks', 'attention_levels'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     if len(self.num_res_blocks) != levels:
       raise ValueError(
-          f'num_res_blocks={self.num_res_blocks} needs one entry per level of '
-          f'channel_mult={self.channel_mult}.')
+        f'num_res_blocks={self.num_res_blocks} needs one entry per level of '
+        f'channel_mult={self.channel_mult}.'
+      )
     for level in self.attention_levels:
       if not -levels <= level < levels:
-        raise ValueError(f'attention level {level} is outside the {levels} '
-                         'levels of channel_mult.')
+        raise ValueError(
+          f'attention level {level} is outside the {levels} '
+          'levels of channel_mult.'
+        )
     if self.num_middle_blocks < 1:
       raise ValueError('num_middle_blocks must be >= 1.')
     if self.dtype not in _DTYPES:
       raise ValueError(f'dtype={self.dtype!r} is not one of {tuple(_DTYPES)}.')
     if self.output_activation not in _OUTPUT_ACTIVATIONS:
-      raise ValueError(f'output_activation={self.output_activation!r} is not '
-                       f'one of {_OUTPUT_ACTIVATIONS}.')
+      raise ValueError(
+        f'output_activation={self.output_activation!r} is not '
+        f'one of {_OUTPUT_ACTIVATIONS}.'
+      )
     if self.conv_impl not in layers.CONV_IMPLS:
-      raise ValueError(f'conv_impl={self.conv_impl!r} is not one of '
-                       f'{layers.CONV_IMPLS}.')
+      raise ValueError(
+        f'conv_impl={self.conv_impl!r} is not one of {layers.CONV_IMPLS}.'
+      )
 
   @property
   def attention_level_set(self) -> frozenset[int]:
@@ -99,25 +108,37 @@ class UNet(nnx.Module):
     attention = config.attention_level_set
 
     def res_block(cin, cout):
-      return layers.ResBlock(cin, cout, emb_channels=emb_channels,
-                             dropout=config.dropout, dtype=dtype, impl=impl,
-                             rngs=rngs)
+      return layers.ResBlock(
+        cin,
+        cout,
+        emb_channels=emb_channels,
+        dropout=config.dropout,
+        dtype=dtype,
+        impl=impl,
+        rngs=rngs,
+      )
 
     def attn_block(channels):
-      return layers.AttentionBlock(channels, num_heads=config.num_heads,
-                                   dtype=dtype, impl=impl, rngs=rngs)
+      return layers.AttentionBlock(
+        channels, num_heads=config.num_heads, dtype=dtype, impl=impl, rngs=rngs
+      )
 
-    self.time_embed = layers.TimeEmbed(base, max_period=config.time_max_period,
-                                       dtype=dtype, rngs=rngs)
+    self.time_embed = layers.TimeEmbed(
+      base, max_period=config.time_max_period, dtype=dtype, rngs=rngs
+    )
 
     in_channels = 1 + config.image_channels
-    input_blocks = [nnx.List([layers.Conv(in_channels, base, dtype=dtype,
-                                          impl=impl, rngs=rngs)])]
+    input_blocks = [
+      nnx.List(
+        [layers.Conv(in_channels, base, dtype=dtype, impl=impl, rngs=rngs)]
+      )
+    ]
     skip_channels = [base]
     ch = base
     num_levels = len(config.channel_mult)
     for level, (mult, num_res) in enumerate(
-        zip(config.channel_mult, config.num_res_blocks)):
+      zip(config.channel_mult, config.num_res_blocks)
+    ):
       for _ in range(num_res):
         block = [res_block(ch, mult * base)]
         ch = mult * base
@@ -126,8 +147,9 @@ class UNet(nnx.Module):
         input_blocks.append(nnx.List(block))
         skip_channels.append(ch)
       if level != num_levels - 1:
-        input_blocks.append(nnx.List([layers.Downsample(
-            ch, dtype=dtype, impl=impl, rngs=rngs)]))
+        input_blocks.append(
+          nnx.List([layers.Downsample(ch, dtype=dtype, impl=impl, rngs=rngs)])
+        )
         skip_channels.append(ch)
     self.input_blocks = nnx.List(input_blocks)
 
@@ -155,8 +177,9 @@ class UNet(nnx.Module):
     self.output_blocks = nnx.List(output_blocks)
 
     self.out_norm = layers.GroupNorm(ch, dtype=dtype)
-    self.out_conv = layers.Conv(ch, config.out_channels, zero_init=True,
-                                dtype=dtype, impl=impl, rngs=rngs)
+    self.out_conv = layers.Conv(
+      ch, config.out_channels, zero_init=True, dtype=dtype, impl=impl, rngs=rngs
+    )
 
   def _apply(self, block, h, emb, rngs):
     for layer in block:
@@ -166,8 +189,14 @@ class UNet(nnx.Module):
         h = layer(h)
     return h
 
-  def __call__(self, z: jax.Array, t: jax.Array, image: jax.Array, *,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    z: jax.Array,
+    t: jax.Array,
+    image: jax.Array,
+    *,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     """Raw network output.
 
     Args:
@@ -183,10 +212,13 @@ class UNet(nnx.Module):
     factor = 2 ** (len(config.channel_mult) - 1)
     if z.ndim != 4 or z.shape[-1] != 1:
       raise ValueError(f'z must be [B, H, W, 1], got {z.shape}.')
-    if image.shape[:3] != z.shape[:3] or image.shape[-1] != config.image_channels:
+    if (
+      image.shape[:3] != z.shape[:3] or image.shape[-1] != config.image_channels
+    ):
       raise ValueError(
-          f'image must be [B, H, W, {config.image_channels}] matching z '
-          f'{z.shape}, got {image.shape} (set UNetConfig.image_channels).')
+        f'image must be [B, H, W, {config.image_channels}] matching z '
+        f'{z.shape}, got {image.shape} (set UNetConfig.image_channels).'
+      )
     if z.shape[1] % factor or z.shape[2] % factor:
       raise ValueError(f'H and W must divide by {factor}, got {z.shape[1:3]}.')
     if t.shape != z.shape[:1]:
