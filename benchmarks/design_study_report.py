@@ -8,6 +8,13 @@ a row per setting with GED_N, HM-IoU_N, CI_N and mode TV_N of the model, then th
 of the true distribution) and the image-blind baseline. Cells are mean ± standard error over seeds
 when two or more seeds finished; with one seed the standard error is over test images (marked
 'img'). Missing runs are listed, so a partial study can be reported while it runs.
+
+Each setting is also compared with the study's reference setting (x-prediction, b = 0.1,
+SNR_plus1, DDPM 10 steps) *paired*: per seed, the per-image differences over the same test images
+(WORKDIR/eval/<name>/per_image.jsonl, matched by image id), then their mean over seeds; the
+standard error is over seeds when two or more seeds have both runs, else over images ('img').
+`z` = difference / standard error says how sure a ranking is; GED / oracle re-bases GED on the
+true annotation distribution of the same runs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ STUDY_TITLES = {
   'weighting': 'Loss weighting (x-prediction, b = 0.1)',
   'sampler': 'Sampler and number of steps (one model per seed: x, b = 0.1, SNR_plus1)',
 }
+# The setting every other one is compared with (launch/sweep.py's REFERENCE; DDPM 10 steps).
+REFERENCE_SETTING = {
+  'input_scale': {'b': 0.1},
+  'prediction': {'prediction': 'x'},
+  'weighting': {'weighting': 'snr_plus1'},
+  'sampler': {'sampler': 'ddpm', 'steps': 10},
+}
+PAIRED = (('ged', 'GED'), ('mode_tv', 'mode TV'))
 SETTING_KEYS = {
   'input_scale': ('b',),
   'prediction': ('prediction',),
@@ -50,6 +65,73 @@ def load_metrics(path: str) -> dict | None:
       f"{path} has no 'metrics' entry; it is not a diffseg_jax evaluation output."
     )
   return data['metrics']
+
+
+def load_per_image(metrics_path: str) -> dict[str, dict] | None:
+  """{image id: per-image record} from per_image.jsonl beside metrics.json, or None."""
+  path = os.path.join(os.path.dirname(metrics_path), 'per_image.jsonl')
+  if not os.path.exists(path):
+    return None
+  records = {}
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        records[str(record.get('id', record.get('index')))] = record
+  return records
+
+
+def paired_difference(
+  pairs: Sequence[tuple[Mapping[str, Mapping], Mapping[str, Mapping]]], key: str
+) -> tuple[float, float | None, str, int] | None:
+  """Mean difference of `key` (run minus reference) over the images both scored.
+
+  Args:
+    pairs: one (run records, reference records) per seed, each {image id: record}.
+    key: per-image metric, e.g. 'ged_16'.
+
+  Returns:
+    (mean, sem, basis, images): the mean over seeds of each seed's mean per-image
+    difference; sem over seeds (basis 'seeds', two or more seeds) or, with one
+    seed, over that seed's images (basis 'img'); None without a common image.
+  """
+  per_seed, diffs_of_seed = [], []
+  for run, ref in pairs:
+    diffs = [
+      float(run[i][key]) - float(ref[i][key])
+      for i in sorted(set(run) & set(ref))
+      if run[i].get(key) is not None and ref[i].get(key) is not None
+    ]
+    diffs = [d for d in diffs if math.isfinite(d)]
+    if diffs:
+      per_seed.append(sum(diffs) / len(diffs))
+      diffs_of_seed.append(diffs)
+  if not per_seed:
+    return None
+  images = min(len(d) for d in diffs_of_seed)
+  if len(per_seed) == 1:
+    diffs = diffs_of_seed[0]
+    if len(diffs) < 2:
+      return per_seed[0], None, 'img', images
+    mean = per_seed[0]
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs)), 'img', images
+  k = len(per_seed)
+  mean = sum(per_seed) / k
+  std = math.sqrt(sum((m - mean) ** 2 for m in per_seed) / (k - 1))
+  return mean, std / math.sqrt(k), 'seeds', images
+
+
+def _paired_cell(stat) -> str:
+  if stat is None:
+    return '–'
+  mean, sem, basis, _ = stat
+  if sem is None:
+    return f'{mean:+.4f}'
+  z = mean / sem if sem > 0 else math.copysign(math.inf, mean)
+  return f'{mean:+.4f} ± {sem:.4f} (z {z:+.1f})' + (
+    ' (img)' if basis == 'img' else ''
+  )
 
 
 def combine(
@@ -101,6 +183,7 @@ def study_table(
 ) -> str:
   """Markdown table of one study from manifest entries (study, setting, seed, metrics path)."""
   settings: dict[str, list[dict | None]] = {}
+  per_image: dict[str, dict[int, dict]] = {}
   missing = []
   for e in entries:
     if e['study'] != study:
@@ -110,25 +193,49 @@ def study_table(
     settings.setdefault(label, []).append(loaded)
     if loaded is None:
       missing.append(f'{label} (seed {e["seed"]})')
+    else:
+      records = load_per_image(e['metrics'])
+      if records is not None:
+        per_image.setdefault(label, {})[int(e['seed'])] = records
+  reference = _label(study, REFERENCE_SETTING[study])
   keys = [f'{name}_{num_samples}' for name, _ in COLUMNS]
+  paired_keys = [f'{name}_{num_samples}' for name, _ in PAIRED]
   header = (
     '| '
     + ' / '.join(SETTING_KEYS[study])
     + ' | seeds | '
     + ' | '.join(f'{title}_{num_samples}' for _, title in COLUMNS)
+    + f' | GED_{num_samples} / oracle | '
+    + ' | '.join(
+      f'Δ {title}_{num_samples} vs {reference}' for _, title in PAIRED
+    )
     + ' |'
   )
   lines = [
     f'### {STUDY_TITLES[study]}',
     '',
     header,
-    '|---' * (len(COLUMNS) + 2) + '|',
+    '|---' * (len(COLUMNS) + len(PAIRED) + 3) + '|',
   ]
   all_loaded = []
   for label, runs in settings.items():
     loaded = [m for m in runs if m is not None]
     all_loaded += loaded
     cells = [_cell(combine([m.get(k) for m in loaded])) for k in keys]
+    ratios = [
+      m[keys[0]]['mean'] / m['oracle_' + keys[0]]['mean']
+      for m in loaded
+      if m.get(keys[0])
+      and m.get('oracle_' + keys[0])
+      and m['oracle_' + keys[0]].get('mean')
+    ]
+    cells.append(f'{sum(ratios) / len(ratios):.2f}' if ratios else '–')
+    if label == reference:
+      cells += ['(reference)'] * len(PAIRED)
+    else:
+      mine, ref = per_image.get(label, {}), per_image.get(reference, {})
+      pairs = [(mine[seed], ref[seed]) for seed in sorted(set(mine) & set(ref))]
+      cells += [_paired_cell(paired_difference(pairs, k)) for k in paired_keys]
     lines.append(
       f'| {label} | {len(loaded)}/{len(runs)} | ' + ' | '.join(cells) + ' |'
     )
@@ -141,6 +248,7 @@ def study_table(
       _cell(combine([m.get(prefix + k) for m in all_loaded])) for k in keys
     ]
     if any(c != '–' for c in cells):
+      cells += ['–'] * (len(PAIRED) + 1)
       lines.append(
         f'| {title} | {len(all_loaded)} runs | ' + ' | '.join(cells) + ' |'
       )

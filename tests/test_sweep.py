@@ -6,6 +6,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,8 +307,8 @@ def test_report_tables_from_fake_metrics(tmp_path, capsys):
   assert 'Not finished: ddim, 100 (seed 0); ddim, 100 (seed 1).' in text
   oracle = [line for line in text.splitlines() if line.startswith('| oracle')]
   assert len(oracle) == 4 and all(f'{0.4:.4f} ±' in line for line in oracle)
-  # Only GED is given for the baselines.
-  assert all(line.count('–') == 3 for line in oracle)
+  # Only GED is given for the baselines (3 other columns, no ratio, no paired differences).
+  assert all(line.count('–') == 3 + 3 for line in oracle)
   one_seed = report.study_table(
     'input_scale', [e for e in manifest['entries'] if e['seed'] == 0]
   )
@@ -361,3 +362,67 @@ def test_extra_overrides_reach_every_run_and_clashes_are_refused(
   for bad in ('--override=seed=3', '--override=no_equals_sign'):
     with pytest.raises(SystemExit):
       sweep.main(['--study=prediction', '--dry', bad])
+
+
+def test_paired_difference_over_images_and_seeds():
+  ref = {str(i): {'ged_16': 0.1 * i} for i in range(4)}
+  run = {
+    str(i): {'ged_16': 0.1 * i + d} for i, d in enumerate((0.1, 0.3, 0.1, 0.3))
+  }
+  run['extra'] = {'ged_16': 9.0}  # Not scored by the reference: not paired.
+  mean, sem, basis, images = report.paired_difference([(run, ref)], 'ged_16')
+  diffs = np.array([0.1, 0.3, 0.1, 0.3])
+  assert basis == 'img' and images == 4
+  assert mean == pytest.approx(diffs.mean())
+  assert sem == pytest.approx(diffs.std(ddof=1) / 2)
+  # Two seeds: the standard error is over the seeds' mean differences.
+  run2 = {k: {'ged_16': v['ged_16'] + 0.2} for k, v in run.items()}
+  mean, sem, basis, _ = report.paired_difference(
+    [(run, ref), (run2, ref)], 'ged_16'
+  )
+  assert basis == 'seeds'
+  assert mean == pytest.approx(0.3) and sem == pytest.approx(0.1)
+  assert report.paired_difference([({}, ref)], 'ged_16') is None
+
+
+def test_report_pairs_each_setting_with_the_reference_on_the_same_images(
+  tmp_path, capsys
+):
+  workroot = tmp_path / 'study'
+  assert (
+    sweep.main(
+      [
+        '--study=input_scale',
+        '--seeds=0',
+        '--steps=3',
+        f'--workroot={workroot}',
+      ]
+    )
+    == 0
+  )
+  manifest = json.loads((workroot / 'manifest.json').read_text())
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.1, 0.5, 50)
+  for e in manifest['entries']:
+    b = e['setting']['b']
+    ged = base + (0.0 if b == 0.1 else 0.02)  # Every other b: exactly +0.02.
+    _write_metrics(
+      e['metrics'],
+      {'ged_16': (float(ged.mean()), 0.05), 'oracle_ged_16': (0.1, 0.01)},
+    )
+    with open(
+      os.path.join(os.path.dirname(e['metrics']), 'per_image.jsonl'), 'w'
+    ) as f:
+      for i, g in enumerate(ged):
+        f.write(json.dumps({'index': i, 'id': f'img{i}', 'ged_16': g}) + '\n')
+  assert report.main([f'--workroot={workroot}']) == 0
+  text = capsys.readouterr().out
+  assert 'Δ GED_16 vs 0.1' in text
+  row = next(line for line in text.splitlines() if line.startswith('| 0.3 |'))
+  # Unpaired, the ±0.05 image spread would hide +0.02; paired it is exact.
+  assert '+0.0200 ± 0.0000' in row
+  assert f'| {(base.mean() + 0.02) / 0.1:.2f} |' in row
+  ref_row = next(
+    line for line in text.splitlines() if line.startswith('| 0.1 |')
+  )
+  assert '(reference)' in ref_row
