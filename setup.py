@@ -56,7 +56,6 @@ setuptools.setup(
     'test': [
       'pytest>=9.0.3',
       'pytest-xdist>=3.8.0',
-      'chex>=0.1.92',
       'ruff==0.17.5',
     ],
     'torch': ['torch>=2.13.0'],
