@@ -348,7 +348,7 @@ def test_disk_faults_are_found_behind_writer_threads():
 
 
 def test_metric_writer_thread_on_a_full_device_is_one_line(tmp_path):
-  """A real ENOSPC from the kernel: metrics.jsonl is /dev/full, written by clu's writer thread."""
+  """A real ENOSPC from the kernel: metrics.jsonl is /dev/full, written by the metric writer's thread."""
   from diffseg_jax import metric_writers  # pylint: disable=g-import-not-at-top
 
   if not os.path.exists('/dev/full'):
