@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """diffseg_jax: diffusion-based ambiguous medical image segmentation in JAX/Flax."""
 
 import setuptools
@@ -42,7 +56,6 @@ setuptools.setup(
     'test': [
       'pytest>=9.0.3',
       'pytest-xdist>=3.8.0',
-      'chex>=0.1.92',
       'ruff==0.17.5',
     ],
     'torch': ['torch>=2.13.0'],

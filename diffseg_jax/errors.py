@@ -72,7 +72,7 @@ _IO_FAULTS = {
 def find_io_fault(exc: BaseException) -> Optional[Tuple[int, Optional[str]]]:
   """(errno, file name or None) of a disk/permission fault behind `exc`, or None.
 
-  Follows `__cause__`/`__context__` (Orbax and clu re-raise errors of their writer threads) and
+  Follows `__cause__`/`__context__` (Orbax and metric_writers re-raise errors of their writer threads) and
   also recognises the fault in the text of non-OSError exceptions (TensorStore reports write
   failures as ValueErrors quoting strerror).
   """

@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec
 import numpy as np
 
 from diffseg_jax import errors
+from diffseg_jax import parallel
 
 TRAIN_KEYS = ('image', 'masks')
 STRING_KEYS = ('id', 'patient_id')
@@ -320,7 +321,7 @@ class TrainIterator:
     global_batch_size: int,
     seed: int,
     mesh: jax.sharding.Mesh,
-    data_axis: str = 'data',
+    data_axis: str = parallel.DATA_AXIS,
     prefetch: int = 2,
     num_threads: int = 2,
     keys: Sequence[str] = TRAIN_KEYS,
@@ -413,7 +414,7 @@ def train_batches(
   seed: int,
   start_step: int = 0,
   mesh: jax.sharding.Mesh,
-  data_axis: str = 'data',
+  data_axis: str = parallel.DATA_AXIS,
   prefetch: int = 2,
   num_threads: int = 2,
   keys: Sequence[str] = TRAIN_KEYS,

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Faults a user meets: a folder in use, a full or read-only disk, bad flags and configs.
 
 Each ends with one line naming the cause and the fix and no traceback. Disk faults are simulated
@@ -334,7 +348,7 @@ def test_disk_faults_are_found_behind_writer_threads():
 
 
 def test_metric_writer_thread_on_a_full_device_is_one_line(tmp_path):
-  """A real ENOSPC from the kernel: metrics.jsonl is /dev/full, written by clu's writer thread."""
+  """A real ENOSPC from the kernel: metrics.jsonl is /dev/full, written by the metric writer's thread."""
   from diffseg_jax import metric_writers  # pylint: disable=g-import-not-at-top
 
   if not os.path.exists('/dev/full'):

@@ -1,3 +1,17 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """`synthetic_lesions`: an ambiguous segmentation set whose true answer is known.
 
 Generative process (all lengths in pixels of an S x S image, S in {32, 64, 128};
@@ -52,6 +66,9 @@ MIN_LOBE_FRACTION = 0.3
 # Centres and widths of the logistic mode probabilities (module doc, step 5).
 EMPTY_AREA_CENTRE, EMPTY_AREA_WIDTH = 0.035, 0.008
 LOBE_CONTRAST_CENTRE, LOBE_CONTRAST_WIDTH = 0.15, 0.04
+# Largest offset and cosine amplitude of the annotators' boundary jitter (pixels,
+# module doc, step 6): |j| <= JITTER_OFFSET + JITTER_AMPLITUDE = 1.
+JITTER_OFFSET, JITTER_AMPLITUDE = 0.5, 0.5
 _SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
 # The 'geometry' feature: core centre, semi-axes and rotation, then the lobe's.
 GEOMETRY_KEYS = (
@@ -205,8 +222,8 @@ def _jitter_field(rng, *, shape, size):
 
   j(y, x) = o + A cos(k (cos(ang) x + sin(ang) y) + psi), evaluated separably.
   """
-  o = rng.uniform(-0.5, 0.5, shape)[..., None, None]
-  amp = rng.uniform(0.0, 0.5, shape)[..., None]
+  o = rng.uniform(-JITTER_OFFSET, JITTER_OFFSET, shape)[..., None, None]
+  amp = rng.uniform(0.0, JITTER_AMPLITUDE, shape)[..., None]
   ang = rng.uniform(0, 2 * np.pi, shape)[..., None]
   psi = rng.uniform(0, 2 * np.pi, shape)[..., None]
   k = 8 * np.pi / size
