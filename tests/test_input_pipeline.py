@@ -523,6 +523,7 @@ def test_built_synthetic_set_through_the_pipeline(tmp_path):
     'geometry',
     'id',
     'patient_id',
+    'index',
     'valid',
   } == set(evals[0])
   assert evals[0]['id'].dtype.kind == 'U' and evals[0]['modes'].shape == (
