@@ -119,15 +119,21 @@ def main():
     for b in range(len(x['image']))
   }
 
-  def fresh_draws(image, rng, num_samples):
-    geometry, probs = zip(*(by_image[x.tobytes()] for x in np.asarray(image)))
-    return syn.draw_annotations(
-      geometry=np.stack(geometry),
-      mode_probs=np.stack(probs),
-      num=num_samples,
-      size=args.size,
-      seed=np.asarray(jax.random.key_data(rng)).ravel().tolist(),
-    )
+  def fresh_draws(image, keys, num_samples):
+    seeds = np.asarray(jax.random.key_data(keys)).reshape(len(image), -1)
+    draws = []
+    for x, seed in zip(np.asarray(image), seeds):
+      geometry, probs = by_image[x.tobytes()]
+      draws.append(
+        syn.draw_annotations(
+          geometry=geometry,
+          mode_probs=probs,
+          num=num_samples,
+          size=args.size,
+          seed=seed.tolist(),
+        )
+      )
+    return np.stack(draws)
 
   summary = evaluation.evaluate(
     fresh_draws,

@@ -174,8 +174,8 @@ def ours_sample(cfg, *, images: int, samples: int, size: int, steps: int):
     .uniform(size=(images, size, size, 1))
     .astype(np.float32)
   )
-  rng = jax.random.key(1)
-  return lambda: sampler(params, image, rng, samples)  # Returns numpy: blocks.
+  keys = jax.random.split(jax.random.key(1), images)
+  return lambda: sampler(params, image, keys, samples)  # Returns numpy: blocks.
 
 
 def torch_device(backend: str) -> str:

@@ -44,13 +44,23 @@ Where the batches carry the true distribution (the synthetic set: 'modes'
 
 Every metric has a defined value on every image (diffseg_jax.metrics documents
 the degenerate cases), so every aggregate runs over the same images.
+
+Randomness is per image: the model's samples, the oracles' and the blind
+baseline's draws for an image come from keys folded from the image's index in
+the split (`sampling.image_keys`), never from its batch or position. With several
+processes each evaluates its share of the images (input_pipeline.eval_shard);
+the per-image results are gathered and every process aggregates all of them
+in index order, so 1 or many processes, any batch size and any sampling chunk
+size give the same metrics.json (up to the float rounding of network calls of
+other shapes, see diffseg_jax.sampling).
+
 Aggregates (mean, standard error of the mean, n = images counted) go to
 out_dir/metrics.json and a Markdown table (out_dir/metrics.md, also logged);
 per-image values go to out_dir/per_image.jsonl. A non-finite per-image value
 is never dropped: it is written as null, the aggregate's mean and sem are null
 and its n counts only the finite values (a warning is logged). Padded examples
 (valid False) are skipped. The result is a deterministic function of rng,
-blind_mode_probs and sample_fn.
+blind_mode_probs, sample_fn and the images with their indices.
 """
 
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +73,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -175,21 +186,21 @@ def _set_metrics(
   return out
 
 
-def _draw_modes(*, rng, modes, probs, num_samples) -> np.ndarray:
-  """num_samples modes per image drawn with probs [B, K] -> bool [B, N, H, W]."""
+def _draw_modes(*, keys, modes, probs, num_samples) -> np.ndarray:
+  """num_samples modes per image drawn with probs [B, K], image b with keys[b] -> bool [B, N, H, W]."""
   logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-30))
   index = np.asarray(
-    jax.random.categorical(
-      rng, logits, axis=-1, shape=(num_samples, logits.shape[0])
-    )
-  ).T
+    jax.vmap(
+      lambda key, row: jax.random.categorical(key, row, shape=(num_samples,))
+    )(keys, logits.astype(np.float32))
+  )
   return np.take_along_axis(
     np.asarray(modes, bool), index[:, :, None, None], axis=1
   )
 
 
-def _draw_true(*, rng, batch, index, size, num_samples) -> np.ndarray:
-  """Fresh annotations from the true distribution -> bool [B, N, H, W]."""
+def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
+  """Fresh annotations from the true distribution, image b seeded by keys[b] -> bool [B, N, H, W]."""
   if 'geometry' not in batch:
     raise KeyError(
       f"evaluation batch {index} has 'modes' but lacks 'geometry', which "
@@ -200,14 +211,43 @@ def _draw_true(*, rng, batch, index, size, num_samples) -> np.ndarray:
     )
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
-  seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
-  return synthetic_lesions.draw_annotations(
-    geometry=np.asarray(batch['geometry'], np.float64),
-    mode_probs=np.asarray(batch['mode_probs'], np.float64),
-    num=num_samples,
-    size=size,
-    seed=seed,
+  geometry = np.asarray(batch['geometry'], np.float64)
+  probs = np.asarray(batch['mode_probs'], np.float64)
+  seeds = sampling.key_data(keys).reshape(len(geometry), -1)
+  return np.stack(
+    [
+      synthetic_lesions.draw_annotations(
+        geometry=geometry[b],
+        mode_probs=probs[b],
+        num=num_samples,
+        size=size,
+        seed=seeds[b].tolist(),
+      )
+      for b in range(len(geometry))
+    ]
   )
+
+
+def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Every process's JSON-able records, on every process, sorted by 'index'.
+
+  One process: the records sorted. Several: each process's records travel as
+  JSON bytes through two `process_allgather` calls (every process must call).
+  """
+  if jax.process_count() > 1:
+    data = np.frombuffer(json.dumps(records).encode(), np.uint8)
+    lengths = np.asarray(
+      multihost_utils.process_allgather(np.array([data.size], np.int32))
+    ).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    everything = np.asarray(multihost_utils.process_allgather(padded))
+    records = [
+      record
+      for row, length in zip(everything, lengths)
+      for record in json.loads(row[:length].tobytes())
+    ]
+  return sorted(records, key=lambda r: r['index'])
 
 
 def average_mode_probs(source) -> np.ndarray | None:
@@ -346,17 +386,23 @@ def evaluate(
   """Scores a sampler on a split and writes the reports (see module doc).
 
   Args:
-    sample_fn: (image [B, H, W, C], rng, num_samples) -> bool [B, N, H, W].
-    batches: iterable of host dicts with 'image' [B, H, W, C], 'masks'
-      [B, M, H, W], optional 'valid' [B] (False = padding), 'id' [B],
-      'modes' [B, K, H, W], 'mode_probs' [B, K] and 'geometry' [B, 10].
+    sample_fn: (image [B, H, W, C], keys [B], num_samples) -> bool
+      [B, N, H, W]; sample j of image b must depend on image b, keys[b] and
+      j only (as sampling.Sampler's).
+    batches: this process's share of the images (input_pipeline.eval_batches
+      with its process index and count): host dicts with 'image'
+      [B, H, W, C], 'masks' [B, M, H, W], 'index' [B] (the image's index in
+      the split; without it the rows are numbered in stream order), optional
+      'valid' [B] (False = padding), 'id' [B], 'modes' [B, K, H, W],
+      'mode_probs' [B, K] and 'geometry' [B, 10]. With several processes
+      every process calls `evaluate` (and `sample_fn` as often).
     num_samples_list: the N to report; N_max = max(...) >= 4 samples are
       drawn per image once and every N uses the first N of them.
     out_dir: where metrics.json, per_image.jsonl and metrics.md go (None: write nothing, as on
       every process but the first of a multi-process run).
-    rng: jax PRNG key. Batch i samples with split(fold_in(split(rng)[0], i))[0];
-      the mode oracle uses [1] of that split, the true oracle fold_in([1], 1);
-      the blind baseline uses fold_in(split(rng)[1], i).
+    rng: jax PRNG key; with (model, mode oracle, true oracle, blind) =
+      split(rng, 4), image i of the split is drawn with the key
+      fold_in(<that key>, i) (`sampling.image_keys`).
     split_name: recorded in the reports.
     blind_mode_probs: [K] mode probabilities of the image-blind baseline,
       normally the training split's average (`average_mode_probs`); None
@@ -364,7 +410,8 @@ def evaluate(
     log: receives the Markdown table.
 
   Returns:
-    {key: {'mean', 'sem', 'n'}} as written to metrics.json['metrics'].
+    {key: {'mean', 'sem', 'n'}} over the images of all processes, as written
+    to metrics.json['metrics'].
   """
   num_samples = sorted({int(n) for n in num_samples_list})
   if not num_samples or num_samples[0] < 1:
@@ -380,18 +427,23 @@ def evaluate(
     )
   if blind_mode_probs is not None:
     blind_mode_probs = np.asarray(blind_mode_probs, np.float64)
-  model_rng, blind_rng = jax.random.split(rng)
+  model_rng, mode_rng, true_rng, blind_rng = jax.random.split(rng, 4)
 
   per_image: list[dict[str, Any]] = []
+  rows_seen = 0
   for batch_index, batch in enumerate(batches):
     image = _require(batch, 'image', batch_index)
     masks = _require(batch, 'masks', batch_index).astype(bool)
     size = image.shape[0]
     valid = np.asarray(batch.get('valid', np.ones(size, bool)), bool)
-    ids = batch.get('id', np.arange(len(per_image), len(per_image) + size))
-    key = jax.random.fold_in(model_rng, batch_index)
-    sample_key, oracle_key = jax.random.split(key)
-    samples = np.asarray(sample_fn(image, sample_key, n_max))
+    indices = np.asarray(
+      batch.get('index', np.arange(rows_seen, rows_seen + size)), np.int64
+    )
+    rows_seen += size
+    ids = batch.get('id', indices)
+    samples = np.asarray(
+      sample_fn(image, sampling.image_keys(model_rng, indices), n_max)
+    )
     expected = (size, n_max) + masks.shape[-2:]
     if samples.shape != expected:
       raise ValueError(
@@ -413,7 +465,7 @@ def evaluate(
     values = scored(samples=samples, prefix='', authors=True)
     if modes is not None:
       true = _draw_true(
-        rng=jax.random.fold_in(oracle_key, 1),
+        keys=sampling.image_keys(true_rng, indices),
         batch=batch,
         index=batch_index,
         size=masks.shape[-1],
@@ -421,7 +473,10 @@ def evaluate(
       )
       values.update(scored(samples=true, prefix='oracle_'))
       drawn = _draw_modes(
-        rng=oracle_key, modes=modes, probs=probs, num_samples=n_max
+        keys=sampling.image_keys(mode_rng, indices),
+        modes=modes,
+        probs=probs,
+        num_samples=n_max,
       )
       values.update(scored(samples=drawn, prefix='mode_oracle_'))
       if blind_mode_probs is not None:
@@ -431,7 +486,7 @@ def evaluate(
             f"batches' mode_probs are [B, {probs.shape[1]}]."
           )
         blind = _draw_modes(
-          rng=jax.random.fold_in(blind_rng, batch_index),
+          keys=sampling.image_keys(blind_rng, indices),
           modes=modes,
           probs=np.broadcast_to(blind_mode_probs, probs.shape),
           num_samples=n_max,
@@ -441,10 +496,18 @@ def evaluate(
       identifier = ids[row]
       if isinstance(identifier, bytes):
         identifier = identifier.decode()
-      record = {'index': len(per_image), 'id': str(identifier)}
+      record = {'index': int(indices[row]), 'id': str(identifier)}
       record.update({k: _jsonable(v[row]) for k, v in values.items()})
       per_image.append(record)
 
+  per_image = gather_records(per_image)
+  repeated = len(per_image) - len({r['index'] for r in per_image})
+  if repeated:
+    raise ValueError(
+      f'{repeated} images were scored more than once (the same index): pass '
+      'each process its own share (input_pipeline.eval_batches with '
+      'process_index and process_count).'
+    )
   summary = _summary(per_image, log)
   table = render_table(summary)
   header = (
@@ -500,7 +563,8 @@ def evaluate_checkpoint(
 ) -> dict:
   """Samples config.eval.num_samples_list[-1] masks per image of config.eval.split and scores them.
 
-  Loads the (EMA, config.eval.use_ema) parameters of the latest checkpoint in WORKDIR/checkpoints and
+  Each process samples and scores its share of the images; process 0 writes the results of all
+  (see `evaluate`). Loads the (EMA, config.eval.use_ema) parameters of the latest checkpoint in WORKDIR/checkpoints and
   writes WORKDIR/eval/<config.eval.output_name or split>/{metrics.json, per_image.jsonl, metrics.md,
   grid.png}; a separate output_name per sampler setting lets one checkpoint be scored many ways.
   Logs images done, rate and ETA every config.eval.log_every_images images.
@@ -532,11 +596,19 @@ def evaluate_checkpoint(
     if config.eval.num_examples < 0
     else min(config.eval.num_examples, len(source))
   )
+  process, processes = jax.process_index(), jax.process_count()
+  start, stop = input_pipeline.eval_shard(
+    num, process_index=process, process_count=processes
+  )
   batches = input_pipeline.eval_batches(
-    source, batch_size=config.eval.batch_size, num_examples=num
+    source,
+    batch_size=config.eval.batch_size,
+    num_examples=num,
+    process_index=process,
+    process_count=processes,
   )
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
-  is_main = jax.process_index() == 0
+  is_main = process == 0
   out_dir = os.path.join(
     os.path.abspath(os.path.expanduser(workdir)),
     'eval',
@@ -544,13 +616,15 @@ def evaluate_checkpoint(
   )
   first = {}
 
-  def sample_fn(image, rng, num_samples):
-    samples = sampler(params, image, rng, num_samples)
+  def sample_fn(image, keys, num_samples):
+    samples = sampler(
+      params, image, keys, num_samples, num_steps=settings.sampler.num_steps
+    )
     first.setdefault('samples', samples)
     return samples
 
   progress = metric_writers.ReportProgress(
-    total=num,
+    total=stop - start,
     every=config.eval.log_every_images,
     unit='images',
     what=f'evaluate {split} (step {step}):',
@@ -562,9 +636,17 @@ def evaluate_checkpoint(
     split,
     max(config.eval.num_samples_list),
   )
+  if processes > 1:
+    logging.info(
+      'Process %d of %d evaluates images [%d, %d).',
+      process,
+      processes,
+      start,
+      stop,
+    )
   results = evaluate(
     sample_fn,
-    _with_progress(_remember_first(batches, first), progress, num),
+    _with_progress(_remember_first(batches, first), progress, stop - start),
     num_samples_list=tuple(config.eval.num_samples_list),
     out_dir=out_dir if is_main else None,
     rng=jax.random.PRNGKey(config.eval.seed),

@@ -453,6 +453,23 @@ def train_batches(
   return iterator
 
 
+def eval_shard(
+  num_examples: int, *, process_index: int = 0, process_count: int = 1
+) -> tuple[int, int]:
+  """Examples [start, stop) that process `process_index` of `process_count` evaluates.
+
+  `num_examples` split into `process_count` contiguous blocks of ceil(num_examples /
+  process_count) (the last ones shorter or empty).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f'process_index={process_index} is not in [0, process_count={process_count}).'
+    )
+  per_process = -(-num_examples // process_count)
+  start = min(process_index * per_process, num_examples)
+  return start, min(start + per_process, num_examples)
+
+
 def eval_batches(
   source,
   *,
@@ -464,13 +481,14 @@ def eval_batches(
   """Deterministic evaluation batches in source order (host numpy).
 
   The first `num_examples` examples (all if None) are split into `process_count`
-  contiguous blocks; this process iterates over block `process_index`. Every process
-  yields the same number of batches; the last ones are padded by repeating the last
-  example, marked `valid=False`.
+  contiguous blocks (`eval_shard`); this process iterates over block `process_index`.
+  Every process yields the same number of batches; the last ones are padded by
+  repeating the last example, marked `valid=False`.
 
   Yields:
     dict with every feature of the source ('image' [b,H,W,C] float32, 'masks' [b,M,H,W]
-    uint8, 'id'/'patient_id' [b] numpy str, 'modes', 'mode_probs' where present) and
+    uint8, 'id'/'patient_id' [b] numpy str, 'modes', 'mode_probs' where present),
+    'index' [b] int64 (each example's index in the source, its stable identity) and
     'valid' [b] bool, b = batch_size.
   """
   total = (
@@ -480,9 +498,10 @@ def eval_batches(
     raise ValueError(
       'eval_batches: the source is empty (or num_examples <= 0).'
     )
+  start, stop = eval_shard(
+    total, process_index=process_index, process_count=process_count
+  )
   per_process = -(-total // process_count)
-  start = min(process_index * per_process, total)
-  stop = min(start + per_process, total)
   num_batches = -(-per_process // batch_size)
   fallback = stop - 1 if stop > start else total - 1
   for b in range(num_batches):
@@ -495,5 +514,6 @@ def eval_batches(
     batch = read_examples(source, indices)
     if 'image' in batch:
       batch['image'] = batch['image'].astype(np.float32)
+    batch['index'] = np.asarray(indices, np.int64)
     batch['valid'] = valid
     yield batch

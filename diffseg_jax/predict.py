@@ -381,12 +381,14 @@ def predict(
     if path not in windows:
       continue
     image = windows.pop(path)
+    # Every process samples the same image with the same key (and gets the same samples).
     samples = np.asarray(
       sampler(
         params,
         image[None, :, :, None],
-        jax.random.fold_in(rng, i),
+        jax.random.fold_in(rng, i)[None],
         config.predict.num_samples,
+        num_steps=settings.sampler.num_steps,
       )[0]
     )
     maps = {

@@ -16,7 +16,10 @@
 
 A health check, not the paper protocol (that is `evaluation.evaluate_checkpoint`). It samples with the
 same `sampling.Sampler`, scores with the same `metrics.all_metrics` and computes the loss with the same
-`denoiser.example_losses` as the train step.
+`denoiser.example_losses` as the train step. Each process samples and scores its share of the images
+(image i drawn with `sampling.image_keys`, so the numbers do not depend on the number of processes or
+the batch size); the scores are gathered before averaging. Every process computes the (cheap) loss of
+every image.
 """
 
 import os
@@ -24,6 +27,7 @@ import time
 
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from diffseg_jax import denoiser
@@ -47,7 +51,8 @@ class Validator:
     batch_size: images per batch (config.validation.batch_size).
     num_samples: samples per image (config.validation.num_samples).
     num_grid_images: rows of the PNG grid (config.num_grid_images).
-    seed: the validation randomness is `PRNGKey(seed + 1)`, the same at every step.
+    seed: the validation randomness is `PRNGKey(seed + 1)`, the same at every step; image i's
+      samples are drawn with `sampling.image_keys(fold_in(that key, 10_000), i)`.
     workdir: the grids go to WORKDIR/grids/val_step_<step>.png.
     writer: receives `val/...` scalars and the grid.
     is_main: whether this process writes the PNG.
@@ -81,6 +86,18 @@ class Validator:
         source, batch_size=batch_size, num_examples=num
       )
     )
+    self._processes = jax.process_count()
+    self._sample_batches = self._batches
+    if self._processes > 1:
+      self._sample_batches = list(
+        input_pipeline.eval_batches(
+          source,
+          batch_size=batch_size,
+          num_examples=num,
+          process_index=jax.process_index(),
+          process_count=self._processes,
+        )
+      )
     self._sampler = sampling.Sampler(
       graphdef, mesh, **settings.sampler_kwargs()
     )
@@ -104,27 +121,34 @@ class Validator:
     start = time.time()
     rng = jax.random.PRNGKey(self._seed + 1)
     n = self._num_samples
-    losses, geds, hm_ious = [], [], []
-    grid = None
+    losses = []
     for i, batch in enumerate(self._batches):
-      valid = batch['valid']
       loss = self._loss_fn(
         params, batch['image'], batch['masks'], jax.random.fold_in(rng, i)
       )
-      samples = self._sampler(
-        params, batch['image'], jax.random.fold_in(rng, 10_000 + i), n
-      )
+      losses.append(np.asarray(loss)[batch['valid']])
+    sample_rng = jax.random.fold_in(rng, 10_000)
+    geds, hm_ious, valid = [], [], []
+    grid = None
+    for batch in self._sample_batches:
+      keys = sampling.image_keys(sample_rng, batch['index'])
+      samples = self._sampler(params, batch['image'], keys, n)
       annotations = batch['masks'].astype(bool)
-      losses.append(np.asarray(loss)[valid])
       scores = metrics.all_metrics(samples, annotations)
-      geds.append(scores['ged'][valid])
-      hm_ious.append(scores['hm_iou'][valid])
-      if grid is None:
-        grid = (batch['image'][valid], annotations[valid], samples[valid])
+      geds.append(np.asarray(scores['ged'], np.float32))
+      hm_ious.append(np.asarray(scores['hm_iou'], np.float32))
+      valid.append(batch['valid'].astype(np.int32))
+      if grid is None and batch['valid'].any():
+        v = batch['valid']
+        grid = (batch['image'][v], annotations[v], samples[v])
+    geds, hm_ious, valid = (
+      self._gather(np.concatenate(x)) for x in (geds, hm_ious, valid)
+    )
+    valid = valid.astype(bool)
     scalars = {
       'val/loss': float(np.mean(np.concatenate(losses))),
-      f'val/ged_{n}': float(np.mean(np.concatenate(geds))),
-      f'val/hm_iou_{n}': float(np.mean(np.concatenate(hm_ious))),
+      f'val/ged_{n}': float(np.mean(geds[valid], dtype=np.float64)),
+      f'val/hm_iou_{n}': float(np.mean(hm_ious[valid], dtype=np.float64)),
       'val/seconds': time.time() - start,
     }
     self._writer.write_scalars(step, scalars)
@@ -136,3 +160,9 @@ class Validator:
       )
       self._writer.write_images(step, {'val/grid': picture[None]})
     return scalars
+
+  def _gather(self, values: np.ndarray) -> np.ndarray:
+    """This process's per-row values -> every process's, in process (= image) order."""
+    if self._processes == 1:
+      return values
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(-1)

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from diffseg_jax import evaluation
+from diffseg_jax import input_pipeline
 from diffseg_jax import metrics
+from diffseg_jax import sampling
 from tfds_lidc import synthetic_lesions as syn
 
 SIZE = 32
@@ -68,15 +70,14 @@ def _mode_sampler(images, blind_probs=None):
   """Draws each image's true modes, with its true or with fixed probabilities."""
   table = _lookup(images)
 
-  def sample_fn(image, rng, num_samples):
+  def sample_fn(image, keys, num_samples):
     image = np.asarray(image)
+    seeds = sampling.key_data(keys)
     out = []
     for b in range(image.shape[0]):
       x = table[image[b].tobytes()]
       p = x['mode_probs'] if blind_probs is None else blind_probs
-      draw = np.random.default_rng(
-        np.asarray(jax.random.key_data(rng)).ravel().tolist() + [b]
-      )
+      draw = np.random.default_rng(seeds[b].tolist())
       out.append(x['modes'][draw.choice(3, size=num_samples, p=p)])
     return np.stack(out).astype(bool)
 
@@ -237,8 +238,8 @@ def test_degenerate_samples_count_every_image(tmp_path, kind):
   images = _tiny_source(seed=6, num_images=7)
   table = _lookup(images)
 
-  def sample_fn(image, rng, num_samples):
-    del rng
+  def sample_fn(image, keys, num_samples):
+    del keys
     core = np.stack([table[x.tobytes()]['modes'][1] for x in np.asarray(image)])
     core = core.astype(bool) & (kind == 'identical')
     return np.repeat(core[:, None], num_samples, axis=1)
@@ -258,12 +259,14 @@ def test_aggregates_match_per_image_metrics(tmp_path):
   images = _tiny_source(seed=1, num_images=7)
   sample_fn = _mode_sampler(images)
   summary, _ = _run(tmp_path, sample_fn, images, 'agg')
-  model_rng, _ = jax.random.split(jax.random.PRNGKey(0))
+  model_rng = jax.random.split(jax.random.PRNGKey(0), 4)[0]
   geds = []
   authors = {}
   for index, batch in enumerate(_batches(images)):
-    key, _ = jax.random.split(jax.random.fold_in(model_rng, index))
-    samples = sample_fn(batch['image'], key, 32)
+    rows = np.arange(index * BATCH, (index + 1) * BATCH)
+    samples = sample_fn(
+      batch['image'], sampling.image_keys(model_rng, rows), 32
+    )
     values = metrics.all_metrics(samples, batch['masks'].astype(bool))
     geds.extend(values['ged'][batch['valid']])
     for n in (4, 32):
@@ -288,6 +291,76 @@ def test_aggregates_match_per_image_metrics(tmp_path):
     geds.std(ddof=1) / np.sqrt(len(geds)), abs=1e-6
   )
   assert summary['ged_32']['n'] == 7
+
+
+def _per_image(path):
+  with open(path / 'per_image.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+def test_results_are_per_image_whatever_the_batches_or_shards(tmp_path):
+  """Batch size and a split into process shards change nothing, baselines included."""
+  images = [dict(x, id=f'img{i}') for i, x in enumerate(_tiny_source(9, 7))]
+  sample_fn = _mode_sampler(images)
+
+  def run(name, batch_size, process_index=0, process_count=1):
+    return evaluation.evaluate(
+      sample_fn,
+      input_pipeline.eval_batches(
+        images,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
+      ),
+      num_samples_list=(4,),
+      out_dir=str(tmp_path / name),
+      rng=jax.random.PRNGKey(3),
+      split_name='test',
+      blind_mode_probs=_train_average(),
+      log=lambda *_: None,
+    )
+
+  whole = run('b4', 4)
+  assert any(k.startswith('blind_') for k in whole)
+  assert run('b3', 3) == whole
+  assert (tmp_path / 'b3' / 'metrics.json').read_text() == (
+    tmp_path / 'b4' / 'metrics.json'
+  ).read_text()
+  records = _per_image(tmp_path / 'b4')
+  assert [r['index'] for r in records] == list(range(len(images)))
+  shards = []
+  for p in range(2):
+    run(f'shard{p}', 2, p, 2)
+    shards += _per_image(tmp_path / f'shard{p}')
+  assert shards == records
+  # The keys really are per image: another seed changes every yardstick.
+  other = evaluation.evaluate(
+    sample_fn,
+    input_pipeline.eval_batches(images, batch_size=4),
+    num_samples_list=(4,),
+    out_dir=None,
+    rng=jax.random.PRNGKey(4),
+    split_name='test',
+    blind_mode_probs=_train_average(),
+    log=lambda *_: None,
+  )
+  for key in ('ged_4', 'oracle_ged_4', 'mode_oracle_ged_4', 'blind_ged_4'):
+    assert other[key] != whole[key], key
+
+
+def test_an_image_scored_twice_is_an_error(tmp_path):
+  images = _tiny_source(seed=2, num_images=3)
+  batches = [dict(b, index=np.zeros(BATCH, np.int64)) for b in _batches(images)]
+  with pytest.raises(ValueError, match='scored more than once'):
+    evaluation.evaluate(
+      _mode_sampler(images),
+      batches,
+      num_samples_list=(4,),
+      out_dir=None,
+      rng=jax.random.PRNGKey(0),
+      split_name='x',
+      log=lambda *_: None,
+    )
 
 
 def test_deterministic(tmp_path):

@@ -419,6 +419,7 @@ def test_eval_batches_pad_and_mark_padding():
     'patient_id',
     'modes',
     'mode_probs',
+    'index',
     'valid',
   }
   ids = np.concatenate([b['id'] for b in batches])
@@ -430,6 +431,7 @@ def test_eval_batches_pad_and_mark_padding():
     np.concatenate([b['valid'] for b in batches]), [True] * 10 + [False] * 2
   )
   np.testing.assert_array_equal(_index_of(batches[-1]['image']), [8, 9, 9, 9])
+  np.testing.assert_array_equal(batches[-1]['index'], [8, 9, 9, 9])
   assert batches[0]['mode_probs'].shape == (4, 3) and batches[0][
     'masks'
   ].shape == (4, 4, 4, 4)
@@ -442,6 +444,7 @@ def test_eval_batches_pad_and_mark_padding():
     'masks',
     'id',
     'patient_id',
+    'index',
     'valid',
   }
   assert int(sum(b['valid'].sum() for b in short)) == 5
@@ -464,6 +467,15 @@ def test_eval_batches_shard_over_processes():
     if v
   ]
   assert valid_ids == [f'ex-{i:03d}' for i in range(10)]
+  valid_indices = [
+    int(i)
+    for batches in per_process
+    for b in batches
+    for i, v in zip(b['index'], b['valid'])
+    if v
+  ]
+  assert valid_indices == list(range(10))
+  assert ip.eval_shard(10, process_index=2, process_count=3) == (8, 10)
 
 
 def test_load_source_not_built_names_the_fix(tmp_path):
@@ -525,6 +537,7 @@ def test_built_synthetic_set_through_the_pipeline(tmp_path):
     'geometry',
     'id',
     'patient_id',
+    'index',
     'valid',
   } == set(evals[0])
   assert evals[0]['id'].dtype.kind == 'U' and evals[0]['modes'].shape == (

@@ -58,8 +58,9 @@ class _Recorder:
     del graphdef, mesh, kwargs
     return self._sample
 
-  def _sample(self, params, image, rng, num_samples):
-    del params, rng
+  def _sample(self, params, image, keys, num_samples, num_steps=None):
+    del params, num_steps
+    assert len(keys) == len(image), 'one key per image'
     self.images.append(np.array(image))
     b, h, w, _ = image.shape
     return np.broadcast_to(
