@@ -42,6 +42,8 @@ from ml_collections import config_flags
 
 from diffseg_jax import errors
 from diffseg_jax import workdir_lock
+from tfds_lidc import errors as tfds_errors
+from tfds_lidc import paths
 
 flags.DEFINE_string(
   'workdir', None, 'Directory for checkpoints, logs, pictures and results.'
@@ -222,10 +224,9 @@ def main(argv):
 
   config = FLAGS.config
   # The folder being written, for errors that carry no file name (a failed write on an open file).
-  current = {
-    'path': os.path.abspath(os.path.expanduser(FLAGS.workdir)),
-    'flag': '--workdir',
-  }
+  current = {'path': FLAGS.workdir, 'flag': '--workdir'}
+  with contextlib.suppress(tfds_errors.PathBackendError):
+    current['path'] = str(paths.resolve(FLAGS.workdir))
   try:
     runtime.check_config(config)
     runtime.initialize(

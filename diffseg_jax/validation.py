@@ -19,7 +19,6 @@ same `sampling.Sampler`, scores with the same `metrics.all_metrics` and computes
 `denoiser.example_losses` as the train step.
 """
 
-import os
 import time
 
 from flax import nnx
@@ -33,6 +32,7 @@ from diffseg_jax import metrics
 from diffseg_jax import sampling
 from diffseg_jax import settings as settings_lib
 from diffseg_jax import visualize
+from tfds_lidc import paths
 
 
 class Validator:
@@ -130,7 +130,7 @@ class Validator:
     self._writer.write_scalars(step, scalars)
     if self._is_main and grid is not None:
       k = self._num_grid_images
-      path = os.path.join(self._workdir, 'grids', f'val_step_{step:08d}.png')
+      path = paths.resolve(self._workdir) / 'grids' / f'val_step_{step:08d}.png'
       picture = visualize.save_grid(
         path, image=grid[0][:k], annotations=grid[1][:k], samples=grid[2][:k]
       )
