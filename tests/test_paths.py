@@ -23,23 +23,31 @@ import subprocess
 import sys
 
 from etils import epath
+from etils.epath import backend as epath_backend
+from fsspec.implementations.memory import MemoryFileSystem
 import numpy as np
 from PIL import Image
 import pytest
 
 from diffseg_jax import checkpoint
 from diffseg_jax import evaluation
+from diffseg_jax import metric_writers
 from diffseg_jax import parallel
 from diffseg_jax import predict
 from diffseg_jax import runtime
 from diffseg_jax import settings
 from diffseg_jax import train
+from diffseg_jax import visualize
 from diffseg_jax import workdir_lock
+from tests import test_tcia
+from tests import test_tfds_lidc
 from tests.conftest import config_flags
 from tests.conftest import REPO
 from tests.conftest import tiny_config
+from tfds_lidc import build
 from tfds_lidc import errors as tfds_errors
 from tfds_lidc import paths
+from tfds_lidc import tcia
 
 _HAVE_GCS = any(
   importlib.util.find_spec(m) is not None for m in ('gcsfs', 'tensorflow')
@@ -239,3 +247,143 @@ def test_cli_gs_paths_without_gcsfs_fail_in_one_line(tiny_synthetic, tmp_path):
       'ERROR: --manual_dir gs://bucket/lidc: reading and writing gs:// paths'
     )
   )
+
+
+# A stand-in for Google Cloud Storage: fsspec's in-memory file system under the gs:// scheme, with
+# what matters here of an object store (no appending, no local file behind a path). It checks the
+# project's own reads and writes; Orbax (TensorStore) and array_record read gs:// with their own
+# clients, which this stand-in cannot replace.
+
+
+class _FakeGcs(MemoryFileSystem):
+  protocol = ('gs', 'gcs')
+  store = {}
+  pseudo_dirs = ['']
+
+  def __init__(self, *args, finalize_on_close=False, **kwargs):
+    del finalize_on_close
+    super().__init__(*args, **kwargs)
+
+  @classmethod
+  def _strip_protocol(cls, path):
+    path = str(path).removeprefix('gs://').removeprefix('gcs://')
+    path = path.strip('/')
+    return '/' + path if path else ''
+
+  def _open(self, path, mode='rb', **kwargs):
+    if 'a' in mode:
+      raise ValueError(f'{path}: objects cannot be appended to')
+    return super()._open(path, mode, **kwargs)
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch, tmp_path):
+  """gs:// served from memory (cwd moved to an empty folder, to catch local writes)."""
+  if importlib.util.find_spec('tensorflow') is not None:
+    pytest.skip(
+      'etils.epath reads gs:// through TensorFlow when it is installed'
+    )
+  monkeypatch.setattr(paths, '_importable', lambda module: True)
+  registry = sys.modules['fsspec.registry']._registry  # pylint: disable=protected-access
+  for name in ('gs', 'gcs'):
+    monkeypatch.setitem(registry, name, _FakeGcs)
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()
+  _FakeGcs.store.clear()
+  _FakeGcs.pseudo_dirs[:] = ['']
+  _FakeGcs.clear_instance_cache()
+  monkeypatch.chdir(tmp_path)
+  yield epath.Path('gs://bucket')
+  epath_backend.fsspec_backend._get_filesystem.cache_clear()
+  _FakeGcs.clear_instance_cache()
+  assert os.listdir(tmp_path) == [], 'something was written locally'
+
+
+def test_metric_writers_on_an_object_store(fake_gcs):
+  for step in (1, 2):  # The second writer is a resumed run.
+    writer = metric_writers.create_writer(str(fake_gcs / 'run'))
+    writer.write_scalars(step, {'train/loss': 0.5 * step})
+    writer.flush()
+    writer.write_scalars(step + 10, {'train/loss': 1.0})
+    writer.close()
+  lines = (fake_gcs / 'run' / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [1, 11, 2, 12]
+  # Event files are named by the second they were opened in: both runs may write the same one.
+  steps = [
+    e.step
+    for f in (fake_gcs / 'run').glob('events.out.tfevents.*')
+    for e in _read_events(f)
+    for v in e.summary.value
+    if v.tag == 'train/loss'
+  ]
+  assert {2, 12} <= set(steps) and len(steps) in (2, 4)
+
+
+def test_results_pictures_and_predictions_on_an_object_store(fake_gcs):
+  workdir_lock.check_writable(str(fake_gcs / 'run'))
+  out = fake_gcs / 'run' / 'eval' / 'test'
+  evaluation._write_results(  # pylint: disable=protected-access
+    str(out),
+    split_name='test',
+    num_samples=[4],
+    summary={'ged_4': {'mean': 0.5, 'sem': 0.1, 'n': 2}},
+    per_image=[{'id': 'a'}, {'id': 'b'}],
+    markdown='| x |\n',
+  )
+  assert json.loads((out / 'metrics.json').read_text())['num_images'] == 2
+  assert (out / 'per_image.jsonl').read_text().count('\n') == 2
+  rng = np.random.default_rng(0)
+  picture = visualize.save_grid(
+    str(out / 'grid.png'),
+    image=rng.uniform(size=(1, 8, 8)),
+    annotations=np.zeros((1, 1, 8, 8), bool),
+    samples=rng.uniform(size=(1, 2, 8, 8)) > 0.5,
+  )
+  with (out / 'grid.png').open('rb') as f, Image.open(f) as im:
+    np.testing.assert_array_equal(np.asarray(im), picture)
+
+  inputs = fake_gcs / 'inputs'
+  inputs.mkdir(parents=True)
+  with (inputs / 'a.npy').open('wb') as f:
+    np.save(f, np.full((8, 8), 0.25, np.float32))
+  (inputs / 'notes.txt').write_text('not an input')
+  files = predict.list_inputs(str(inputs))
+  assert files == ['gs://bucket/inputs/a.npy']
+  np.testing.assert_array_equal(predict.read_window(files[0], size=8), 0.25)
+
+
+def test_lidc_manual_dir_on_an_object_store(fake_gcs, tmp_path_factory):
+  local = tmp_path_factory.mktemp('knegt_manual')
+  test_tfds_lidc._write_knegt(str(local))  # pylint: disable=protected-access
+  for f in local.iterdir():
+    (fake_gcs / 'lidc' / f.name).write_bytes(f.read_bytes())
+  out = str(tmp_path_factory.mktemp('tfds'))
+  report = build.build(
+    'lidc/knegt_pickle', out, 'gs://bucket/lidc', log=lambda *a: None
+  )
+  assert report['patients'] == {'train': 3, 'validation': 2, 'test': 2}
+
+
+def test_tcia_series_on_an_object_store(fake_gcs):
+  if not os.path.isdir(test_tcia.SAMPLE):
+    pytest.skip(f'{test_tcia.SAMPLE} is not present')
+  for directory, _, files in os.walk(test_tcia.SAMPLE):
+    for f in files:
+      relative = os.path.relpath(os.path.join(directory, f), test_tcia.SAMPLE)
+      remote = fake_gcs / 'tcia' / relative
+      remote.parent.mkdir(parents=True, exist_ok=True)
+      remote.write_bytes(epath.Path(directory, f).read_bytes())
+  series = tcia.find_series('gs://bucket/tcia')
+  assert len(series) == 2
+  assert all(s.xml_path.startswith('gs://bucket/tcia/') for s in series)
+  local = {s.series_uid: s for s in tcia.find_series(test_tcia.SAMPLE)}
+  remote = series[0]
+  assert remote.patient_id == local[remote.series_uid].patient_id
+  cache, _, reused = tcia.parse_series_cached(
+    remote, cache_dir='gs://bucket/cache'
+  )
+  assert cache.startswith('gs://bucket/cache/') and not reused
+  got = tcia.load_cached_examples(cache)
+  want = list(tcia.lesion_slices(local[remote.series_uid]))
+  assert [k for k, _ in got] == [k for k, _ in want] and got
+  np.testing.assert_array_equal(got[0][1]['masks'], want[0][1]['masks'])
+  assert tcia.parse_series_cached(remote, cache_dir='gs://bucket/cache')[2]

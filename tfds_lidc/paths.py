@@ -104,3 +104,18 @@ def resolve(path: PathLike, *, what: str = '') -> epath.Path:
       f'{modules[0]} package, which is not installed: {install}.'
     )
   return epath.Path(text)
+
+
+def walk(root: PathLike):
+  """os.walk's (folder, dirs, files) under `root` (local or cloud), folders as strings.
+
+  `dirs` may be sorted or pruned in place. Cloud folders keep their scheme (fsspec's walk
+  drops it, and etils.epath passes that on).
+  """
+  root = resolve(root)
+  kind = scheme(root)
+  for directory, dirs, files in root.walk():
+    directory = os.fspath(directory)
+    if kind is not None and scheme(directory) is None:
+      directory = f'{kind}://{directory.lstrip("/")}'
+    yield directory, dirs, files

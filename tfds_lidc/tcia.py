@@ -291,8 +291,7 @@ def find_series(root, *, ignored=None) -> list[Series]:
   """
   ignored = [] if ignored is None else ignored
   dicom_dirs, xml_by_uid = [], {}
-  for directory, dirs, files in epath.Path(root).walk():
-    directory = os.fspath(directory)
+  for directory, dirs, files in path_lib.walk(root):
     dirs.sort()
     dcms = sorted(f for f in files if f.lower().endswith('.dcm'))
     xmls = [
