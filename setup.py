@@ -62,5 +62,6 @@ setuptools.setup(
     'bench': ['torch>=2.13.0'],  # The PyTorch yardstick of benchmarks/.
     'gpu': ['jax[cuda12]'],
     'tpu': ['jax[tpu]'],
+    'gcs': ['etils[epath-gcs]'],  # gs:// workdirs and data dirs.
   },
 )

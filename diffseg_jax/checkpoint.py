@@ -21,15 +21,16 @@ only `params`, `ema_params` and `meta`; evaluation and prediction read just the 
 work on both kinds.
 """
 
-import os
 from typing import Any, Mapping, Optional
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
 from diffseg_jax import errors
 from diffseg_jax.models import unet
+from tfds_lidc import paths
 
 TRAIN_ITEMS = ('params', 'ema_params', 'opt_state', 'train', 'meta', 'data')
 PARAM_ITEMS = ('params', 'ema_params')
@@ -47,18 +48,16 @@ def _key_str(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
-def _check_shapes(item_dir: str, abstract_params: Any) -> None:
+def _check_shapes(item_dir: epath.Path, abstract_params: Any) -> None:
   """Raises CheckpointMismatchError naming the parameters whose names or shapes differ.
 
   Reads only the item's metadata; a checkpoint without it (another layout) is left to the restore.
   """
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  if not os.path.isdir(item_dir):
+  if not item_dir.is_dir():
     return
   handler = ocp.StandardCheckpointHandler()
   try:
-    stored = handler.metadata(epath.Path(item_dir))
+    stored = handler.metadata(item_dir)
   except (OSError, ValueError, KeyError):
     return
   finally:
@@ -105,7 +104,7 @@ def _check_shapes(item_dir: str, abstract_params: Any) -> None:
 
 
 def _manager(
-  directory: str,
+  directory: epath.Path,
   *,
   max_to_keep: Optional[int] = 3,
   async_save: bool = True,
@@ -119,17 +118,20 @@ def _manager(
     cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(
-    os.path.abspath(directory), options=options, item_names=TRAIN_ITEMS
+    directory, options=options, item_names=TRAIN_ITEMS
   )
 
 
 class Checkpointer:
-  """Periodic (async) saves of the full train state and exact restore of it."""
+  """Periodic (async) saves of the full train state and exact restore of it.
+
+  `directory` may be local, a file:// URL or a cloud URL that Orbax writes (gs://).
+  """
 
   def __init__(
     self, directory: str, *, max_to_keep: int = 3, async_save: bool = True
   ):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     self._manager = _manager(
       self.directory, max_to_keep=max_to_keep, async_save=async_save
     )
@@ -192,8 +194,8 @@ class Checkpointer:
       ),
       meta=ocp.args.JsonRestore(),
     )
-    data_dir = os.path.join(self.directory, str(step), 'data')
-    has_data = data_iterator is not None and os.path.isdir(data_dir)
+    data_dir = self.directory / str(step) / 'data'
+    has_data = data_iterator is not None and data_dir.is_dir()
     if has_data:
       items['data'] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -207,7 +209,7 @@ class Checkpointer:
       if data_state.get('next_index') != train_step:
         raise errors.ConfigError(
           f'{data_dir}: the data iterator is at batch {data_state.get("next_index")} but the train '
-          f'state at step {train_step}: the checkpoint is inconsistent; delete {os.path.dirname(data_dir)} '
+          f'state at step {train_step}: the checkpoint is inconsistent; delete {data_dir.parent} '
           'to resume from the previous checkpoint.'
         )
       try:
@@ -236,6 +238,7 @@ def save_params(
   meta: Optional[Mapping[str, Any]] = None,
 ) -> str:
   """Writes an inference-only checkpoint (params doubling as EMA params) that evaluation can restore."""
+  directory = paths.resolve(directory)
   manager = _manager(directory, max_to_keep=None, async_save=False)
   manager.save(
     int(step),
@@ -248,7 +251,7 @@ def save_params(
   )
   manager.wait_until_finished()
   manager.close()
-  return os.path.abspath(directory)
+  return str(directory)
 
 
 def _saved_model_settings(manager: ocp.CheckpointManager, step: int) -> str:
@@ -288,8 +291,8 @@ def restore_params(
   step: Optional[int] = None,
 ):
   """Restores only the (EMA) parameters of the latest (or given) step; returns (params, step)."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
+  directory = paths.resolve(directory)
+  if not directory.is_dir():
     raise CheckpointNotFoundError(
       f'Checkpoint directory {directory} does not exist: train first (--mode=train) or convert '
       'weights with `python -m diffseg_jax.convert --out=...`.'
@@ -317,7 +320,7 @@ def restore_params(
     # Checked first: a restore that fails midway leaves TensorStore callbacks printing "Event loop
     # is closed" tracebacks.
     try:
-      _check_shapes(os.path.join(directory, str(step), item), abstract_params)
+      _check_shapes(directory / str(step) / item, abstract_params)
     except CheckpointMismatchError as e:
       raise CheckpointMismatchError(
         f'{e}{_saved_model_settings(manager, step)}'
@@ -349,9 +352,7 @@ def load_params(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
     abstract_params.to_pure_dict(),
   )
-  directory = os.path.join(
-    os.path.abspath(os.path.expanduser(workdir)), 'checkpoints'
-  )
+  directory = paths.resolve(workdir, what='--workdir') / 'checkpoints'
   try:
     params, step = restore_params(directory, target, use_ema=use_ema)
   except ValueError as e:

@@ -67,7 +67,6 @@ from collections.abc import Callable, Iterable, Mapping
 import functools
 import json
 import math
-import os
 import re
 from typing import Any
 
@@ -85,6 +84,7 @@ from diffseg_jax import parallel
 from diffseg_jax import sampling
 from diffseg_jax import settings as settings_lib
 from diffseg_jax import visualize
+from tfds_lidc import paths
 
 PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
@@ -534,8 +534,9 @@ def evaluate(
 def _write_results(
   out_dir, *, split_name, num_samples, summary, per_image, markdown
 ):
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+  out_dir = paths.resolve(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with (out_dir / 'metrics.json').open('w') as f:
     json.dump(
       {
         'split': split_name,
@@ -548,11 +549,10 @@ def _write_results(
       indent=1,
       sort_keys=True,
     )
-  with open(os.path.join(out_dir, 'per_image.jsonl'), 'w') as f:
-    for record in per_image:
-      f.write(json.dumps(record, sort_keys=True) + '\n')
-  with open(os.path.join(out_dir, 'metrics.md'), 'w') as f:
-    f.write(markdown)
+  (out_dir / 'per_image.jsonl').write_text(
+    ''.join(json.dumps(r, sort_keys=True) + '\n' for r in per_image)
+  )
+  (out_dir / 'metrics.md').write_text(markdown)
 
 
 # `--mode=evaluate`: the protocol above on a checkpoint.
@@ -609,10 +609,10 @@ def evaluate_checkpoint(
   )
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
   is_main = process == 0
-  out_dir = os.path.join(
-    os.path.abspath(os.path.expanduser(workdir)),
-    'eval',
-    config.eval.output_name or split,
+  out_dir = (
+    paths.resolve(workdir, what='--workdir')
+    / 'eval'
+    / (config.eval.output_name or split)
   )
   first = {}
 
@@ -657,7 +657,7 @@ def evaluate_checkpoint(
   if is_main and first:
     k = config.num_grid_images
     visualize.save_grid(
-      os.path.join(out_dir, 'grid.png'),
+      out_dir / 'grid.png',
       image=first['image'][:k],
       annotations=first['masks'][:k],
       samples=first['samples'][:k],

@@ -31,7 +31,6 @@ A source is anything with `__len__` and `__getitem__(i) -> dict of numpy arrays`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-import os
 import sys
 from typing import Any
 
@@ -44,6 +43,7 @@ import numpy as np
 
 from diffseg_jax import errors
 from diffseg_jax import parallel
+from tfds_lidc import paths
 
 TRAIN_KEYS = ('image', 'masks')
 STRING_KEYS = ('id', 'patient_id')
@@ -92,31 +92,32 @@ def load_source(*, name: str, split: str, data_dir: str):
     raise ValueError(
       f'dataset name must be NAME/CONFIG, e.g. synthetic_lesions/32; got {name!r}.'
     )
-  data_dir = os.path.expanduser(data_dir)
+  data_dir = paths.resolve(data_dir, what='config.dataset.data_dir')
   base, _, version = name.partition(':')
-  config_dir = os.path.join(data_dir, base)
+  config_dir = data_dir / base
   build_cmd = (
     f'python -m tfds_lidc.build --dataset={base} --data_dir={data_dir}'
   )
   versions = []
-  if os.path.isdir(config_dir):
-    for entry in os.listdir(config_dir):
+  if config_dir.is_dir():
+    for entry in config_dir.iterdir():
       try:
-        parsed = tuple(int(v) for v in entry.split('.'))
+        parsed = tuple(int(v) for v in entry.name.split('.'))
       except ValueError:
         continue
-      if os.path.isfile(os.path.join(config_dir, entry, 'dataset_info.json')):
-        versions.append((parsed, entry))
+      if (entry / 'dataset_info.json').is_file():
+        versions.append((parsed, entry.name))
   if version:
     versions = [v for v in versions if v[1] == version]
   if not versions:
-    _check_known_name(base, data_dir)
+    _check_known_name(base, str(data_dir))
     what = f'version {version} of ' if version else ''
     raise FileNotFoundError(
-      f'{what}data set {base!r} is not built in data_dir {data_dir!r} (no {config_dir}/<version>/'
-      f'dataset_info.json). Build it first: {build_cmd} (LIDC configs also need --manual_dir=...).'
+      f'{what}data set {base!r} is not built in data_dir {str(data_dir)!r} (no {config_dir}/'
+      f'<version>/dataset_info.json). Build it first: {build_cmd} (LIDC configs also need '
+      '--manual_dir=...).'
     )
-  version_dir = os.path.join(config_dir, max(versions)[1])
+  version_dir = config_dir / max(versions)[1]
   builder = tfds.builder_from_directory(version_dir)
   splits = sorted(builder.info.splits.keys())
   if split not in splits:
@@ -152,7 +153,7 @@ def prepare_dataset(*, name: str, data_dir: str, split: str = 'train') -> None:
     from absl import logging  # pylint: disable=g-import-not-at-top
 
     logging.info('Building %s into %s (first use).', name, data_dir)
-    build.build(name, os.path.expanduser(data_dir), log=logging.info)
+    build.build(name, data_dir, log=logging.info)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'prepare_dataset:{name}')
 

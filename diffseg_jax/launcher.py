@@ -33,6 +33,8 @@ from absl import logging
 
 from diffseg_jax import errors
 from diffseg_jax import workdir_lock
+from tfds_lidc import errors as tfds_errors
+from tfds_lidc import paths
 
 FLAGS = flags.FLAGS
 
@@ -182,10 +184,9 @@ def launch(
   from diffseg_jax import runtime  # pylint: disable=g-import-not-at-top
 
   # The folder being written, for errors that carry no file name (a failed write on an open file).
-  current = {
-    'path': os.path.abspath(os.path.expanduser(workdir)),
-    'flag': '--workdir',
-  }
+  current = {'path': workdir, 'flag': '--workdir'}
+  with contextlib.suppress(tfds_errors.PathBackendError):
+    current['path'] = str(paths.resolve(workdir))
   try:
     runtime.check_config(config)
     runtime.initialize(

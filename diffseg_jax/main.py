@@ -26,7 +26,8 @@ Errors the user can fix (bad flags or config values, missing data, a folder in u
 full or read-only disk) end the run with one line `ERROR: ...` naming the cause and the fix, and exit
 status 2; --verbose or DIFFSEG_TRACEBACK=1 adds the traceback. Each run holds a lock on the folder it
 writes (train: the workdir; evaluate: WORKDIR/eval/NAME; predict: the output folder), see
-`launcher` and `workdir_lock`, and checks that it can write there before any long work.
+`launcher` and `workdir_lock` (cloud folders, gs://, are not locked), and checks that it can write
+there before any long work.
 """
 
 from absl import app
@@ -36,7 +37,10 @@ from ml_collections import config_flags
 from diffseg_jax import launcher
 
 flags.DEFINE_string(
-  'workdir', None, 'Directory for checkpoints, logs, pictures and results.'
+  'workdir',
+  None,
+  'Directory for checkpoints, logs, pictures and results: a local path, '
+  'file:///path or gs://bucket/path.',
 )
 flags.DEFINE_enum(
   'mode', 'train', ['train', 'evaluate', 'predict'], 'What to run.'

@@ -18,17 +18,24 @@ The writers have the method set of clu's `MetricWriter` (`write_scalars`,
 `write_images`, `write_texts`, `write_histograms`, `write_hparams`, `flush`,
 `close`), written here so that nothing depends on whether TensorFlow is
 installed: TensorBoard events are written by tensorboardX, never by TF.
+
+`logdir` may be local, a file:// URL or a cloud URL (gs://, s3://): files go through
+`etils.epath`. Cloud object stores cannot append, so there the event file and metrics.jsonl are
+kept in memory and each `flush` rewrites the whole object (a resumed run first reads the
+metrics.jsonl already there).
 """
 
 from collections.abc import Mapping, Sequence
 import concurrent.futures
+import io
 import json
-import os
 import time
 from typing import Any
 
 from absl import logging
 import numpy as np
+
+from tfds_lidc import paths
 
 
 class MetricWriter:
@@ -76,13 +83,52 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+class _RewrittenFile:
+  """A binary file on a store that cannot append: `flush` rewrites the whole object."""
+
+  def __init__(self, path, initial: bytes = b''):
+    self._path = paths.resolve(path)
+    self._buffer = io.BytesIO()
+    self._buffer.write(initial)
+    self._written = None
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    data = self._buffer.getvalue()
+    if data != self._written:
+      self._path.write_bytes(data)
+      self._written = data
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _RewrittenFileFactory:
+  """tensorboardX's writer factory (for a URL scheme) writing event files through epath."""
+
+  def open(self, path):
+    return _RewrittenFile(path)
+
+  def directory_check(self, path):
+    paths.resolve(path).mkdir(parents=True, exist_ok=True)
+
+
 class TensorBoardWriter(MetricWriter):
   """Scalars, images, texts, histograms and hparams as TensorBoard events."""
 
   def __init__(self, logdir: str):
     import tensorboardX  # pylint: disable=g-import-not-at-top
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
 
-    self._writer = tensorboardX.SummaryWriter(logdir=logdir)
+    logdir = paths.resolve(logdir)
+    if not paths.is_local(logdir):
+      # In place of tensorboardX's own gs:// and s3:// writers (google-cloud-storage, boto3).
+      record_writer.register_writer_factory(
+        paths.scheme(logdir), _RewrittenFileFactory()
+      )
+    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir))
 
   def write_scalars(self, step, scalars):
     for key, value in scalars.items():
@@ -119,16 +165,25 @@ class JsonLinesWriter(MetricWriter):
   """One JSON object per `write_scalars` call: {"step", "time", key: value}."""
 
   def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    self._file = open(path, 'a', encoding='utf-8')
+    path = paths.resolve(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if paths.is_local(path):
+      self._file = path.open('ab')
+    else:
+      self._file = _RewrittenFile(
+        path, path.read_bytes() if path.exists() else b''
+      )
+
+  def _write_line(self, record) -> None:
+    self._file.write((json.dumps(record) + '\n').encode('utf-8'))
 
   def write_scalars(self, step, scalars):
     record = {'step': int(step), 'time': time.time()}
     record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + '\n')
+    self._write_line(record)
 
   def write_hparams(self, hparams):
-    self._file.write(json.dumps({'hparams': _jsonable(hparams)}) + '\n')
+    self._write_line({'hparams': _jsonable(hparams)})
 
   def flush(self):
     self._file.flush()
@@ -224,7 +279,7 @@ def create_writer(logdir: str, *, just_logging: bool = False) -> MetricWriter:
   if not just_logging:
     writers += [
       TensorBoardWriter(logdir),
-      JsonLinesWriter(os.path.join(logdir, 'metrics.jsonl')),
+      JsonLinesWriter(paths.resolve(logdir) / 'metrics.jsonl'),
     ]
   return AsyncMultiWriter(writers)
 

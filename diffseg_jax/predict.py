@@ -35,9 +35,9 @@ Per input `<name>` the output folder gets `<name>_samples.npy` (bool
 
 import importlib
 import json
-import os
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -50,6 +50,7 @@ from diffseg_jax import parallel
 from diffseg_jax import sampling
 from diffseg_jax import settings as settings_lib
 from diffseg_jax import visualize
+from tfds_lidc import paths
 
 SUFFIXES = ('.png', '.npy', '.dcm')
 # Full-scale values of PIL's high-bit-depth modes (16-bit grey PNGs open so).
@@ -62,20 +63,20 @@ _PNG_FULL_SCALE = {
 
 
 def list_inputs(path: str) -> list[str]:
-  path = os.path.expanduser(path)
-  if os.path.isdir(path):
+  """The input files `path` names (local, file:// or cloud): itself, or a folder's images."""
+  path = paths.resolve(path, what='--input')
+  if path.is_dir():
     files = sorted(
-      os.path.join(path, f)
-      for f in os.listdir(path)
-      if f.lower().endswith(SUFFIXES)
+      str(f) for f in path.iterdir() if f.name.lower().endswith(SUFFIXES)
     )
     if not files:
       raise FileNotFoundError(
         f'--input folder {path} holds no {", ".join(SUFFIXES)} files.'
       )
     return files
-  if not os.path.isfile(path):
+  if not path.is_file():
     raise FileNotFoundError(f'--input {path} does not exist.')
+  path = str(path)
   if not path.lower().endswith(SUFFIXES):
     raise errors.DataError(
       f'--input {path}: expected a {", ".join(SUFFIXES)} file or a folder of them.'
@@ -90,11 +91,11 @@ def _version_key(name: str):
     return (0, ())
 
 
-def _static_image_side(version_dir: str) -> int | None:
+def _static_image_side(version_dir) -> int | None:
   """Side of a built data set's square 'image' feature, None if unknown."""
   try:
-    with open(os.path.join(version_dir, 'features.json')) as f:
-      features = json.load(f)['featuresDict']['features']
+    text = (version_dir / 'features.json').read_text()
+    features = json.loads(text)['featuresDict']['features']
     dims = features['image']['tensor']['shape']['dimensions']
     side = int(dims[0])
     return side if side > 0 and int(dims[1]) == side else None
@@ -116,12 +117,15 @@ def training_window(config: ml_collections.ConfigDict) -> int:
   if config.augment.crop_size:
     return int(config.augment.crop_size)
   name = config.dataset.name.partition(':')[0]
-  config_dir = os.path.join(os.path.expanduser(config.dataset.data_dir), name)
-  if os.path.isdir(config_dir):
+  data_dir = paths.resolve(
+    config.dataset.data_dir, what='config.dataset.data_dir'
+  )
+  config_dir = data_dir / name
+  if config_dir.is_dir():
     for version in sorted(
-      os.listdir(config_dir), key=_version_key, reverse=True
+      (d.name for d in config_dir.iterdir()), key=_version_key, reverse=True
     ):
-      side = _static_image_side(os.path.join(config_dir, version))
+      side = _static_image_side(config_dir / version)
       if side:
         return side
   from tfds_lidc import build  # pylint: disable=g-import-not-at-top
@@ -175,7 +179,7 @@ def _cannot_read(path: str, e: Exception) -> errors.DataError:
 
 
 def _read_png(path: str) -> np.ndarray:
-  with Image.open(path) as im:
+  with paths.resolve(path).open('rb') as f, Image.open(f) as im:
     if im.mode in _PNG_FULL_SCALE:
       full_scale = _PNG_FULL_SCALE[im.mode]
       return (np.asarray(im, np.float64) / full_scale).astype(np.float32)
@@ -188,7 +192,8 @@ def _read_png(path: str) -> np.ndarray:
 
 
 def _read_npy(path: str) -> np.ndarray:
-  x = np.load(path)
+  with paths.resolve(path).open('rb') as f:
+    x = np.load(f)
   x = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
   if x.ndim != 2:
     raise errors.DataError(
@@ -325,6 +330,11 @@ def read_window(path: str, *, size: int, center=None) -> np.ndarray:
   return cut_window(read_image(path), size=size, center=center, where=path)
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+  with paths.resolve(path).open('wb') as f:
+    np.save(f, array)
+
+
 def predict(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -372,8 +382,10 @@ def predict(
     workdir, settings.unet, mesh, use_ema=config.eval.use_ema
   )
   sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
-  output_dir = os.path.expanduser(
-    output_dir or os.path.join(workdir, 'predict')
+  output_dir = (
+    paths.resolve(output_dir, what='--output')
+    if output_dir
+    else paths.resolve(workdir, what='--workdir') / 'predict'
   )
   rng = jax.random.PRNGKey(config.seed)
   stems = []
@@ -395,14 +407,14 @@ def predict(
       k: np.asarray(v) for k, v in metrics.uncertainty_map(samples).items()
     }
     mean = samples.mean(0)
-    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+    stem = str(output_dir / epath.Path(path).stem)
     if jax.process_index() == 0:
-      os.makedirs(output_dir, exist_ok=True)
-      np.save(stem + '_samples.npy', samples)
-      np.save(stem + '_mean.npy', mean.astype(np.float32))
+      output_dir.mkdir(parents=True, exist_ok=True)
+      _save_npy(stem + '_samples.npy', samples)
+      _save_npy(stem + '_mean.npy', mean.astype(np.float32))
       visualize.save_map(stem + '_mean.png', mean)
       for name, value in maps.items():
-        np.save(f'{stem}_{name}.npy', value.astype(np.float32))
+        _save_npy(f'{stem}_{name}.npy', value.astype(np.float32))
         visualize.save_map(
           f'{stem}_{name}.png',
           value / (0.25 if name == 'variance' else 1.0),

@@ -23,6 +23,7 @@ import jax
 
 from diffseg_jax import errors
 from tfds_lidc import errors as tfds_errors
+from tfds_lidc import paths
 
 # Errors that carry their own fix in the message: main prints them and exits non-zero.
 # (Missing data, checkpoints and manual files are FileNotFoundErrors.)
@@ -33,6 +34,7 @@ USER_ERRORS = (
   errors.NonFiniteLossError,
   errors.WorkdirInUseError,
   tfds_errors.CorruptFileError,
+  tfds_errors.PathBackendError,
 )
 
 # Config values that must be positive integers (0 or less fails late and obscurely).
@@ -274,6 +276,9 @@ def check_config(config) -> None:
         f'config.{key}={node!r} must be a positive integer: set '
         f'--config.{key}=N with N >= 1.'
       )
+  data_dir = config.get('dataset', {}).get('data_dir')
+  if data_dir:
+    paths.resolve(data_dir, what='config.dataset.data_dir')
   samples = tuple(config.get('eval', {}).get('num_samples_list', (1,)) or ())
   if not samples or any(not isinstance(n, int) or n < 1 for n in samples):
     raise errors.ConfigError(
@@ -285,25 +290,24 @@ def check_config(config) -> None:
 def output_folders(
   config, *, mode: str, workdir: str, output: Optional[str]
 ) -> list[tuple[str, str]]:
-  """(folder, flag choosing it) for every folder `mode` writes: each is locked and write-checked."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  eval_dir = os.path.join(
-    workdir, 'eval', config.eval.output_name or config.eval.split
-  )
+  """(folder, flag choosing it) for every folder `mode` writes: each is locked and write-checked.
+
+  Folders are absolute local paths or cloud URLs (file:// URLs become local paths).
+
+  Raises:
+    tfds_lidc.errors.PathBackendError: a cloud URL without its file-system package.
+  """
+  root = paths.resolve(workdir, what='--workdir')
+  eval_dir = root / 'eval' / (config.eval.output_name or config.eval.split)
   if mode == 'train':
-    return [(workdir, '--workdir')] + (
-      [(eval_dir, '--workdir')] if config.evaluate_after_training else []
+    return [(str(root), '--workdir')] + (
+      [(str(eval_dir), '--workdir')] if config.evaluate_after_training else []
     )
   if mode == 'evaluate':
-    return [(eval_dir, '--workdir')]
-  return [
-    (
-      os.path.abspath(
-        os.path.expanduser(output or os.path.join(workdir, 'predict'))
-      ),
-      '--output',
-    )
-  ]
+    return [(str(eval_dir), '--workdir')]
+  if output:
+    return [(str(paths.resolve(output, what='--output')), '--output')]
+  return [(str(root / 'predict'), '--output')]
 
 
 def user_error_message(

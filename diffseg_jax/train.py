@@ -48,6 +48,7 @@ from diffseg_jax import parallel
 from diffseg_jax import settings as settings_lib
 from diffseg_jax import validation
 from diffseg_jax.models import unet
+from tfds_lidc import paths
 
 
 def create_train_state(
@@ -281,12 +282,11 @@ def train_and_evaluate(
 
   Returns the final train state (for tests and notebooks).
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir, what='--workdir')
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(_config_json(config))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(_config_json(config))
   writer = metric_writers.create_writer(workdir, just_logging=not is_main)
 
   input_pipeline.prepare_dataset(
@@ -302,7 +302,7 @@ def train_and_evaluate(
   parts = build(config)
   mesh, state = parts.mesh, parts.state
   ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, 'checkpoints'),
+    workdir / 'checkpoints',
     max_to_keep=config.max_checkpoints_to_keep,
     async_save=config.async_checkpointing,
   )

@@ -22,7 +22,6 @@ the batch size); the scores are gathered before averaging. Every process compute
 every image.
 """
 
-import os
 import time
 
 from flax import nnx
@@ -37,6 +36,7 @@ from diffseg_jax import metrics
 from diffseg_jax import sampling
 from diffseg_jax import settings as settings_lib
 from diffseg_jax import visualize
+from tfds_lidc import paths
 
 
 class Validator:
@@ -154,7 +154,7 @@ class Validator:
     self._writer.write_scalars(step, scalars)
     if self._is_main and grid is not None:
       k = self._num_grid_images
-      path = os.path.join(self._workdir, 'grids', f'val_step_{step:08d}.png')
+      path = paths.resolve(self._workdir) / 'grids' / f'val_step_{step:08d}.png'
       picture = visualize.save_grid(
         path, image=grid[0][:k], annotations=grid[1][:k], samples=grid[2][:k]
       )

@@ -18,12 +18,12 @@ Columns carry labels in a header row (PIL's built-in font, no font files needed)
 are enlarged by an integer factor (nearest neighbour) so that a cell is at least `MIN_CELL` pixels.
 """
 
-import os
-
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
+
+from tfds_lidc import paths
 
 _GAP = 2
 _GAP_VALUE = 64
@@ -96,15 +96,21 @@ def grid_picture(
 def save_grid(path: str, **kwargs) -> np.ndarray:
   """Writes `grid_picture(**kwargs)` as a PNG at `path` and returns the picture."""
   picture = grid_picture(**kwargs)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(picture).save(path)
+  _save_png(path, picture)
   return picture
 
 
 def save_map(path: str, x: np.ndarray, *, heat: bool = False) -> None:
   """One [H, W] map in [0, 1] as a PNG (grey, or heat-coloured)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(_heat(x) if heat else _to_rgb(x)).save(path)
+  _save_png(path, _heat(x) if heat else _to_rgb(x))
+
+
+def _save_png(path, picture: np.ndarray) -> None:
+  """Writes a uint8 [H, W, 3] picture to `path` (local, file:// or cloud), creating its folder."""
+  path = paths.resolve(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as f:
+    Image.fromarray(picture).save(f, format='PNG')
 
 
 def _enlarge(tile: np.ndarray, factor: int) -> np.ndarray:

@@ -32,6 +32,11 @@ longer than `stale_after_s`, e.g. a suspended laptop) logs an error but does not
 
 `check_writable(directory)` creates, writes, syncs and deletes a probe file, so a read-only or full
 disk is reported before hours of training or sampling rather than after.
+
+Cloud folders (gs://, s3://: see `tfds_lidc.paths`) have no atomic create-if-absent, no pids of
+this host and no mtime to refresh through etils.epath, so there `hold` takes no lock: it logs a
+warning and the user must make sure that one run at a time writes the folder. `check_writable`
+still writes and deletes a probe object there (catching missing credentials or permissions early).
 """
 
 import contextlib
@@ -46,6 +51,7 @@ from typing import Iterator, Optional
 from absl import logging
 
 from diffseg_jax import errors
+from tfds_lidc import paths
 
 LOCK_NAME = '.diffseg.lock'
 HEARTBEAT_S = 60.0
@@ -60,6 +66,16 @@ def check_writable(directory: str) -> None:
     OSError: the folder cannot be created or written (ENOSPC, EROFS, EACCES, ...); `main` turns it
       into one line naming the folder.
   """
+  if not paths.is_local(directory):
+    folder = paths.resolve(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = (
+      folder / f'.diffseg_write_probe.{socket.gethostname()}.{os.getpid()}'
+    )
+    probe.write_bytes(b'\0' * _PROBE_BYTES)
+    probe.unlink()
+    return
+  directory = os.fspath(paths.resolve(directory))
   os.makedirs(directory, exist_ok=True)
   probe = os.path.join(
     directory, f'.diffseg_write_probe.{socket.gethostname()}.{os.getpid()}'
@@ -211,7 +227,15 @@ def hold(
   if not enabled:
     yield None
     return
-  directory = os.path.abspath(os.path.expanduser(directory))
+  if not paths.is_local(directory):
+    logging.warning(
+      'No lock on %s: cloud folders cannot be locked; make sure no other run writes '
+      'there at the same time.',
+      directory,
+    )
+    yield None
+    return
+  directory = os.fspath(paths.resolve(directory))
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, LOCK_NAME)
   host = socket.gethostname()

@@ -29,18 +29,18 @@ A build that would put one patient or scan in two splits (or one scan twice) is 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import importlib
 import json
-import os
 import sys
 import time
 
 from absl import app
 from absl import flags
+from etils import epath
 import tensorflow_datasets as tfds
 
 from tfds_lidc import errors
+from tfds_lidc import paths
 
 _DATASET = flags.DEFINE_string(
   'dataset', None, 'NAME/CONFIG, e.g. synthetic_lesions/32.'
@@ -170,7 +170,7 @@ def make_builder(
     )
     config = dataclasses.replace(config, name=new_name, **overrides)
   kwargs = dict(
-    data_dir=os.path.expanduser(data_dir),
+    data_dir=str(paths.resolve(data_dir, what='--data_dir')),
     config=config,
     file_format=tfds.core.FileFormat.ARRAY_RECORD,
   )
@@ -216,14 +216,15 @@ def build(
     errors.ManualDataError, errors.CorruptFileError, ValueError: bad input (the
       message names the file or key and the fix).
   """
-  if manual_dir:
-    manual_path = os.path.abspath(os.path.expanduser(manual_dir))
-    if os.path.exists(manual_path) and not os.path.isdir(manual_path):
-      raise errors.ManualDataError(
-        f'--manual_dir {manual_path} is a file, not a folder: pass the folder that holds '
-        f'the LIDC input files (for a single file such as data_lidc.pickle, its folder '
-        f'{os.path.dirname(manual_path)}).'
-      )
+  manual_path = (
+    paths.resolve(manual_dir, what='--manual_dir') if manual_dir else None
+  )
+  if manual_path and manual_path.exists() and not manual_path.is_dir():
+    raise errors.ManualDataError(
+      f'--manual_dir {manual_path} is a file, not a folder: pass the folder that holds '
+      f'the LIDC input files (for a single file such as data_lidc.pickle, its folder '
+      f'{manual_path.parent}).'
+    )
   builder = make_builder(
     name,
     data_dir,
@@ -238,19 +239,18 @@ def build(
     else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   )
   download_config = tfds.download.DownloadConfig(
-    manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+    manual_dir=str(manual_path) if manual_path else None,
     download_mode=mode,
   )
-  report_path = os.path.join(builder.data_dir, REPORT_NAME)
+  report_path = epath.Path(builder.data_dir) / REPORT_NAME
   if builder.is_prepared() and not overwrite:
     log(
       f'{name} already built in {builder.data_dir}; pass overwrite=True to rebuild.'
     )
-    if os.path.exists(report_path):
-      with open(report_path) as f:
-        return json.load(f)
-  parent = os.path.dirname(str(builder.data_dir))
-  stale = sorted(glob.glob(os.path.join(parent, 'incomplete.*')))
+    if report_path.exists():
+      return json.loads(report_path.read_text())
+  parent = epath.Path(builder.data_dir).parent
+  stale = sorted(str(p) for p in parent.glob('incomplete.*'))
   if stale:
     log(
       f'Folders left by an interrupted build (delete them to free the disk): {stale}'
@@ -268,8 +268,7 @@ def build(
     skipped_corrupt=list(getattr(builder, 'skipped_files', [])),
     **getattr(builder, 'notes', {}),
   )
-  with open(report_path, 'w') as f:
-    json.dump(report, f, indent=2)
+  report_path.write_text(json.dumps(report, indent=2))
   log(
     f'Built {report["dataset"]} in {seconds:.1f} s: {report["num_examples"]} examples'
     + (f', {report["patients"]} patients' if 'patients' in report else '')

@@ -25,3 +25,7 @@ class CorruptFileError(ValueError):
 
 class SplitLeakError(ValueError):
   """One patient or scan would land in two splits, or twice in one; names both places."""
+
+
+class PathBackendError(ValueError):
+  """A path names a storage (gs://, s3://, ...) that cannot be read here; says what to install."""

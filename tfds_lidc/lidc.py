@@ -60,12 +60,15 @@ import multiprocessing
 import os
 import pickle
 import tarfile
+import tempfile
 
+from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
 from tfds_lidc import errors
+from tfds_lidc import paths
 from tfds_lidc import preprocessing
 from tfds_lidc import tcia
 
@@ -174,7 +177,7 @@ def seeded_split(ids, *, seed, val_fraction, test_fraction) -> dict:
 
 
 def _require(path, what):
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise errors.ManualDataError(
       f'Missing {path}: {what}\n\nSee the instructions:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
     )
@@ -359,7 +362,7 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     )
     ids_of = {key: str(key).split('_')[0] for key in data}
     _check_knegt_series(data, ids_of, path)
-    if os.path.exists(test_file) or os.path.exists(val_file):
+    if epath.Path(test_file).exists() or epath.Path(val_file).exists():
       _require(
         test_file, 'the paper split needs both test_ids.txt and vali_ids.txt.'
       )
@@ -423,12 +426,12 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     roots = {}
     for split, folder in DEEPMIND_SPLIT_DIRS.items():
       root = os.path.join(manual_dir, folder)
-      if not os.path.isdir(root):
+      if not epath.Path(root).is_dir():
         tarball = next(
           (
             os.path.join(manual_dir, folder + ext)
             for ext in ('.tar.gz', '.tgz', '.tar')
-            if os.path.exists(os.path.join(manual_dir, folder + ext))
+            if epath.Path(manual_dir, folder + ext).exists()
           ),
           None,
         )
@@ -452,12 +455,13 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     per_split = {}
     for split, root in roots.items():
       items = []
-      image_root = os.path.join(root, 'images')
-      for patient in sorted(os.listdir(image_root)):
+      image_root = epath.Path(root, 'images')
+      for patient in sorted(p.name for p in image_root.iterdir()):
         pdir = os.path.join(image_root, patient)
-        if not os.path.isdir(pdir):
+        if not epath.Path(pdir).is_dir():
           continue
-        for name in sorted(f for f in os.listdir(pdir) if f.endswith('.png')):
+        names = (f.name for f in epath.Path(pdir).iterdir())
+        for name in sorted(f for f in names if f.endswith('.png')):
           items.append(
             (patient, pdir, self._deepmind_maker(root, patient, name))
           )
@@ -465,11 +469,17 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
     return per_split
 
   def _extract(self, tarball, folder, download_dir):
+    # tarfile extracts to local folders only: with a cloud data_dir, into the local temp folder.
+    if not paths.is_local(download_dir):
+      download_dir = os.path.join(tempfile.gettempdir(), 'tfds_lidc_downloads')
     out = os.path.join(download_dir, 'extracted', f'deepmind_crops_{folder}')
     done = os.path.join(out, '.done')
     if not os.path.exists(done):
       try:
-        with tarfile.open(tarball) as tar:
+        with (
+          epath.Path(tarball).open('rb') as f,
+          tarfile.open(fileobj=f) as tar,
+        ):
           tar.extractall(out, filter='data')
       except (tarfile.TarError, OSError, EOFError) as e:
         raise errors.CorruptFileError(
@@ -557,7 +567,7 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
 
 def _load_pickle(path):
   try:
-    with open(path, 'rb') as f:
+    with epath.Path(path).open('rb') as f:
       try:
         data = pickle.load(f)
       except UnicodeDecodeError:
@@ -592,8 +602,8 @@ def _check_knegt_series(data, ids_of, path):
 
 
 def _read_ids(path):
-  with open(path) as f:
-    return {line.strip() for line in f if line.strip()}
+  lines = epath.Path(path).read_text().splitlines()
+  return {line.strip() for line in lines if line.strip()}
 
 
 def _knegt_example(value, key, pid, path):
@@ -619,7 +629,7 @@ def _knegt_example(value, key, pid, path):
 
 def _read_png(path):
   try:
-    with Image.open(path) as img:
+    with epath.Path(path).open('rb') as f, Image.open(f) as img:
       return np.array(img.convert('L'))
   except (OSError, SyntaxError, ValueError) as e:
     raise errors.CorruptFileError(
@@ -634,7 +644,7 @@ def _deepmind_example(root, patient, name):
   masks = []
   for k in range(NUM_READERS):
     gt = os.path.join(root, 'gt', patient, f'{stem}_l{k}.png')
-    if not os.path.exists(gt):
+    if not epath.Path(gt).exists():
       raise errors.CorruptFileError(
         f'Missing mask {gt} for image {image_path}.'
       )

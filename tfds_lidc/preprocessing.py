@@ -29,6 +29,7 @@ import pydicom
 from scipy import ndimage
 
 from tfds_lidc import errors
+from tfds_lidc import paths
 
 HU_MIN = -1350.0
 HU_MAX = 150.0
@@ -63,9 +64,18 @@ class DicomSlice:
   study_uid: str = ''
 
 
+def _dcmread(path, *, stop_before_pixels):
+  """pydicom's dcmread of a local path, or of a cloud one (gs://) through etils.epath."""
+  path = paths.resolve(path)
+  if paths.is_local(path):
+    return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+  with path.open('rb') as f:
+    return pydicom.dcmread(f, stop_before_pixels=stop_before_pixels)
+
+
 def _read(path, *, stop_before_pixels=False):
   try:
-    ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    ds = _dcmread(path, stop_before_pixels=stop_before_pixels)
     if 'ImagePositionPatient' not in ds or 'PixelSpacing' not in ds:
       raise ValueError('no ImagePositionPatient/PixelSpacing (not a CT slice)')
     return ds

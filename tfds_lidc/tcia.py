@@ -42,11 +42,13 @@ import pickle
 import re
 import xml.etree.ElementTree as ET
 
+from etils import epath
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
 from tfds_lidc import errors
+from tfds_lidc import paths as path_lib
 from tfds_lidc import preprocessing
 
 NUM_READERS = 4
@@ -112,8 +114,9 @@ def _text(elem, name, default=''):
 def is_ct_reading_xml(path) -> bool:
   """True if the XML file's root element is a CT `LidcReadMessage`."""
   try:
-    for _, elem in ET.iterparse(path, events=('start',)):
-      return _local(elem.tag) == 'LidcReadMessage'
+    with epath.Path(path).open('rb') as f:
+      for _, elem in ET.iterparse(f, events=('start',)):
+        return _local(elem.tag) == 'LidcReadMessage'
   except ET.ParseError:
     return True  # Let parse_reading_xml report the corrupt file.
   return False
@@ -126,7 +129,8 @@ def parse_reading_xml(path) -> tuple[str, list[list[Nodule]]]:
     errors.CorruptFileError: unreadable XML or malformed coordinates.
   """
   try:
-    root = ET.parse(path).getroot()
+    with epath.Path(path).open('rb') as f:
+      root = ET.parse(f).getroot()
     header = _children(root, 'ResponseHeader')
     series_uid = _text(header[0], 'SeriesInstanceUid') if header else ''
     readers = []
@@ -262,11 +266,12 @@ def group_lesions(readers, *, spacing_mm, shape, distance_mm=GROUP_DISTANCE_MM):
 def xml_series_uid(path) -> str:
   """SeriesInstanceUid from a LIDC XML's ResponseHeader ('' if absent or unreadable)."""
   try:
-    for _, elem in ET.iterparse(path, events=('end',)):
-      if _local(elem.tag) == 'SeriesInstanceUid':
-        return (elem.text or '').strip()
-      if _local(elem.tag) == 'ResponseHeader':
-        break
+    with epath.Path(path).open('rb') as f:
+      for _, elem in ET.iterparse(f, events=('end',)):
+        if _local(elem.tag) == 'SeriesInstanceUid':
+          return (elem.text or '').strip()
+        if _local(elem.tag) == 'ResponseHeader':
+          break
   except ET.ParseError:
     pass
   return ''
@@ -300,7 +305,7 @@ def find_series(root, *, ignored=None) -> list[Series]:
   """
   ignored = [] if ignored is None else ignored
   dicom_dirs, xml_by_uid = [], {}
-  for directory, dirs, files in os.walk(root):
+  for directory, dirs, files in path_lib.walk(root):
     dirs.sort()
     dcms = sorted(f for f in files if f.lower().endswith('.dcm'))
     xmls = [
@@ -534,8 +539,12 @@ def _signature(series):
   """(path, size, mtime) of a series' XML and DICOM files: a cached parse is valid while equal."""
   out = []
   for path in (series.xml_path,) + tuple(series.dicom_paths):
-    st = os.stat(path)
-    out.append((path, st.st_size, st.st_mtime_ns))
+    if path_lib.is_local(path):
+      st = os.stat(path)
+      out.append((path, st.st_size, st.st_mtime_ns))
+    else:  # Cloud stores give whole seconds.
+      st = epath.Path(path).stat()
+      out.append((path, st.length, st.mtime))
   return out
 
 
@@ -548,7 +557,7 @@ def cache_path(series, cache_dir):
 
 def _read_cache_header(path):
   try:
-    with open(path, 'rb') as f:
+    with epath.Path(path).open('rb') as f:
       return pickle.load(f)
   except Exception:  # A partial or foreign file is a cache miss.
     return None
@@ -573,7 +582,7 @@ def parse_series_cached(series, *, cache_dir, skip_corrupt=False):
   """
   path = cache_path(series, cache_dir)
   signature = _signature(series)
-  header = _read_cache_header(path) if os.path.exists(path) else None
+  header = _read_cache_header(path) if epath.Path(path).exists() else None
   if (
     header is not None
     and header.get('version') == CACHE_VERSION
@@ -585,9 +594,9 @@ def parse_series_cached(series, *, cache_dir, skip_corrupt=False):
   examples = list(
     lesion_slices(series, skip_corrupt=skip_corrupt, skipped=skipped)
   )
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
+  epath.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  tmp = epath.Path(f'{path}.tmp{os.getpid()}')
+  with tmp.open('wb') as f:
     pickle.dump(
       dict(
         version=CACHE_VERSION,
@@ -598,12 +607,12 @@ def parse_series_cached(series, *, cache_dir, skip_corrupt=False):
       f,
     )
     pickle.dump(examples, f, protocol=pickle.HIGHEST_PROTOCOL)
-  os.replace(tmp, path)
+  tmp.replace(path)
   return path, skipped, False
 
 
 def load_cached_examples(path):
   """The (key, example) list of a `parse_series_cached` file."""
-  with open(path, 'rb') as f:
+  with epath.Path(path).open('rb') as f:
     pickle.load(f)
     return pickle.load(f)
