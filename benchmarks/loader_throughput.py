@@ -47,6 +47,7 @@ import jax
 
 from diffseg_jax import augment
 from diffseg_jax import input_pipeline
+from diffseg_jax import parallel
 
 RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)),
@@ -173,7 +174,7 @@ def main(argv):
     source = input_pipeline.load_source(
       name=name, split='train', data_dir=data_dir
     )
-    mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1)  # Training's mesh (Auto axis type).
     config = augment.AugmentConfig()
     step_fn = jax.jit(
       lambda rng, image, masks: _augment_and_choose(rng, image, masks, config)
