@@ -40,7 +40,6 @@ printed last.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -50,12 +49,30 @@ import sys
 import time
 import traceback
 
+from absl import app
+from absl import flags
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DRY = flags.DEFINE_bool(
+  'dry', False, 'Tiny network and sizes (CPU self-check).'
+)
+_BUDGET_S = flags.DEFINE_float(
+  'budget_s',
+  400.0,
+  'Start no measurement that would likely end after this many seconds.',
+)
+_RUNS = flags.DEFINE_integer('runs', 0, 'Timed runs per measurement (0: auto).')
+_OUT = flags.DEFINE_string(
+  'out',
+  os.path.join(HERE, 'results', 'accelerator_check.json'),
+  'Output JSON file (the Markdown table goes beside it, as .md).',
+)
 
 # (kind, side, dtype, batch or (images, samples)) in order of priority: what falls off the time
 # budget comes last. PyTorch runs in fp16 autocast ("float16").
@@ -307,42 +324,25 @@ def _fmt(value, spec):
   return '-' if value is None else format(value, spec)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    '--dry',
-    action='store_true',
-    help='Tiny network and sizes (CPU self-check).',
-  )
-  parser.add_argument(
-    '--budget_s',
-    type=float,
-    default=400.0,
-    help='Start no measurement that would likely end after this many seconds.',
-  )
-  parser.add_argument(
-    '--runs', type=int, default=0, help='Timed runs per measurement (0: auto).'
-  )
-  parser.add_argument(
-    '--out', default=os.path.join(HERE, 'results', 'accelerator_check.json')
-  )
-  args = parser.parse_args(argv)
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
   t0 = time.perf_counter()
-  size = 32 if args.dry else 128
-  runs = args.runs or (2 if args.dry else 5)
+  size = 32 if _DRY.value else 128
+  runs = _RUNS.value or (2 if _DRY.value else 5)
   results = {
     'machine': machine_info(),
-    'dry': args.dry,
-    'budget_s': args.budget_s,
+    'dry': _DRY.value,
+    'budget_s': _BUDGET_S.value,
     'runs': [],
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
 
-  md_path = os.path.splitext(args.out)[0] + '.md'
+  md_path = os.path.splitext(_OUT.value)[0] + '.md'
 
   def save():  # After every measurement: a killed run leaves its partial JSON and table.
     results['elapsed_s'] = time.perf_counter() - t0
-    with open(args.out, 'w', encoding='utf-8') as f:
+    with open(_OUT.value, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=1)
     with open(md_path, 'w', encoding='utf-8') as f:
       f.write(render(results) + '\n')
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     f'accelerator check on {results["machine"]["device"]} ({results["machine"]["backend"]})',
     flush=True,
   )
-  n = 256 if args.dry else 8192
+  n = 256 if _DRY.value else 8192
   for key, dtype in (('bf16', jnp.bfloat16), ('fp32', jnp.float32)):
     try:
       results[f'matmul_peak_tflops_{key}'] = matmul_peak_tflops(
@@ -373,17 +373,17 @@ def main(argv=None) -> int:
       dtype=d,
       **({'batch': b} if k == 'train' else {'images': b[0], 'samples': b[1]}),
     )
-    for k, side, d, b in (DRY_PLAN if args.dry else PLAN)
+    for k, side, d, b in (DRY_PLAN if _DRY.value else PLAN)
   ]
   longest = {'train': 0.0, 'sample': 0.0}
   for job in jobs:
     elapsed = time.perf_counter() - t0
     record = dict(job, size=size)
-    if elapsed + 1.2 * longest[job['kind']] > args.budget_s:
+    if elapsed + 1.2 * longest[job['kind']] > _BUDGET_S.value:
       record['status'] = 'skipped (time budget)'
       results['runs'].append(record)
       print(
-        f'{job}: skipped, {elapsed:.0f} s of {args.budget_s:.0f} s used',
+        f'{job}: skipped, {elapsed:.0f} s of {_BUDGET_S.value:.0f} s used',
         flush=True,
       )
       continue
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
             batch=job['batch'],
             size=size,
             runs=runs,
-            dry=args.dry,
+            dry=_DRY.value,
           )
         )
       else:
@@ -409,7 +409,7 @@ def main(argv=None) -> int:
             samples=job['samples'],
             size=size,
             runs=runs,
-            dry=args.dry,
+            dry=_DRY.value,
           )
         )
       record['status'] = 'ok'
@@ -446,10 +446,10 @@ def main(argv=None) -> int:
     if r.get('tflop_per_s') is not None and peak:
       r['fraction_of_bf16_peak'] = r['tflop_per_s'] / peak
   save()
-  print(f'wrote {args.out} and {md_path}\n', flush=True)
+  print(f'wrote {_OUT.value} and {md_path}\n', flush=True)
   print(render(results), flush=True)
   return 0 if all(r['status'] == 'ok' for r in results['runs']) else 1
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)

@@ -33,12 +33,14 @@ true annotation distribution of the same runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from typing import Mapping, Sequence
+
+from absl import app
+from absl import flags
 
 COLUMNS = (
   ('ged', 'GED'),
@@ -295,21 +297,54 @@ def report(
   )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workroot', default='~/runs/design_study')
-  parser.add_argument(
-    '--num_samples', type=int, default=16, help='N of the <metric>_N columns.'
+def _define_flags(flag_values: flags.FlagValues) -> None:
+  """The command line's flags (only __main__ registers them: importing defines none)."""
+  flags.DEFINE_string(
+    'workroot',
+    '~/runs/design_study',
+    'The sweep folder (holds manifest.json).',
+    flag_values=flag_values,
   )
-  parser.add_argument(
-    '--study', default='all', help="One study name, or 'all'."
+  flags.DEFINE_integer(
+    'num_samples',
+    16,
+    'N of the <metric>_N columns.',
+    flag_values=flag_values,
   )
-  parser.add_argument(
-    '--out',
-    default='',
-    help='Also write the Markdown here (default WORKROOT/report.md).',
+  flags.DEFINE_string(
+    'study', 'all', "One study name, or 'all'.", flag_values=flag_values
   )
-  args = parser.parse_args(argv)
+  flags.DEFINE_string(
+    'out',
+    '',
+    'Also write the Markdown here (default WORKROOT/report.md).',
+    flag_values=flag_values,
+  )
+
+
+def main(argv: Sequence[str]) -> int:
+  """Prints and writes the report; returns the exit status (2 on bad input).
+
+  Args:
+    argv: as `app.run` passes it (program name first, flags already parsed into
+      flags.FLAGS), or a list of flags such as ['--workroot=DIR'] that is parsed
+      here (flags it leaves out take their defaults).
+  """
+  args = flags.FLAGS
+  if not argv or argv[0].startswith('-'):
+    args = flags.FlagValues()
+    _define_flags(args)
+    try:
+      argv = args(['design_study_report.py'] + list(argv))
+    except flags.Error as e:
+      print(f'ERROR: {e}', file=sys.stderr)
+      return 2
+  if len(argv) > 1:
+    print(
+      f'ERROR: unexpected arguments {argv[1:]}; flags are --name=value.',
+      file=sys.stderr,
+    )
+    return 2
   workroot = os.path.abspath(os.path.expanduser(args.workroot))
   path = os.path.join(workroot, 'manifest.json')
   if not os.path.exists(path):
@@ -335,4 +370,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags(flags.FLAGS)
+  app.run(main)

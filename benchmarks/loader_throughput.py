@@ -31,7 +31,6 @@ repeat, alternating which goes first, so both see the same load of a shared mach
 Writes benchmarks/results/loader_throughput.json and prints a table.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -42,10 +41,13 @@ import tempfile
 import time
 import types
 
+from absl import app
+from absl import flags
 import jax
 
 from diffseg_jax import augment
 from diffseg_jax import input_pipeline
+from diffseg_jax import parallel
 
 RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)),
@@ -53,6 +55,26 @@ RESULTS = os.path.join(
   'loader_throughput.json',
 )
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SIZE = flags.DEFINE_integer(
+  'size', 128, 'Image side of synthetic_lesions/<size>.'
+)
+_NUM_BUILD = flags.DEFINE_integer(
+  'num_build', 10000, 'Examples built (all splits together).'
+)
+_BATCH_SIZES = flags.DEFINE_string(
+  'batch_sizes', '8,32', 'Comma-separated batch sizes to time.'
+)
+_STEPS = flags.DEFINE_integer('steps', 60, 'Batches timed per pass.')
+_OUT = flags.DEFINE_string('out', RESULTS, 'Output JSON file.')
+_REPEATS = flags.DEFINE_integer(
+  'repeats', 1, 'Passes per batch size (the median counts).'
+)
+_BASELINE = flags.DEFINE_string(
+  'baseline',
+  None,
+  'git revision whose input_pipeline.py is timed alongside (A/B)',
+)
 
 
 def build_synthetic(*, size, num_examples, data_dir):
@@ -134,44 +156,32 @@ def _augment_and_choose(rng, image, masks, config):
   return image, augment.choose_annotation(choice_rng, masks)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--size', type=int, default=128)
-  parser.add_argument('--num_build', type=int, default=10000)
-  parser.add_argument('--batch_sizes', default='8,32')
-  parser.add_argument('--steps', type=int, default=60)
-  parser.add_argument('--out', default=RESULTS)
-  parser.add_argument('--repeats', type=int, default=1)
-  parser.add_argument(
-    '--baseline',
-    default=None,
-    help='git revision whose input_pipeline.py is timed alongside (A/B)',
-  )
-  args = parser.parse_args()
-
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
   pipelines = {'current': input_pipeline}
-  if args.baseline:
-    pipelines[args.baseline] = load_baseline(args.baseline)
-  batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+  if _BASELINE.value:
+    pipelines[_BASELINE.value] = load_baseline(_BASELINE.value)
+  batch_sizes = [int(b) for b in _BATCH_SIZES.value.split(',')]
   load_start = os.getloadavg()[0]
   data_dir = tempfile.mkdtemp(prefix='loader_throughput_')
   try:
     name, build_result = build_synthetic(
-      size=args.size, num_examples=args.num_build, data_dir=data_dir
+      size=_SIZE.value, num_examples=_NUM_BUILD.value, data_dir=data_dir
     )
     if name is None:
       raise SystemExit(f'cannot measure: {build_result}')
     source = input_pipeline.load_source(
       name=name, split='train', data_dir=data_dir
     )
-    mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1)  # Training's mesh (Auto axis type).
     config = augment.AugmentConfig()
     step_fn = jax.jit(
       lambda rng, image, masks: _augment_and_choose(rng, image, masks, config)
     )
     runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
     raw_runs = {label: {bs: [] for bs in batch_sizes} for label in pipelines}
-    for repeat in range(args.repeats):
+    for repeat in range(_REPEATS.value):
       # Alternate who goes first: the first pass of a repeat may read pages not yet cached.
       for label, pipeline in list(pipelines.items())[
         :: 1 if repeat % 2 == 0 else -1
@@ -182,7 +192,7 @@ def main():
               pipeline,
               source,
               batch_size=bs,
-              steps=args.steps,
+              steps=_STEPS.value,
               step_fn=step_fn,
               mesh=mesh,
             )
@@ -192,7 +202,7 @@ def main():
               pipeline,
               source,
               batch_size=bs,
-              steps=args.steps,
+              steps=_STEPS.value,
               step_fn=None,
               mesh=mesh,
             )
@@ -212,7 +222,7 @@ def main():
   result = dict(
     examples_per_s=round(max(rates.values()), 1),
     examples_per_s_by_batch={str(k): round(v, 1) for k, v in rates.items()},
-    repeats=args.repeats,
+    repeats=_REPEATS.value,
     runs_by_batch={
       str(k): [round(x, 1) for x in v] for k, v in runs['current'].items()
     },
@@ -223,30 +233,31 @@ def main():
       str(k): [round(x, 1) for x in v] for k, v in raw_runs['current'].items()
     },
     baseline=None
-    if not args.baseline
+    if not _BASELINE.value
     else dict(
-      rev=args.baseline,
+      rev=_BASELINE.value,
       examples_per_s_by_batch={
-        str(k): round(v, 1) for k, v in medians[args.baseline].items()
+        str(k): round(v, 1) for k, v in medians[_BASELINE.value].items()
       },
       runs_by_batch={
-        str(k): [round(x, 1) for x in v] for k, v in runs[args.baseline].items()
+        str(k): [round(x, 1) for x in v]
+        for k, v in runs[_BASELINE.value].items()
       },
       loader_only_examples_per_s_by_batch={
-        str(k): round(v, 1) for k, v in raw_medians[args.baseline].items()
+        str(k): round(v, 1) for k, v in raw_medians[_BASELINE.value].items()
       },
       loader_only_runs_by_batch={
         str(k): [round(x, 1) for x in v]
-        for k, v in raw_runs[args.baseline].items()
+        for k, v in raw_runs[_BASELINE.value].items()
       },
     ),
-    image_size=args.size,
-    steps=args.steps,
+    image_size=_SIZE.value,
+    steps=_STEPS.value,
     augment_config=str(config),
-    num_build=args.num_build,
+    num_build=_NUM_BUILD.value,
     build_seconds=round(build_result, 2),
     build_s_synthetic_10k=round(build_result, 2)
-    if args.num_build == 10000
+    if _NUM_BUILD.value == 10000
     else None,
     device=str(jax.devices()[0]),
     cpu_model=_cpu_model(),
@@ -257,8 +268,8 @@ def main():
     jax_version=jax.__version__,
     date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
   )
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=2)
   print(
     '| measure | '
@@ -269,19 +280,19 @@ def main():
   for bs in batch_sizes:
     cells = ' | '.join(f'{medians[label][bs]:.1f}' for label in pipelines)
     print(
-      f'| examples/s, batch {bs}, {args.size}x{args.size}, augmented (median of {args.repeats}) '
+      f'| examples/s, batch {bs}, {_SIZE.value}x{_SIZE.value}, augmented (median of {_REPEATS.value}) '
       f'| {cells} |'
     )
     cells = ' | '.join(f'{raw_medians[label][bs]:.1f}' for label in pipelines)
     print(
-      f'| examples/s, batch {bs}, {args.size}x{args.size}, loader only (median of '
-      f'{args.repeats}) | {cells} |'
+      f'| examples/s, batch {bs}, {_SIZE.value}x{_SIZE.value}, loader only (median of '
+      f'{_REPEATS.value}) | {cells} |'
     )
   print(
-    f'| build {args.num_build} synthetic_lesions/{args.size} examples (s) | {build_result:.1f} |'
+    f'| build {_NUM_BUILD.value} synthetic_lesions/{_SIZE.value} examples (s) | {build_result:.1f} |'
   )
-  print(f'wrote {args.out}')
+  print(f'wrote {_OUT.value}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

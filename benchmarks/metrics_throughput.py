@@ -31,12 +31,13 @@ parts, iou, dice, ncc) scores the first --ref_images images of the same masks:
   python benchmarks/metrics_throughput.py [--chunk 32] [--repeats 3]
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -45,6 +46,24 @@ from diffseg_jax import metrics
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy_reference_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_IMAGES = flags.DEFINE_integer('images', 256, 'Images scored per N.')
+_SIZE = flags.DEFINE_integer('size', 128, 'Image side in pixels.')
+_CHUNK = flags.DEFINE_integer('chunk', 32, 'Images per all_metrics call.')
+_REPEATS = flags.DEFINE_integer(
+  'repeats', 3, 'Timed passes per N (the best counts).'
+)
+_REF_IMAGES = flags.DEFINE_integer(
+  'ref_images', 32, 'Images the numpy reference scores (it is slow).'
+)
+_REF_N = flags.DEFINE_string(
+  'ref_n', '4,16', 'Comma-separated N for which the numpy reference runs.'
+)
+_OUT = flags.DEFINE_string(
+  'out',
+  os.path.join(os.path.dirname(__file__), 'results', 'metrics_throughput.json'),
+  'Output JSON file.',
+)
 
 
 def disc_masks(rng, shape, size):
@@ -96,39 +115,17 @@ def time_numpy_reference(*, num_samples, images, ref_images, size, seed=0):
   return 1000 * wall / ref_images, 1000 * cpu / ref_images, float(diff)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--images', type=int, default=256)
-  parser.add_argument('--size', type=int, default=128)
-  parser.add_argument('--chunk', type=int, default=32)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument(
-    '--ref_images',
-    type=int,
-    default=32,
-    help='Images the numpy reference scores (it is slow).',
-  )
-  parser.add_argument(
-    '--ref_n',
-    default='4,16',
-    help='Comma-separated N for which the numpy reference runs.',
-  )
-  parser.add_argument(
-    '--out',
-    default=os.path.join(
-      os.path.dirname(__file__), 'results', 'metrics_throughput.json'
-    ),
-  )
-  args = parser.parse_args()
-
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
   load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-  ref_n = {int(n) for n in args.ref_n.split(',') if n}
+  ref_n = {int(n) for n in _REF_N.value.split(',') if n}
   result = {
     'load_average_1min_at_start': load,
-    'images': args.images,
-    'size': args.size,
-    'chunk': args.chunk,
-    'ref_images': min(args.ref_images, args.images),
+    'images': _IMAGES.value,
+    'size': _SIZE.value,
+    'chunk': _CHUNK.value,
+    'ref_images': min(_REF_IMAGES.value, _IMAGES.value),
     'cpu_model': side_by_side.cpu_model(),
     'backend': jax.default_backend(),
     'device': str(jax.devices()[0].device_kind),
@@ -143,10 +140,10 @@ def main():
   for n in (4, 16, 100):
     ms, cpu_ms = time_n(
       num_samples=n,
-      images=args.images,
-      size=args.size,
-      chunk=args.chunk,
-      repeats=args.repeats,
+      images=_IMAGES.value,
+      size=_SIZE.value,
+      chunk=_CHUNK.value,
+      repeats=_REPEATS.value,
     )
     result[f'ms_per_image_n{n}'] = ms
     result[f'cpu_ms_per_image_n{n}'] = cpu_ms
@@ -154,8 +151,8 @@ def main():
     if n in ref_n:
       ref, ref_cpu, diff = time_numpy_reference(
         num_samples=n,
-        images=args.images,
-        size=args.size,
+        images=_IMAGES.value,
+        size=_SIZE.value,
         ref_images=result['ref_images'],
       )
       result[f'numpy_ms_per_image_n{n}'] = ref
@@ -167,11 +164,11 @@ def main():
       f'{f"{ref / ms:.0f}x" if ref else "-"} | '
       f'{f"{diff:.1e}" if diff is not None else "-"} |'
     )
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=1, sort_keys=True)
-  print(f'wrote {args.out}')
+  print(f'wrote {_OUT.value}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -30,12 +30,13 @@ CI and mode TV at N=16 and writes benchmarks/results/oracle_yardsticks.json.
   python benchmarks/oracle_yardsticks.py [--size 32] [--num_images 500]
 """
 
-import argparse
 import json
 import os
 import platform
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -48,6 +49,28 @@ ROWS = (
   ('oracle_', 'oracle (true)'),
   ('mode_oracle_', 'mode oracle'),
   ('blind_', 'image-blind'),
+)
+
+SIZES = (32, 64, 128)
+_SIZE = flags.DEFINE_integer(
+  'size', 32, f'Image side of synthetic_lesions/<size>, one of {SIZES}.'
+)
+flags.register_validator(
+  'size', lambda size: size in SIZES, f'--size must be one of {SIZES}.'
+)
+_NUM_IMAGES = flags.DEFINE_integer(
+  'num_images', None, 'test images (default: the whole test split)'
+)
+_BATCH = flags.DEFINE_integer('batch', 50, 'Test images per evaluation batch.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the draws.')
+_OUT = flags.DEFINE_string(
+  'out',
+  os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    'results',
+    'oracle_yardsticks.json',
+  ),
+  'Output JSON file.',
 )
 
 
@@ -77,41 +100,25 @@ def _split(config, split, num):
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--size', type=int, default=32, choices=(32, 64, 128))
-  parser.add_argument(
-    '--num_images',
-    type=int,
-    default=None,
-    help='test images (default: the whole test split)',
-  )
-  parser.add_argument('--batch', type=int, default=50)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument(
-    '--out',
-    default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)),
-      'results',
-      'oracle_yardsticks.json',
-    ),
-  )
-  args = parser.parse_args()
-
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
   config = next(
-    c for c in syn.SyntheticLesions.BUILDER_CONFIGS if c.size == args.size
+    c for c in syn.SyntheticLesions.BUILDER_CONFIGS if c.size == _SIZE.value
   )
   start = time.perf_counter()
   train_probs = _split(config, 'train', config.num_train)['mode_probs']
   blind = evaluation.average_mode_probs(
     [{'mode_probs': p} for p in train_probs]
   )
-  num = config.num_test if args.num_images is None else args.num_images
+  num = config.num_test if _NUM_IMAGES.value is None else _NUM_IMAGES.value
   test = _split(config, 'test', num)
-  test['id'] = np.array([f'synth{args.size}-test-{i:06d}' for i in range(num)])
+  test['id'] = np.array(
+    [f'synth{_SIZE.value}-test-{i:06d}' for i in range(num)]
+  )
   batches = [
-    {k: v[i : i + args.batch] for k, v in test.items()}
-    for i in range(0, num, args.batch)
+    {k: v[i : i + _BATCH.value] for k, v in test.items()}
+    for i in range(0, num, _BATCH.value)
   ]
   by_image = {
     x['image'][b].tobytes(): (x['geometry'][b], x['mode_probs'][b])
@@ -129,7 +136,7 @@ def main():
           geometry=geometry,
           mode_probs=probs,
           num=num_samples,
-          size=args.size,
+          size=_SIZE.value,
           seed=seed.tolist(),
         )
       )
@@ -140,7 +147,7 @@ def main():
     batches,
     num_samples_list=(16,),
     out_dir=None,
-    rng=jax.random.PRNGKey(args.seed),
+    rng=jax.random.PRNGKey(_SEED.value),
     split_name='test',
     blind_mode_probs=blind,
     log=lambda *_: None,
@@ -159,32 +166,32 @@ def main():
     summary['mode_oracle_ged_16']['mean'] / summary['oracle_ged_16']['mean']
   )
   print(
-    f'synthetic_lesions/{args.size} test, {num} images, N=16 '
+    f'synthetic_lesions/{_SIZE.value} test, {num} images, N=16 '
     f'(mean ± s.e. over images; {seconds:.0f} s on {_cpu_model()}):\n'
   )
   print('\n'.join(lines))
   print(f'\nmode oracle GED_16 / true oracle GED_16 = {ratio:.3f}')
 
   result = {
-    'dataset': f'synthetic_lesions/{args.size}',
+    'dataset': f'synthetic_lesions/{_SIZE.value}',
     'split': 'test',
     'num_images': num,
     'num_samples': 16,
-    'seed': args.seed,
+    'seed': _SEED.value,
     'blind_mode_probs': blind.tolist(),
     'cpu_model': _cpu_model(),
     'cpu_count': os.cpu_count(),
     'seconds': seconds,
     'command': 'python benchmarks/oracle_yardsticks.py'
-    + (f' --size {args.size}' if args.size != 32 else ''),
+    + (f' --size {_SIZE.value}' if _SIZE.value != 32 else ''),
     'metrics': {
       prefix + k: summary[prefix + k] for prefix, _ in ROWS for k in KEYS
     },
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=1, sort_keys=True)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

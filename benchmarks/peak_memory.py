@@ -30,7 +30,6 @@ Writes benchmarks/results/peak_memory.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -38,6 +37,10 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Sequence
+
+from absl import app
+from absl import flags
 
 RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'results', 'peak_memory.json'
@@ -224,18 +227,57 @@ def render(results: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    '--quick',
-    action='store_true',
-    help='Only the quickstart case (unless --cases is given), 2 steps.',
+def _define_flags(flag_values: flags.FlagValues) -> None:
+  """The command line's flags (only __main__ registers them: importing defines none)."""
+  flags.DEFINE_bool(
+    'quick',
+    False,
+    'Only the quickstart case (unless --cases is given), 2 steps.',
+    flag_values=flag_values,
   )
-  parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--cases', default='')
-  parser.add_argument('--out', default=RESULTS)
-  parser.add_argument('--child', default='', help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  flags.DEFINE_integer(
+    'steps', 5, 'Train steps per case.', flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    'cases',
+    '',
+    f'Comma-separated cases (default: all); known: {",".join(CASES)}.',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    'out', RESULTS, 'Output JSON file.', flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    'child',
+    '',
+    'Internal: measure this one case here and print its RESULT line.',
+    flag_values=flag_values,
+  )
+
+
+def main(argv: Sequence[str]) -> int:
+  """Measures the cases; returns the exit status (1 if a case failed, 2 on bad input).
+
+  Args:
+    argv: as `app.run` passes it (program name first, flags already parsed into
+      flags.FLAGS), or a list of flags such as ['--quick'] that is parsed here
+      (flags it leaves out take their defaults).
+  """
+  args = flags.FLAGS
+  if not argv or argv[0].startswith('-'):
+    args = flags.FlagValues()
+    _define_flags(args)
+    try:
+      argv = args(['peak_memory.py'] + list(argv))
+    except flags.Error as e:
+      print(f'ERROR: {e}', file=sys.stderr)
+      return 2
+  if len(argv) > 1:
+    print(
+      f'ERROR: unexpected arguments {argv[1:]}; flags are --name=value.',
+      file=sys.stderr,
+    )
+    return 2
   steps = 2 if args.quick else args.steps
   if args.child:
     print(
@@ -246,7 +288,11 @@ def main(argv=None) -> int:
   names = [c for c in args.cases.split(',') if c] or default_cases
   unknown = sorted(set(names) - set(CASES))
   if unknown:
-    parser.error(f'--cases: unknown {unknown}; known: {sorted(CASES)}')
+    print(
+      f'ERROR: --cases: unknown {unknown}; known: {sorted(CASES)}',
+      file=sys.stderr,
+    )
+    return 2
   results = [_run_child(name, steps) for name in names]
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -280,4 +326,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags(flags.FLAGS)
+  app.run(main)

@@ -28,13 +28,15 @@ per-script JSON under quick/ so they never overwrite the full results that RESUL
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+
+from absl import app
+from absl import flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -81,6 +83,13 @@ NOT_MEASURED = {
   'ref_images',
   'sampler_steps',
 }
+
+_QUICK = flags.DEFINE_bool(
+  'quick', False, 'Smoke-sized runs, < 10 min on 2 cores.'
+)
+_ONLY = flags.DEFINE_string(
+  'only', '', 'Comma-separated subset of ' + ','.join(BENCHMARKS)
+)
 
 
 def _read(path: str) -> str:
@@ -272,32 +281,28 @@ def _number(value: float) -> str:
   return f'{value:.4g}'
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    '--quick',
-    action='store_true',
-    help='Smoke-sized runs, < 10 min on 2 cores.',
-  )
-  parser.add_argument(
-    '--only',
-    default='',
-    help='Comma-separated subset of ' + ','.join(BENCHMARKS),
-  )
-  args = parser.parse_args(argv)
-  names = [n for n in args.only.split(',') if n] or list(BENCHMARKS)
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments {argv[1:]}.')
+  names = [n for n in _ONLY.value.split(',') if n] or list(BENCHMARKS)
   unknown = sorted(set(names) - set(BENCHMARKS))
   if unknown:
-    parser.error(f'--only: unknown {unknown}; known: {list(BENCHMARKS)}')
-  out_dir = os.path.join(RESULTS, 'quick') if args.quick else RESULTS
+    print(
+      f'ERROR: --only: unknown {unknown}; known: {list(BENCHMARKS)}',
+      file=sys.stderr,
+    )
+    return 2
+  out_dir = os.path.join(RESULTS, 'quick') if _QUICK.value else RESULTS
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
-  summary = {'quick': args.quick, 'machine': machine_info(), 'benchmarks': {}}
+  summary = {'quick': _QUICK.value, 'machine': machine_info(), 'benchmarks': {}}
   for name in names:
     print(f'running {name} ...', flush=True)
-    left = QUICK_TOTAL_S - (time.perf_counter() - start) if args.quick else None
+    left = (
+      QUICK_TOTAL_S - (time.perf_counter() - start) if _QUICK.value else None
+    )
     summary['benchmarks'][name] = run_benchmark(
-      name, quick=args.quick, out_dir=out_dir, limit_s=left
+      name, quick=_QUICK.value, out_dir=out_dir, limit_s=left
     )
     r = summary['benchmarks'][name]
     print(
@@ -319,4 +324,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main)
