@@ -27,10 +27,16 @@ full or read-only disk) end the run with one line `ERROR: ...` naming the cause 
 status 2; --verbose or DIFFSEG_TRACEBACK=1 adds the traceback. Each run holds a lock on the folder it
 writes (train: the workdir; evaluate: WORKDIR/eval/NAME; predict: the output folder), see
 `workdir_lock`, and checks that it can write there before any long work.
+
+A SIGTERM (preemption notice) to any process of a training run makes every process save the same
+step and stop; a SIGTERM during evaluation stops it (nothing already written is touched). Either
+prints one line `PREEMPTED: ...` and exits with status 143 (errors.EXIT_PREEMPTED); the same command
+resumes.
 """
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from typing import Optional
@@ -122,6 +128,32 @@ def fail(
   sys.exit(code)
 
 
+def stop_preempted(message: str) -> None:
+  """Prints `PREEMPTED: message` and exits with errors.EXIT_PREEMPTED."""
+  logging.warning('%s', message)
+  print(f'PREEMPTED: {message}', file=sys.stderr)
+  sys.exit(errors.EXIT_PREEMPTED)
+
+
+@contextlib.contextmanager
+def sigterm_stops(message: str):
+  """Within the block a SIGTERM raises errors.PreemptedError(message) in the main thread.
+
+  Replaces JAX's preemption notifier (multi-process runs) in this process: only training needs it.
+  """
+
+  def handler(signum, frame):
+    del signum, frame
+    raise errors.PreemptedError(message)
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    if previous is not None:  # None: a handler installed outside Python.
+      signal.signal(signal.SIGTERM, previous)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override reported in one line."""
   renamed = renamed_key_errors(argv[1:])
@@ -206,7 +238,14 @@ def run(
     ):
       from diffseg_jax import evaluation
 
-      evaluation.evaluate_checkpoint(config, workdir)
+      eval_dir = runtime.output_folders(
+        config, mode='evaluate', workdir=workdir, output=None
+      )[0][0]
+      with sigterm_stops(
+        f'SIGTERM during evaluation: stopped before it finished; checkpoints and earlier '
+        f'results are untouched; rerun the same command to evaluate into {eval_dir}.'
+      ):
+        evaluation.evaluate_checkpoint(config, workdir)
     if mode == 'predict':
       from diffseg_jax import predict
 
@@ -243,6 +282,8 @@ def main(argv):
       center=FLAGS.center,
       current=current,
     )
+  except errors.PreemptedError as e:
+    stop_preempted(str(e))
   except Exception as e:  # pylint: disable=broad-except
     message = runtime.user_error_message(e, **current)
     if message is None:
