@@ -202,7 +202,7 @@ class Checkpointer:
     data_iterator: Any = None,
     force: bool = False,
   ) -> bool:
-    """Saves `state` (params, ema_params, opt_state, step, rng, bad_steps) at `step`; returns whether it saved.
+    """Saves `state` (params, ema_params, opt_state, step, rng[, bad_steps]) at `step`; returns whether it saved.
 
     `data_iterator` (with `get_state()` -> JSON-able dict) is saved as item `data`; it
     must be positioned at the batch of step `step`.
@@ -212,7 +212,7 @@ class Checkpointer:
       ema_params=ocp.args.StandardSave(state['ema_params']),
       opt_state=ocp.args.StandardSave(state['opt_state']),
       train=ocp.args.StandardSave(
-        {k: state[k] for k in ('step', 'rng', 'bad_steps')}
+        {k: state[k] for k in ('step', 'rng', 'bad_steps') if k in state}
       ),
       meta=ocp.args.JsonSave(dict(meta)),
     )
@@ -242,7 +242,7 @@ class Checkpointer:
     if step is None:
       raise CheckpointNotFoundError(f'No checkpoint in {self.directory}.')
     train_keys = ['step', 'rng']
-    if 'bad_steps' in _stored_keys(
+    if 'bad_steps' in abstract_state and 'bad_steps' in _stored_keys(
       os.path.join(self.directory, str(step), 'train')
     ):
       train_keys.append('bad_steps')
@@ -283,11 +283,11 @@ class Checkpointer:
       'opt_state': restored.opt_state,
       'step': restored.train['step'],
       'rng': restored.train['rng'],
-      'bad_steps': restored.train.get('bad_steps'),
     }
-    if (
-      state['bad_steps'] is None
-    ):  # Written before the NaN guard counted skips.
+    if 'bad_steps' in restored.train:
+      state['bad_steps'] = restored.train['bad_steps']
+    elif 'bad_steps' in abstract_state:
+      # Written before the NaN guard counted skips.
       bad = abstract_state['bad_steps']
       state['bad_steps'] = jax.device_put(
         np.zeros(bad.shape, bad.dtype), bad.sharding

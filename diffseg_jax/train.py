@@ -104,14 +104,22 @@ def create_train_state(
   return jax.jit(init, out_shardings=shardings)(), shardings
 
 
-def all_finite(tree) -> jax.Array:
-  """True when every floating-point value in `tree` is finite (integer leaves are ignored)."""
-  checks = [
-    jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(tree)
-    if jnp.issubdtype(x.dtype, jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+def all_finite(*trees) -> jax.Array:
+  """True when every floating-point value in `trees` is finite (integer leaves are ignored).
+
+  `x * 0` is 0 where x is finite and NaN elsewhere, so a sum of such terms is NaN exactly when a
+  value is not finite (a plain sum of large finite values could overflow). Leaves of one shape (a
+  parameter, its gradient, EMA and Adam moments) are added before one reduction per shape: a
+  reduction per leaf made XLA:CPU compile the step several times slower.
+  """
+  by_shape = {}
+  for x in jax.tree.leaves(trees):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      by_shape.setdefault(x.shape, []).append(x.astype(jnp.float32) * 0)
+  total = jnp.zeros((), jnp.float32)
+  for terms in by_shape.values():
+    total = total + jnp.sum(sum(terms[1:], terms[0]))
+  return jnp.isfinite(total)
 
 
 def make_train_step(
@@ -169,13 +177,7 @@ def make_train_step(
       state['ema_params'], params, decay=ema_decay, step=step
     )
     # A NaN learning rate gives a finite loss and gradient but NaN parameters: check the results.
-    finite = (
-      jnp.isfinite(loss)
-      & all_finite(grads)
-      & all_finite(params)
-      & all_finite(ema)
-      & all_finite(opt_state)
-    )
+    finite = jnp.isfinite(loss) & all_finite(grads, params, ema, opt_state)
     apply = finite & (state['bad_steps'] < max_bad_steps)
     kept = jax.tree.map(
       lambda new, old: jnp.where(apply, new, old),

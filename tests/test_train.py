@@ -201,11 +201,17 @@ def test_sigterm_during_evaluation_is_one_line_and_keeps_checkpoints(
     f'--workdir={tmp_path}',
     '--mode=evaluate',
   ]
-  # Long enough to be signalled while it samples.
+  # Long enough to be signalled while it samples, in short device calls (a signal is handled
+  # between them).
   cmd += config_flags(
     tiny_synthetic,
     num_train_steps=2,
-    **{'sampler.num_steps': 2000, 'eval.num_samples_list': '(64,)'},
+    sampling_batch=16,
+    **{
+      'sampler.num_steps': 200,
+      'eval.num_samples_list': '(64,)',
+      'eval.batch_size': 1,
+    },
   )
   proc = subprocess.Popen(
     cmd,
@@ -385,3 +391,33 @@ def test_fsdp_rule_shards_large_params_only():
   assert shardings['small'].spec == jax.sharding.PartitionSpec()
   with pytest.raises(errors.ConfigError, match='param_sharding'):
     parallel.param_sharding(mesh, params, 'zero3')
+
+
+def test_checkpoint_without_bad_steps_restores_it_as_zero(
+  tiny_synthetic, tmp_path
+):
+  """Checkpoints written before the NaN guard counted skips keep restoring."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  parts = train.build(tiny_config(tiny_synthetic))
+  state = parts.state
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  # The earlier layout: item `train` held only {step, rng}.
+  ckpt._manager.save(  # pylint: disable=protected-access
+    3,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state['params']),
+      ema_params=ocp.args.StandardSave(state['ema_params']),
+      opt_state=ocp.args.StandardSave(state['opt_state']),
+      train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+      meta=ocp.args.JsonSave({'data_step': 0}),
+    ),
+  )
+  ckpt.wait_until_finished()
+  restored, _ = ckpt.restore(checkpoint.abstract_like(state, parts.shardings))
+  ckpt.close()
+  assert int(restored['bad_steps']) == 0
+  assert restored['bad_steps'].sharding == parts.shardings['bad_steps']
+  _assert_trees_equal(
+    jax.device_get(state['params']), jax.device_get(restored['params'])
+  )
