@@ -238,19 +238,23 @@ def test_restore_params_without_shardings_reads_a_two_process_checkpoint(
   )
 
 
-PREEMPT_STEPS = 300
+PREEMPT_STEPS = 4
 PREEMPT_OVERRIDES = dict(
   OVERRIDES,
   num_train_steps=PREEMPT_STEPS,
   checkpoint_every_steps=PREEMPT_STEPS,
-  log_every_steps=1,
 )
 
 
 def test_sigterm_to_one_process_then_restart_matches_uninterrupted_run(
   tiny_synthetic, tmp_path
 ):
-  """SIGTERM to process 1 only: both save the same step and exit 143; a restart ends bit-identical."""
+  """SIGTERM to process 1 only: both save the same step and exit 143; a restart ends bit-identical.
+
+  The signal goes to process 1 as soon as its distributed runtime is up, before the first step
+  (still compiling): JAX's sync manager then agrees on step 1 on both processes whatever the speed
+  of the machine, so the test needs only a few steps. Process 0 gets no signal.
+  """
   flags = config_flags(tiny_synthetic, **PREEMPT_OVERRIDES)
   for name in ('reference', 'preempted', 'resumed'):
     (tmp_path / name).mkdir()
@@ -263,29 +267,26 @@ def test_sigterm_to_one_process_then_restart_matches_uninterrupted_run(
   workdir = tmp_path / 'interrupted'
   commands = _two_process_commands(flags, workdir)
   procs, logs = _start_all(commands, log_dir=str(tmp_path / 'preempted'))
-  metrics = workdir / 'metrics.jsonl'
+  log1 = tmp_path / 'preempted' / 'process_1.log'
   deadline = time.time() + TIMEOUT_S
   while time.time() < deadline and all(p.poll() is None for p in procs):
-    if metrics.exists() and 'train/loss' in metrics.read_text():
+    if 'JAX process 1 of 2' in log1.read_text():
       break
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
   texts = _wait_all(
     procs, logs, timeout_s=TIMEOUT_S, expect=errors.EXIT_PREEMPTED
   )
-  saved = []
   for text in texts:
     lines = [x for x in text.splitlines() if x.startswith('PREEMPTED: ')]
-    assert len(lines) == 1, text[-3000:]
-    saved.append(int(lines[0].split('saved step ')[1].split()[0]))
+    assert len(lines) == 1 and ' saved step 1 ' in lines[0], text[-3000:]
     assert 'Traceback' not in text, text[-3000:]
-  ckpt_dir = workdir / 'checkpoints'
-  assert saved[0] == saved[1] < PREEMPT_STEPS, saved
-  assert [d for d in os.listdir(ckpt_dir) if d.isdigit()] == [str(saved[0])]
+  assert os.listdir(workdir / 'checkpoints') == ['1']
 
-  _run_all(commands, log_dir=str(tmp_path / 'resumed'), timeout_s=TIMEOUT_S)
-  log0 = (tmp_path / 'resumed' / 'process_0.log').read_text()
-  assert f'Resumed from step {saved[0]} ' in log0, log0[-3000:]
+  texts = _run_all(
+    commands, log_dir=str(tmp_path / 'resumed'), timeout_s=TIMEOUT_S
+  )
+  assert all('Resumed from step 1 ' in text for text in texts), texts[0][-3000:]
   config = tiny_config(tiny_synthetic, **PREEMPT_OVERRIDES)
   params, ema, step = _final_params(str(workdir), config)
   ref_params, ref_ema, ref_step = _final_params(
