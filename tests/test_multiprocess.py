@@ -4,6 +4,8 @@ Two `jax.distributed` CPU processes (gloo collectives) train to the same paramet
 both runs execute `python -m diffseg_jax.main` with the same global batch; each of the two processes
 reads half of it and Orbax writes one checkpoint from both. The final parameters, read back from the
 checkpoints, must agree within float tolerance (the gradient mean is reduced in another order).
+A SIGTERM to one of two processes makes both save the same step and exit 143; restarting both ends
+bit-identical to an uninterrupted two-process run.
 """
 
 import json

@@ -297,11 +297,12 @@ def test_bad_step_is_skipped_and_counted(tiny_synthetic):
   )
   good = next(batches)
   bad = dict(good, image=good['image'] * np.nan)
-  state = parts.state
+  # The schedule's first learning rate is 0 (warm-up): start after one applied step.
+  state, _ = parts.train_step(parts.state, good)
   before = jax.device_get(state)
   state, metrics = parts.train_step(state, bad)
   assert float(metrics['finite']) == 0 and int(state['bad_steps']) == 1
-  assert int(state['step']) == 1
+  assert int(state['step']) == 2
   for key in ('params', 'ema_params', 'opt_state', 'rng'):
     _assert_trees_equal(before[key], jax.device_get(state[key]))
   state, metrics = parts.train_step(state, good)
@@ -410,6 +411,7 @@ def test_checkpoint_without_bad_steps_restores_it_as_zero(
       train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
       meta=ocp.args.JsonSave({'data_step': 0}),
     ),
+    force=True,
   )
   ckpt.wait_until_finished()
   restored, _ = ckpt.restore(checkpoint.abstract_like(state, parts.shardings))
