@@ -104,6 +104,9 @@ def get_config(arg=None):
   )
   config.optim.grad_clip = 1.0
   config.ema_decay = 0.9999
+  # Consecutive non-finite updates (loss, gradients, new parameters or optimizer state) that are
+  # skipped before training stops with an error naming the first of them; checkpoints stay finite.
+  config.max_bad_steps = 10
 
   config.num_train_steps = 400_000
   config.batch_size = 8  # Global batch, split over all devices of all hosts.

@@ -14,7 +14,8 @@
 
 """Orbax checkpoints of the train state: what is saved, where, and how it comes back.
 
-A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng}), `meta`
+A checkpoint step holds the items `params`, `ema_params`, `opt_state`, `train` ({step, rng,
+bad_steps}; checkpoints written before `bad_steps` existed restore it as 0), `meta`
 (JSON: data position, config) and `data` (JSON: the train data iterator's `get_state()`, e.g.
 `input_pipeline.TrainIterator`: next step, data set, split, seed, batch size). Exported checkpoints (`save_params`, e.g. converted PyTorch weights) hold
 only `params`, `ema_params` and `meta`; evaluation and prediction read just the parameter items, so they
@@ -26,7 +27,11 @@ from typing import Any, Mapping, Optional
 from absl import logging
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import (
+  save_decision_policy as save_policy,
+)
 
 from diffseg_jax import errors
 from diffseg_jax.models import unet
@@ -103,19 +108,39 @@ def _check_shapes(item_dir: epath.Path, abstract_params: Any) -> None:
   )
 
 
+def _stored_keys(item_dir: epath.Path) -> set[str]:
+  """Top-level keys of a saved StandardSave item (from its metadata), or an empty set."""
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    stored = handler.metadata(epath.Path(item_dir))
+  except (OSError, ValueError, KeyError):
+    return set()
+  finally:
+    handler.close()
+  return set(stored.keys()) if hasattr(stored, 'keys') else set()
+
+
 def _manager(
   directory: epath.Path,
   *,
   max_to_keep: Optional[int] = 3,
   async_save: bool = True,
   read_only: bool = False,
+  save_every_steps: Optional[int] = None,
+  final_step: Optional[int] = None,
 ) -> ocp.CheckpointManager:
   # A reader (evaluation while training runs) neither creates nor cleans up anything.
+  policies = [save_policy.PreemptionCheckpointingPolicy()]
+  if save_every_steps:
+    policies.append(save_policy.FixedIntervalPolicy(save_every_steps))
+  if final_step is not None:
+    policies.append(save_policy.SpecificStepsPolicy((final_step,)))
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else max_to_keep,
     enable_async_checkpointing=async_save,
     create=not read_only,
     cleanup_tmp_directories=not read_only,
+    save_decision_policy=save_policy.AnySavePolicy(policies),
   )
   return ocp.CheckpointManager(
     directory, options=options, item_names=TRAIN_ITEMS
@@ -126,18 +151,46 @@ class Checkpointer:
   """Periodic (async) saves of the full train state and exact restore of it.
 
   `directory` may be local, a file:// URL or a cloud URL that Orbax writes (gs://).
+
+  When to save is Orbax's decision (`should_save`): every `save_every_steps`, at `final_step`, and at
+  the step at which all processes agreed to stop after a preemption notice (`reached_preemption`).
   """
 
   def __init__(
-    self, directory: str, *, max_to_keep: int = 3, async_save: bool = True
+    self,
+    directory: str,
+    *,
+    max_to_keep: int = 3,
+    async_save: bool = True,
+    save_every_steps: Optional[int] = None,
+    final_step: Optional[int] = None,
   ):
     self.directory = paths.resolve(directory)
     self._manager = _manager(
-      self.directory, max_to_keep=max_to_keep, async_save=async_save
+      self.directory,
+      max_to_keep=max_to_keep,
+      async_save=async_save,
+      save_every_steps=save_every_steps,
+      final_step=final_step,
     )
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether `step` is the step all processes agreed to save and stop at after a SIGTERM.
+
+    JAX's preemption sync manager (multi-process runs) answers; call it with every step, on every
+    process. Without `jax.distributed` it is always False.
+    """
+    return self._manager.reached_preemption(step)
+
+  def should_save(self, step: int) -> bool:
+    """Orbax's decision for `step`: the save interval, the final step or the preemption step."""
+    return self._manager.should_save(step)
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
 
   def save(
     self,
@@ -148,7 +201,7 @@ class Checkpointer:
     data_iterator: Any = None,
     force: bool = False,
   ) -> bool:
-    """Saves `state` (params, ema_params, opt_state, step, rng) at `step`; returns whether it saved.
+    """Saves `state` (params, ema_params, opt_state, step, rng[, bad_steps]) at `step`; returns whether it saved.
 
     `data_iterator` (with `get_state()` -> JSON-able dict) is saved as item `data`; it
     must be positioned at the batch of step `step`.
@@ -157,7 +210,9 @@ class Checkpointer:
       params=ocp.args.StandardSave(state['params']),
       ema_params=ocp.args.StandardSave(state['ema_params']),
       opt_state=ocp.args.StandardSave(state['opt_state']),
-      train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+      train=ocp.args.StandardSave(
+        {k: state[k] for k in ('step', 'rng', 'bad_steps') if k in state}
+      ),
       meta=ocp.args.JsonSave(dict(meta)),
     )
     if data_iterator is not None:
@@ -185,12 +240,17 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointNotFoundError(f'No checkpoint in {self.directory}.')
+    train_keys = ['step', 'rng']
+    if 'bad_steps' in abstract_state and 'bad_steps' in _stored_keys(
+      self.directory / str(step) / 'train'
+    ):
+      train_keys.append('bad_steps')
     items = dict(
       params=ocp.args.StandardRestore(abstract_state['params']),
       ema_params=ocp.args.StandardRestore(abstract_state['ema_params']),
       opt_state=ocp.args.StandardRestore(abstract_state['opt_state']),
       train=ocp.args.StandardRestore(
-        {'step': abstract_state['step'], 'rng': abstract_state['rng']}
+        {k: abstract_state[k] for k in train_keys}
       ),
       meta=ocp.args.JsonRestore(),
     )
@@ -223,6 +283,14 @@ class Checkpointer:
       'step': restored.train['step'],
       'rng': restored.train['rng'],
     }
+    if 'bad_steps' in restored.train:
+      state['bad_steps'] = restored.train['bad_steps']
+    elif 'bad_steps' in abstract_state:
+      # Written before the NaN guard counted skips.
+      bad = abstract_state['bad_steps']
+      state['bad_steps'] = jax.device_put(
+        np.zeros(bad.shape, bad.dtype), bad.sharding
+      )
     return state, dict(restored.meta)
 
   def close(self) -> None:

@@ -25,7 +25,16 @@ class ConfigError(ValueError):
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept."""
+  """config.max_bad_steps consecutive updates were non-finite (skipped); checkpoints stay finite."""
+
+
+# Exit status of a run stopped by SIGTERM after saving what it must (128 + SIGTERM, as a shell
+# reports a job ended by SIGTERM): rerun the same command to resume.
+EXIT_PREEMPTED = 143
+
+
+class PreemptedError(RuntimeError):
+  """A SIGTERM stopped the run after every process saved a checkpoint (or wrote nothing partial)."""
 
 
 class DataError(ValueError):

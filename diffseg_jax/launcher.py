@@ -23,6 +23,7 @@ exit status 2 (--verbose or DIFFSEG_TRACEBACK=1 adds the traceback).
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from typing import Optional
@@ -72,6 +73,32 @@ def fail(
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
+
+
+def stop_preempted(message: str) -> None:
+  """Prints `PREEMPTED: message` and exits with errors.EXIT_PREEMPTED."""
+  logging.warning('%s', message)
+  print(f'PREEMPTED: {message}', file=sys.stderr)
+  sys.exit(errors.EXIT_PREEMPTED)
+
+
+@contextlib.contextmanager
+def sigterm_stops(message: str):
+  """Within the block a SIGTERM raises errors.PreemptedError(message) in the main thread.
+
+  Replaces JAX's preemption notifier (multi-process runs) in this process: only training needs it.
+  """
+
+  def handler(signum, frame):
+    del signum, frame
+    raise errors.PreemptedError(message)
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    if previous is not None:  # None: a handler installed outside Python.
+      signal.signal(signal.SIGTERM, previous)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -158,7 +185,14 @@ def run(
     ):
       from diffseg_jax import evaluation
 
-      evaluation.evaluate_checkpoint(config, workdir)
+      eval_dir = runtime.output_folders(
+        config, mode='evaluate', workdir=workdir, output=None
+      )[0][0]
+      with sigterm_stops(
+        f'SIGTERM during evaluation: stopped before it finished; checkpoints and earlier '
+        f'results are untouched; rerun the same command to evaluate into {eval_dir}.'
+      ):
+        evaluation.evaluate_checkpoint(config, workdir)
     if mode == 'predict':
       from diffseg_jax import predict
 
@@ -204,6 +238,8 @@ def launch(
       center=center,
       current=current,
     )
+  except errors.PreemptedError as e:
+    stop_preempted(str(e))
   except Exception as e:  # pylint: disable=broad-except
     message = runtime.user_error_message(e, **current)
     if message is None:

@@ -28,6 +28,11 @@ status 2; --verbose or DIFFSEG_TRACEBACK=1 adds the traceback. Each run holds a 
 writes (train: the workdir; evaluate: WORKDIR/eval/NAME; predict: the output folder), see
 `launcher` and `workdir_lock` (cloud folders, gs://, are not locked), and checks that it can write
 there before any long work.
+
+A SIGTERM (preemption notice) to any process of a training run makes every process save the same
+step and stop; a SIGTERM during evaluation stops it (nothing already written is touched). Either
+prints one line `PREEMPTED: ...` and exits with status 143 (errors.EXIT_PREEMPTED); the same command
+resumes.
 """
 
 from absl import app

@@ -208,6 +208,9 @@ def initialize(
   except ValueError as e:
     raise errors.ConfigError(str(e)) from e
   if settings is not None:
+    # JAX's preemption sync manager catches SIGTERM on any process and lets all agree on the step
+    # to save (Orbax's CheckpointManager.reached_preemption); on by default, required here.
+    jax.config.update('jax_enable_preemption_service', True)
     logging.info(
       'Starting jax.distributed with %s.',
       settings or 'auto-detected cluster settings',

@@ -14,19 +14,24 @@
 
 """Training: the train state, the jitted sharded step, EMA, Orbax checkpoints, logging, validation.
 
-The train state is a plain pytree {params, ema_params, opt_state, step, rng}; the NNX module is split
-once and merged inside the jitted step. The per-step randomness is `fold_in(rng, step)` and the data
+The train state is a plain pytree {params, ema_params, opt_state, step, rng, bad_steps}; the NNX
+module is split once and merged inside the jitted step. The per-step randomness is `fold_in(rng, step)` and the data
 order a pure function of (seed, step), so a run resumed from any checkpoint repeats exactly what an
 uninterrupted run would have done.
+
+Checkpoints follow Orbax's own save decision (`Checkpointer.should_save`: every
+`config.checkpoint_every_steps`, the last step, and the step at which all processes agree to stop
+after a SIGTERM). A preempted run raises `errors.PreemptedError` once that checkpoint is written;
+`main` exits with status 143 and the same command resumes.
 
 For benchmarks and notebooks, `build(config)` returns the pieces of a run (mesh, state, the jitted step)
 exactly as `train_and_evaluate` uses them.
 """
 
 import dataclasses
-import os
 import signal
-from typing import Any, Callable, Mapping
+import threading
+from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
 from flax import nnx
@@ -76,6 +81,7 @@ def create_train_state(
       'opt_state': optimizer.init(params),
       'step': jnp.zeros((), jnp.int32),
       'rng': jax.random.key_data(state_rng),
+      'bad_steps': jnp.zeros((), jnp.int32),
     }
 
   abstract = jax.eval_shape(init)
@@ -93,8 +99,27 @@ def create_train_state(
     'opt_state': opt_sharding,
     'step': replicated,
     'rng': replicated,
+    'bad_steps': replicated,
   }
   return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def all_finite(*trees) -> jax.Array:
+  """True when every floating-point value in `trees` is finite (integer leaves are ignored).
+
+  `x * 0` is 0 where x is finite and NaN elsewhere, so a sum of such terms is NaN exactly when a
+  value is not finite (a plain sum of large finite values could overflow). Leaves of one shape (a
+  parameter, its gradient, EMA and Adam moments) are added before one reduction per shape: a
+  reduction per leaf made XLA:CPU compile the step several times slower.
+  """
+  by_shape = {}
+  for x in jax.tree.leaves(trees):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      by_shape.setdefault(x.shape, []).append(x.astype(jnp.float32) * 0)
+  total = jnp.zeros((), jnp.float32)
+  for terms in by_shape.values():
+    total = total + jnp.sum(sum(terms[1:], terms[0]))
+  return jnp.isfinite(total)
 
 
 def make_train_step(
@@ -108,12 +133,17 @@ def make_train_step(
   compute_dtype=jnp.float32,
   dropout: bool = False,
   ema_decay: float,
+  max_bad_steps: int = 10,
 ):
   """Returns the pure step (state, batch) -> (state, metrics); jit it with `jit_train_step`.
 
   One step: augment, the loss of `denoiser.example_losses` (dropout active if `dropout`), an optimizer
-  update, the EMA update, and the NaN guard (a non-finite loss or gradient leaves the state as it was,
-  except the step). `learning_rate` is the optimizer's schedule, only logged here.
+  update, the EMA update, and the NaN guard: the update is applied only when the loss, the gradients,
+  the updated parameters, EMA parameters and optimizer state are all finite. A skipped step leaves
+  the state as it was except `step` (the batch is consumed) and `bad_steps`, the count of consecutive
+  skips; once it reaches `max_bad_steps` no later update is applied either, so the state stays the
+  one before the first bad step until the host stops the run. `learning_rate` is the optimizer's
+  schedule, only logged here.
   """
 
   def step_fn(state, batch):
@@ -146,27 +176,29 @@ def make_train_step(
     ema = optimizer_lib.ema_update(
       state['ema_params'], params, decay=ema_decay, step=step
     )
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A NaN learning rate gives a finite loss and gradient but NaN parameters: check the results.
+    finite = jnp.isfinite(loss) & all_finite(grads, params, ema, opt_state)
+    apply = finite & (state['bad_steps'] < max_bad_steps)
+    kept = jax.tree.map(
+      lambda new, old: jnp.where(apply, new, old),
+      {'params': params, 'ema_params': ema, 'opt_state': opt_state},
+      {k: state[k] for k in ('params', 'ema_params', 'opt_state')},
+    )
+    bad_steps = jnp.where(apply, 0, state['bad_steps'] + 1)
     new_state = {
-      'params': params,
-      'ema_params': ema,
-      'opt_state': opt_state,
+      **kept,
       'step': step + 1,
       'rng': state['rng'],
+      'bad_steps': bad_steps.astype(jnp.int32),
     }
-    # A non-finite step leaves the state untouched (except the step) so the host can stop cleanly.
-    kept = jax.tree.map(
-      lambda new, old: jnp.where(finite, new, old), new_state, state
-    )
-    kept['step'] = step + 1
     metrics_out = {
       'loss': loss,
-      'grad_norm': grad_norm,
+      'grad_norm': optax.global_norm(grads),
       'finite': finite.astype(jnp.float32),
+      'bad_steps': new_state['bad_steps'],
       'learning_rate': learning_rate(step),
     }
-    return kept, metrics_out
+    return new_state, metrics_out
 
   return step_fn
 
@@ -205,6 +237,7 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
   settings = settings_lib.resolve(config)
   mesh = parallel.make_mesh(config.mesh.data)
   _check_batch_size(config.batch_size, mesh)
+  _check_max_bad_steps(config.max_bad_steps)
   schedule = optimizer_lib.learning_rate_schedule(
     settings.optim, config.num_train_steps
   )
@@ -227,6 +260,7 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
     compute_dtype=settings.compute_dtype,
     dropout=settings.unet.dropout > 0,
     ema_decay=config.ema_decay,
+    max_bad_steps=config.max_bad_steps,
   )
   return TrainParts(
     settings=settings,
@@ -247,28 +281,51 @@ def _check_batch_size(batch_size: int, mesh):
     )
 
 
+def _check_max_bad_steps(value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise errors.ConfigError(
+      f'config.max_bad_steps={value!r} must be a positive integer (the number of consecutive '
+      'non-finite updates skipped before training stops): set --config.max_bad_steps=N with N >= 1.'
+    )
+
+
 def _config_json(config) -> str:
   return config.to_json_best_effort(sort_keys=True, indent=2)
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM (preemption): the loop saves a checkpoint and leaves at the next step."""
+class _Preemption:
+  """Tells the loop at which step every process saves and stops after a SIGTERM (a preemption notice).
 
-  def __init__(self):
-    self.set = False
+  Several processes: JAX's preemption sync manager, started by `jax.distributed.initialize`, catches
+  SIGTERM on any process and agrees with all of them on one step, which Orbax's
+  `CheckpointManager.reached_preemption(step)` reports on every process. Its handler must stay in
+  place, so none is installed here. One process without `jax.distributed` has no sync manager: a
+  SIGTERM handler here stands in for it (main thread only; tests run the loop in threads too).
+  """
+
+  def __init__(self, ckpt: checkpoint.Checkpointer, start_step: int):
+    self._ckpt = ckpt
+    self._start_step = start_step
+    self._signalled = False
     self._previous = None
 
   def __enter__(self):
-    try:
+    local = jax.process_count() == 1
+    if local and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
-    # Not the main thread: no handler (tests running the loop in a thread).
-    except ValueError:
-      self._previous = None
+    # The sync point is one past the furthest step any process has reported: report the first one
+    # now, so that a notice arriving before the first step is honoured at that step.
+    self._ckpt.reached_preemption(self._start_step)
     return self
 
   def _handler(self, signum, frame):
     del signum, frame
-    self.set = True
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save `step` and stop; call once per step, with every step, on every process."""
+    # Read the local flag once: SIGTERM may arrive at any moment.
+    return self._ckpt.reached_preemption(step) or self._signalled
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -281,6 +338,10 @@ def train_and_evaluate(
   """Trains (resuming from the latest checkpoint in `workdir`), validating and saving periodically.
 
   Returns the final train state (for tests and notebooks).
+
+  Raises:
+    errors.PreemptedError: after a SIGTERM, once every process has saved the agreed step.
+    errors.NonFiniteLossError: `config.max_bad_steps` consecutive updates were non-finite.
   """
   workdir = paths.resolve(workdir, what='--workdir')
   is_main = jax.process_index() == 0
@@ -300,19 +361,39 @@ def train_and_evaluate(
     data_dir=config.dataset.data_dir,
   )
   parts = build(config)
-  mesh, state = parts.mesh, parts.state
   ckpt = checkpoint.Checkpointer(
     workdir / 'checkpoints',
     max_to_keep=config.max_checkpoints_to_keep,
     async_save=config.async_checkpointing,
+    save_every_steps=config.checkpoint_every_steps,
+    final_step=config.num_train_steps,
   )
   batches = input_pipeline.train_batches(
     train_source,
     global_batch_size=config.batch_size,
     seed=config.seed,
-    mesh=mesh,
+    mesh=parts.mesh,
     data_axis=parallel.DATA_AXIS,
   )
+  try:
+    # From here on a SIGTERM is noted (one process) or agreed on (several), not fatal.
+    with _Preemption(ckpt, ckpt.latest_step() or 0) as preemption:
+      return _train_loop(
+        config, workdir, parts, ckpt, batches, writer, preemption
+      )
+  finally:
+    # Whatever stops the loop, finish the checkpoint writes already started.
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    if hasattr(batches, 'close'):
+      batches.close()
+
+
+def _train_loop(config, workdir, parts, ckpt, batches, writer, preemption):
+  """Restores the latest checkpoint, if any, then trains to config.num_train_steps."""
+  mesh, state = parts.mesh, parts.state
+  is_main = jax.process_index() == 0
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(
       checkpoint.abstract_like(state, parts.shardings), data_iterator=batches
@@ -331,7 +412,6 @@ def train_and_evaluate(
       jax.devices()[0].platform,
     )
 
-  train_step = parts.train_step
   val = config.validation
   validator = None
   if val.every_steps > 0:
@@ -361,50 +441,50 @@ def train_and_evaluate(
     writer=writer,
   )
 
-  def save(step, force=False):
-    ckpt.save(
-      step,
-      state,
-      {'data_step': step, 'config': config.to_dict()},
-      data_iterator=batches,
-      force=force,
-    )
-
   pending = []
-  last_good_step = ckpt.latest_step()
   step = start_step
-  try:
-    with _PreemptionFlag() as preempted:
-      while step < config.num_train_steps:
-        state, step_metrics = train_step(state, next(batches))
-        pending.append(step_metrics)
-        step += 1
-        report(step)
-        last = step == config.num_train_steps
-        stop = preempted.set  # Read once: SIGTERM may arrive at any moment.
-        save_now = step % config.checkpoint_every_steps == 0 or last or stop
-        if step % config.log_every_steps == 0 or save_now:
-          _log_train_metrics(writer, step, pending, last_good_step, workdir)
-          pending = []
-        if save_now:
-          save(step, force=True)
-          last_good_step = step
-        if validator is not None and (step % val.every_steps == 0 or last):
-          validator(state['ema_params'], step)
-        if stop:
-          logging.warning(
-            'SIGTERM received: saved step %d to %s; exiting.',
-            step,
-            ckpt.directory,
-          )
-          break
-  finally:
-    # Whatever stops the loop, finish the checkpoint writes already started.
-    ckpt.close()
-    writer.flush()
-    writer.close()
-    if hasattr(batches, 'close'):
-      batches.close()
+  while step < config.num_train_steps:
+    state, step_metrics = parts.train_step(state, next(batches))
+    pending.append(step_metrics)
+    step += 1
+    report(step)
+    # Orbax decides the saves (every checkpoint_every_steps, the last step, the step all processes
+    # agreed on after a SIGTERM): the same on every process.
+    preempted = preemption.reached(step)
+    save_now = preempted or ckpt.should_save(step)
+    if step % config.log_every_steps == 0 or save_now:
+      # Raises NonFiniteLossError, before any save, after max_bad_steps skipped updates.
+      _log_train_metrics(
+        writer,
+        step,
+        pending,
+        max_bad_steps=config.max_bad_steps,
+        latest_checkpoint=ckpt.latest_step(),
+        checkpoint_dir=ckpt.directory,
+      )
+      pending = []
+    if save_now:
+      ckpt.save(
+        step,
+        state,
+        {'data_step': step, 'config': config.to_dict()},
+        data_iterator=batches,
+        force=True,
+      )
+    if (
+      validator is not None
+      and not preempted
+      and (step % val.every_steps == 0 or step == config.num_train_steps)
+    ):
+      validator(state['ema_params'], step)
+    if preempted:
+      ckpt.wait_until_finished()
+      message = (
+        f'SIGTERM (preemption): every process saved step {step} to {ckpt.directory} and '
+        f'stopped; rerun the same command to resume (exit status {errors.EXIT_PREEMPTED}).'
+      )
+      logging.warning('%s', message)
+      raise errors.PreemptedError(message)
   return state
 
 
@@ -420,20 +500,53 @@ def _flat(d, prefix=''):
   return out
 
 
-def _log_train_metrics(writer, step, pending, last_good_step, workdir):
+def _log_train_metrics(
+  writer,
+  step: int,
+  pending,
+  *,
+  max_bad_steps: int,
+  latest_checkpoint: Optional[int],
+  checkpoint_dir: str,
+):
+  """Writes the mean metrics of the steps in `pending` (the last one is `step`) over applied steps.
+
+  Raises:
+    errors.NonFiniteLossError: `max_bad_steps` consecutive updates were non-finite (and skipped).
+  """
   stacked = jax.device_get(pending)
-  finite = np.array([m['finite'] for m in stacked])
-  if not finite.all():
-    bad = step - len(stacked) + int(np.argmin(finite)) + 1
-    raise errors.NonFiniteLossError(
-      f'Non-finite loss or gradient at step {bad}. The state was not updated by that step and no '
-      f'checkpoint was written after it; the last good checkpoint is step {last_good_step} in '
-      f'{os.path.join(workdir, "checkpoints")}. Lower config.optim.learning_rate, check the data, '
-      "or use config.model.dtype='float32', then rerun to resume from it."
+  steps = range(step - len(stacked) + 1, step + 1)
+  bad_steps = [int(m['bad_steps']) for m in stacked]
+  for s, count in zip(steps, bad_steps):
+    if count >= max_bad_steps:
+      first = s - count + 1
+      kept = (
+        f'the latest checkpoint, step {latest_checkpoint} in {checkpoint_dir}, holds only finite '
+        'values'
+        if latest_checkpoint is not None
+        else f'no checkpoint was written to {checkpoint_dir}'
+      )
+      raise errors.NonFiniteLossError(
+        f'Non-finite update (loss, gradients, parameters or optimizer state) at step {first} and '
+        f'the {max_bad_steps - 1} steps after it (config.max_bad_steps={max_bad_steps}): none was '
+        f'applied or saved and training stopped; {kept}. Lower config.optim.learning_rate, check '
+        "the data, or use config.model.dtype='float32', then rerun to resume."
+      )
+  skipped = [s for s, m in zip(steps, stacked) if not m['finite']]
+  if skipped:
+    logging.warning(
+      'Skipped %d non-finite update(s), at step(s) %s; %d consecutive now (training stops at '
+      'config.max_bad_steps=%d).',
+      len(skipped),
+      ', '.join(map(str, skipped)),
+      bad_steps[-1],
+      max_bad_steps,
     )
+  applied = [m for m in stacked if m['finite']]
   means = {
-    k: float(np.mean([m[k] for m in stacked]))
+    f'train/{k}': float(np.mean([m[k] for m in applied]))
     for k in stacked[0]
-    if k != 'finite'
+    if applied and k not in ('finite', 'bad_steps')
   }
-  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+  means['train/skipped_steps'] = float(len(skipped))
+  writer.write_scalars(step, means)

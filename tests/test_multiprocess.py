@@ -18,6 +18,8 @@ Two `jax.distributed` CPU processes (gloo collectives) train to the same paramet
 both runs execute `python -m diffseg_jax.main` with the same global batch; each of the two processes
 reads half of it and Orbax writes one checkpoint from both. The final parameters, read back from the
 checkpoints, must agree within float tolerance (the gradient mean is reduced in another order).
+A SIGTERM to one of two processes makes both save the same step and exit 143; restarting both ends
+bit-identical to an uninterrupted two-process run.
 """
 
 import json
@@ -59,8 +61,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_all(commands, *, log_dir, timeout_s):
-  """Runs the commands concurrently; fails with their stderr tails if one fails or times out."""
+def _start_all(commands, *, log_dir):
+  """Starts the commands concurrently, each logging to log_dir/process_I.log; returns (procs, logs)."""
   procs, logs = [], []
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   for i, cmd in enumerate(commands):
@@ -78,10 +80,15 @@ def _run_all(commands, *, log_dir, timeout_s):
         start_new_session=True,
       )
     )
+  return procs, logs
+
+
+def _wait_all(procs, logs, *, timeout_s, expect=0):
+  """Waits for the processes; fails with their log tails unless all exit with `expect`."""
   deadline = time.time() + timeout_s
   try:
     while time.time() < deadline and any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs):
+      if any(p.poll() not in (None, expect) for p in procs):
         break  # One failed: the other would wait for it until the coordinator's timeout.
       time.sleep(0.2)
   finally:
@@ -89,17 +96,43 @@ def _run_all(commands, *, log_dir, timeout_s):
       if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-  tails = []
-  for i, (p, log) in enumerate(zip(procs, logs)):
+  texts = []
+  for log in logs:
     log.seek(0)
-    tails.append(
-      f'--- process {i} (exit {p.returncode}) ---\n' + log.read()[-3000:]
-    )
+    texts.append(log.read())
     log.close()
-  if any(p.returncode != 0 for p in procs):
+  if any(p.returncode != expect for p in procs):
+    tails = [
+      f'--- process {i} (exit {p.returncode}) ---\n' + text[-3000:]
+      for i, (p, text) in enumerate(zip(procs, texts))
+    ]
     pytest.fail(
-      f'a process failed or ran past {timeout_s} s:\n' + '\n'.join(tails)
+      f'a process did not exit with {expect} within {timeout_s} s:\n'
+      + '\n'.join(tails)
     )
+  return texts
+
+
+def _run_all(commands, *, log_dir, timeout_s):
+  """Runs the commands concurrently; fails with their log tails if one fails or times out."""
+  procs, logs = _start_all(commands, log_dir=log_dir)
+  return _wait_all(procs, logs, timeout_s=timeout_s)
+
+
+def _two_process_commands(flags, workdir):
+  address = f'127.0.0.1:{_free_port()}'
+  return [
+    [sys.executable, '-m', 'diffseg_jax.main']
+    + flags
+    + [
+      f'--workdir={workdir}',
+      f'--coordinator_address={address}',
+      '--num_processes=2',
+      f'--process_id={i}',
+      '--cpu_collectives=gloo',
+    ]
+    for i in range(2)
+  ]
 
 
 def _abstract_params(config):
@@ -132,19 +165,7 @@ def two_and_one_process_runs(tiny_synthetic, tmp_path_factory):
   flags = config_flags(tiny_synthetic, **OVERRIDES)
   main = [sys.executable, '-m', 'diffseg_jax.main']
   two_dir, one_dir = tmp_path / 'two_processes', tmp_path / 'one_process'
-  address = f'127.0.0.1:{_free_port()}'
-  two = [
-    main
-    + flags
-    + [
-      f'--workdir={two_dir}',
-      f'--coordinator_address={address}',
-      '--num_processes=2',
-      f'--process_id={i}',
-      '--cpu_collectives=gloo',
-    ]
-    for i in range(2)
-  ]
+  two = _two_process_commands(flags, two_dir)
   (tmp_path / 'logs').mkdir()
   _run_all(two, log_dir=str(tmp_path / 'logs'), timeout_s=TIMEOUT_S)
   one = [main + flags + [f'--workdir={one_dir}']]
@@ -231,6 +252,66 @@ def test_restore_params_without_shardings_reads_a_two_process_checkpoint(
   assert step == NUM_STEPS and len(jax.tree.leaves(params)) == len(
     jax.tree.leaves(abstract)
   )
+
+
+PREEMPT_STEPS = 4
+PREEMPT_OVERRIDES = dict(
+  OVERRIDES,
+  num_train_steps=PREEMPT_STEPS,
+  checkpoint_every_steps=PREEMPT_STEPS,
+)
+
+
+def test_sigterm_to_one_process_then_restart_matches_uninterrupted_run(
+  tiny_synthetic, tmp_path
+):
+  """SIGTERM to process 1 only: both save the same step and exit 143; a restart ends bit-identical.
+
+  The signal goes to process 1 as soon as its distributed runtime is up, before the first step
+  (still compiling): JAX's sync manager then agrees on step 1 on both processes whatever the speed
+  of the machine, so the test needs only a few steps. Process 0 gets no signal.
+  """
+  flags = config_flags(tiny_synthetic, **PREEMPT_OVERRIDES)
+  for name in ('reference', 'preempted', 'resumed'):
+    (tmp_path / name).mkdir()
+  _run_all(
+    _two_process_commands(flags, tmp_path / 'uninterrupted'),
+    log_dir=str(tmp_path / 'reference'),
+    timeout_s=TIMEOUT_S,
+  )
+
+  workdir = tmp_path / 'interrupted'
+  commands = _two_process_commands(flags, workdir)
+  procs, logs = _start_all(commands, log_dir=str(tmp_path / 'preempted'))
+  log1 = tmp_path / 'preempted' / 'process_1.log'
+  deadline = time.time() + TIMEOUT_S
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if 'JAX process 1 of 2' in log1.read_text():
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  texts = _wait_all(
+    procs, logs, timeout_s=TIMEOUT_S, expect=errors.EXIT_PREEMPTED
+  )
+  for text in texts:
+    lines = [x for x in text.splitlines() if x.startswith('PREEMPTED: ')]
+    assert len(lines) == 1 and ' saved step 1 ' in lines[0], text[-3000:]
+    assert 'Traceback' not in text, text[-3000:]
+  assert os.listdir(workdir / 'checkpoints') == ['1']
+
+  texts = _run_all(
+    commands, log_dir=str(tmp_path / 'resumed'), timeout_s=TIMEOUT_S
+  )
+  assert all('Resumed from step 1 ' in text for text in texts), texts[0][-3000:]
+  config = tiny_config(tiny_synthetic, **PREEMPT_OVERRIDES)
+  params, ema, step = _final_params(str(workdir), config)
+  ref_params, ref_ema, ref_step = _final_params(
+    str(tmp_path / 'uninterrupted'), config
+  )
+  assert step == ref_step == PREEMPT_STEPS
+  for one, other in ((params, ref_params), (ema, ref_ema)):
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _get(tree, path):

@@ -167,7 +167,13 @@ def test_sigkill_then_restart_matches_uninterrupted_run(
   _assert_trees_equal(reference['params'], params, atol=1e-6)
 
 
-def test_sigterm_saves_and_exits(tiny_synthetic, tmp_path):
+def _wait_for(predicate, proc, timeout_s=300):
+  deadline = time.time() + timeout_s
+  while time.time() < deadline and proc.poll() is None and not predicate():
+    time.sleep(0.1)
+
+
+def test_sigterm_saves_and_exits_143(tiny_synthetic, tmp_path):
   cmd = [sys.executable, '-m', 'diffseg_jax.main', f'--workdir={tmp_path}']
   cmd += config_flags(
     tiny_synthetic, num_train_steps=100_000, checkpoint_every_steps=50_000
@@ -181,20 +187,161 @@ def test_sigterm_saves_and_exits(tiny_synthetic, tmp_path):
     text=True,
   )
   metrics_file = tmp_path / 'metrics.jsonl'
-  deadline = time.time() + 300
-  while time.time() < deadline and not (
-    metrics_file.exists() and 'train/loss' in metrics_file.read_text()
-  ):
-    time.sleep(0.1)
+  _wait_for(
+    lambda: metrics_file.exists() and 'train/loss' in metrics_file.read_text(),
+    proc,
+  )
+  assert proc.poll() is None, 'training ended before the SIGTERM'
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 0, stderr[-2000:]
+  assert proc.returncode == errors.EXIT_PREEMPTED == 143, stderr[-2000:]
   step = checkpoint.Checkpointer(str(tmp_path / 'checkpoints')).latest_step()
   assert step is not None and 0 < step < 100_000
-  assert 'SIGTERM' in stderr
+  lines = [x for x in stderr.splitlines() if x.startswith('PREEMPTED: ')]
+  assert len(lines) == 1 and f'saved step {step} ' in lines[0], stderr[-2000:]
+  assert 'Traceback' not in stderr
 
 
-def test_nonfinite_loss_stops_and_keeps_last_checkpoint(
+def test_sigterm_during_evaluation_is_one_line_and_keeps_checkpoints(
+  tiny_synthetic, tmp_path
+):
+  config = tiny_config(tiny_synthetic, num_train_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  before, _ = _final_params(str(tmp_path), config)
+  cmd = [
+    sys.executable,
+    '-m',
+    'diffseg_jax.main',
+    f'--workdir={tmp_path}',
+    '--mode=evaluate',
+  ]
+  # Long enough to be signalled while it samples, in short device calls (a signal is handled
+  # between them).
+  cmd += config_flags(
+    tiny_synthetic,
+    num_train_steps=2,
+    sampling_batch=16,
+    **{
+      'sampler.num_steps': 200,
+      'eval.num_samples_list': '(64,)',
+      'eval.batch_size': 1,
+    },
+  )
+  proc = subprocess.Popen(
+    cmd,
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if 'Restored ema_params' in line:
+      break
+  time.sleep(1.0)
+  assert proc.poll() is None, ''.join(seen)[-2000:]
+  proc.send_signal(signal.SIGTERM)
+  _, rest = proc.communicate(timeout=300)
+  stderr = ''.join(seen) + rest
+  assert proc.returncode == errors.EXIT_PREEMPTED, stderr[-2000:]
+  lines = [x for x in stderr.splitlines() if x.startswith('PREEMPTED: ')]
+  assert len(lines) == 1 and 'during evaluation' in lines[0], stderr[-2000:]
+  assert 'Traceback' not in stderr
+  assert not (tmp_path / 'eval' / 'test' / 'metrics.json').exists()
+  after, step = _final_params(str(tmp_path), config)
+  assert step == 2
+  _assert_trees_equal(before, after)
+
+
+def _checkpoint_steps(workdir):
+  return sorted(
+    int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit()
+  )
+
+
+def _assert_finite(tree, what):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    assert np.isfinite(np.asarray(leaf)).all(), (
+      f'{what}: {jax.tree_util.keystr(path)}'
+    )
+
+
+def test_nan_learning_rate_is_never_applied_nor_saved(tiny_synthetic, tmp_path):
+  """The reported bug: a NaN learning rate gives finite loss and gradients but NaN parameters."""
+  config = tiny_config(
+    tiny_synthetic,
+    num_train_steps=12,
+    checkpoint_every_steps=1,
+    max_checkpoints_to_keep=20,
+  )
+  config.optim.learning_rate = float('nan')
+  initial = jax.device_get(train.build(config).state['params'])
+  # max_bad_steps defaults to 10: steps 1-9 are skipped (and saved unchanged), step 10 stops.
+  with pytest.raises(
+    errors.NonFiniteLossError, match=r'at step 1 and the 9 steps after it'
+  ) as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert '\n' not in str(err.value)
+  steps = _checkpoint_steps(tmp_path)
+  assert steps, 'nothing was saved: the test would check nothing'
+  abstract = unet.abstract_model(settings.unet_config(config))[1].to_pure_dict()
+  for step in steps:
+    for use_ema in (False, True):
+      params, _ = checkpoint.restore_params(
+        os.path.join(tmp_path, 'checkpoints'),
+        abstract,
+        use_ema=use_ema,
+        step=step,
+      )
+      _assert_finite(params, f'checkpoint {step} (ema: {use_ema})')
+      _assert_trees_equal(initial, params)
+  assert steps[-1] == 9
+
+
+def test_bad_step_is_skipped_and_counted(tiny_synthetic):
+  config = tiny_config(tiny_synthetic, max_bad_steps=2)
+  parts = train.build(config)
+  source = input_pipeline.load_source(
+    name=tiny_synthetic.name, split='train', data_dir=tiny_synthetic.data_dir
+  )
+  batches = input_pipeline.train_batches(
+    source, global_batch_size=4, seed=0, mesh=parts.mesh, prefetch=0
+  )
+  good = next(batches)
+  bad = dict(good, image=good['image'] * np.nan)
+  # The schedule's first learning rate is 0 (warm-up): start after one applied step.
+  state, _ = parts.train_step(parts.state, good)
+  before = jax.device_get(state)
+  state, metrics = parts.train_step(state, bad)
+  assert float(metrics['finite']) == 0 and int(state['bad_steps']) == 1
+  assert int(state['step']) == 2
+  for key in ('params', 'ema_params', 'opt_state', 'rng'):
+    _assert_trees_equal(before[key], jax.device_get(state[key]))
+  state, metrics = parts.train_step(state, good)
+  assert float(metrics['finite']) == 1 and int(state['bad_steps']) == 0
+  moved = jax.device_get(state['params'])
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(before['params']))
+  )
+  # After max_bad_steps consecutive skips nothing is applied, not even a finite update.
+  for _ in range(2):
+    state, _ = parts.train_step(state, bad)
+  state, metrics = parts.train_step(state, good)
+  assert float(metrics['finite']) == 1 and int(state['bad_steps']) == 3
+  _assert_trees_equal(moved, jax.device_get(state['params']))
+
+
+@pytest.mark.parametrize('value', [0, -1])
+def test_max_bad_steps_must_be_a_positive_integer(tiny_synthetic, value):
+  config = tiny_config(tiny_synthetic, max_bad_steps=value)
+  with pytest.raises(errors.ConfigError, match='config.max_bad_steps='):
+    train.build(config)
+
+
+def test_nonfinite_updates_stop_and_keep_last_checkpoint(
   tiny_synthetic, tmp_path
 ):
   config = tiny_config(
@@ -207,10 +354,12 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(
     num_train_steps=8,
     checkpoint_every_steps=2,
     log_every_steps=1,
+    max_bad_steps=2,
   )
   config.optim.learning_rate = float('nan')
   with pytest.raises(
-    errors.NonFiniteLossError, match='last good checkpoint is step 4'
+    errors.NonFiniteLossError,
+    match=r'at step 5 and the 1 steps after it.*latest checkpoint, step 4',
   ):
     train.train_and_evaluate(config, str(tmp_path))
   assert (
@@ -255,3 +404,34 @@ def test_fsdp_rule_shards_large_params_only():
   assert shardings['small'].spec == jax.sharding.PartitionSpec()
   with pytest.raises(errors.ConfigError, match='param_sharding'):
     parallel.param_sharding(mesh, params, 'zero3')
+
+
+def test_checkpoint_without_bad_steps_restores_it_as_zero(
+  tiny_synthetic, tmp_path
+):
+  """Checkpoints written before the NaN guard counted skips keep restoring."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  parts = train.build(tiny_config(tiny_synthetic))
+  state = parts.state
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  # The earlier layout: item `train` held only {step, rng}.
+  ckpt._manager.save(  # pylint: disable=protected-access
+    3,
+    args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state['params']),
+      ema_params=ocp.args.StandardSave(state['ema_params']),
+      opt_state=ocp.args.StandardSave(state['opt_state']),
+      train=ocp.args.StandardSave({'step': state['step'], 'rng': state['rng']}),
+      meta=ocp.args.JsonSave({'data_step': 0}),
+    ),
+    force=True,
+  )
+  ckpt.wait_until_finished()
+  restored, _ = ckpt.restore(checkpoint.abstract_like(state, parts.shardings))
+  ckpt.close()
+  assert int(restored['bad_steps']) == 0
+  assert restored['bad_steps'].sharding == parts.shardings['bad_steps']
+  _assert_trees_equal(
+    jax.device_get(state['params']), jax.device_get(restored['params'])
+  )
