@@ -33,8 +33,13 @@ class NonFiniteLossError(FloatingPointError):
 EXIT_PREEMPTED = 143
 
 
-class PreemptedError(RuntimeError):
-  """A SIGTERM stopped the run after every process saved a checkpoint (or wrote nothing partial)."""
+class PreemptedError(BaseException):
+  """A SIGTERM stopped the run after every process saved a checkpoint (or wrote nothing partial).
+
+  A BaseException, like KeyboardInterrupt: raised from a signal handler at any point of the main
+  thread, it must not be swallowed by a library's `except Exception` (JAX's compilation-cache
+  writes log and continue), which once let an evaluation run to its end after a SIGTERM.
+  """
 
 
 class DataError(ValueError):
