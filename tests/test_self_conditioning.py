@@ -20,6 +20,7 @@ configs keep it off.
 """
 
 import importlib
+import json
 
 from flax import nnx
 import jax
@@ -349,5 +350,8 @@ def test_new_configs_smoke_train_and_evaluate(name, tiny_synthetic, tmp_path):
   config.evaluate_after_training = False
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state['step']) == 2
-  results = evaluation.evaluate_checkpoint(config, str(tmp_path))
-  assert np.isfinite(results['ged_4'])
+  evaluation.evaluate_checkpoint(config, str(tmp_path))
+  with open(tmp_path / 'eval' / 'test' / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert metrics['num_images'] == 4
+  assert np.isfinite(metrics['metrics']['ged_4']['mean'])
