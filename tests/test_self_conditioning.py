@@ -355,3 +355,25 @@ def test_new_configs_smoke_train_and_evaluate(name, tiny_synthetic, tmp_path):
     metrics = json.load(f)
   assert metrics['num_images'] == 4
   assert np.isfinite(metrics['metrics']['ged_4']['mean'])
+
+
+def test_both_switches_train_and_evaluate_end_to_end(tiny_synthetic, tmp_path):
+  config = tiny_config(
+    tiny_synthetic,
+    **{
+      'num_train_steps': 2,
+      'diffusion.self_condition': True,
+      'diffusion.prediction': 'logit',
+      'diffusion.loss': 'bce',
+      'eval.num_examples': 4,
+    },
+  )
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state['step']) == 2
+  assert (
+    state['params']['input_blocks'][0][0]['kernel'].shape[2] == 3
+  )  # z, image, self-conditioning
+  evaluation.evaluate_checkpoint(config, str(tmp_path))
+  with open(tmp_path / 'eval' / 'test' / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert np.isfinite(metrics['metrics']['ged_4']['mean'])
