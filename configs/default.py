@@ -68,7 +68,7 @@ def get_config(arg=None):
     'cosine'  # cosine | linear | linear_simple | parabola
   )
   config.diffusion.input_scale = 0.1
-  config.diffusion.prediction = 'x'  # x | v | eps
+  config.diffusion.prediction = 'x'  # x | v | eps | logit (not in the paper)
   config.diffusion.weighting = (
     'snr_plus1'  # uniform | snr | snr_plus1 | snr_trunc | sigmoid_<k>
   )
@@ -76,6 +76,11 @@ def get_config(arg=None):
   config.diffusion.time_conditioning = (
     't'  # the network sees 't' (the paper) or 'logsnr'
   )
+  # Beyond the paper (off in every paper config): 'bce' = sigmoid cross-entropy on the foreground
+  # logit (needs prediction='logit'); self-conditioning on the previous x0 estimate (Analog Bits).
+  config.diffusion.loss = 'mse'  # mse | bce
+  config.diffusion.self_condition = False
+  config.diffusion.self_condition_prob = 0.5
 
   config.sampler = ml_collections.ConfigDict()
   config.sampler.name = 'ddpm'  # ddpm | ddim | dpm_solver_pp_2m

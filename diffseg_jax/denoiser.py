@@ -57,13 +57,14 @@ def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
 
 
 def make_denoise_fn(model, *, rngs=None):
-  """Returns `denoise_fn(z, t, image) -> raw network output` (dropout active only with `rngs`).
+  """Returns `denoise_fn(z, t, image, self_cond=None) -> raw network output` (dropout only with `rngs`).
 
-  What arrives as `t` (time or logSNR) is the diffusion config's `conditioning` choice.
+  What arrives as `t` (time or logSNR) is the diffusion config's `conditioning` choice; `self_cond`
+  (the diffusion's self-conditioning x0 estimate) goes to the network's extra input channel.
   """
 
-  def denoise_fn(z, t, image):
-    return model(z, t, image, rngs=rngs)
+  def denoise_fn(z, t, image, self_cond=None):
+    return model(z, t, image, extra=self_cond, rngs=rngs)
 
   return denoise_fn
 

@@ -244,9 +244,17 @@ def predict_v_from_x_and_eps(*, x, eps, logsnr):
   return alpha * eps - sigma * x
 
 
-# Prediction types: name -> f(z=, output=, logsnr=) -> x0 estimate.
+def predict_x_from_logit(*, logit):
+  """x0 estimate 2 sigmoid(logit) - 1 = tanh(logit / 2) of a foreground logit."""
+  return jnp.tanh(0.5 * logit)
+
+
+# Prediction types: name -> f(z=, output=, logsnr=) -> x0 estimate. 'logit'
+# (not in the paper) is x-prediction whose output is the foreground logit
+# log(p / (1 - p)), x0_hat = 2p - 1; it is what the 'bce' loss needs.
 PREDICTIONS: dict[str, Callable[..., Array]] = {
   'x': lambda *, z, output, logsnr: output,
+  'logit': lambda *, z, output, logsnr: predict_x_from_logit(logit=output),
   'eps': lambda *, z, output, logsnr: predict_x_from_eps(
     z=z, eps=output, logsnr=logsnr
   ),
@@ -307,6 +315,41 @@ def get_weighting(name: str) -> Callable[[Array], Array]:
 
 
 # --------------------------------------------------------------------------
+# Per-pixel losses between the network's estimate and x0 in {-1, +1}.
+# --------------------------------------------------------------------------
+
+
+def mse_loss(*, x0_hat, x0, output):
+  """(x0_hat - x0)^2, the paper's loss (SPEC 2)."""
+  del output
+  return jnp.square(x0_hat - x0)
+
+
+def bce_loss(*, x0_hat, x0, output):
+  """Binary cross-entropy of the foreground logit `output` against x0.
+
+  With y = (x0 + 1) / 2 and p = sigmoid(output):
+  -(y log p + (1 - y) log(1 - p)) = softplus(-x0 * output) for x0 in
+  {-1, +1}, evaluated in that stable form. Like the MSE it is minimised by
+  the posterior mean x0_hat = E[x0 | z], so the samplers are unchanged; unlike
+  the MSE through a saturated tanh its gradient in the logit, p - y, does not
+  vanish when the network is confidently wrong.
+  """
+  del x0_hat
+  return jax.nn.softplus(-x0 * output)
+
+
+# name -> f(x0_hat=, x0=, output=) -> per-pixel loss; the loss's weight w(t)
+# multiplies its mean over pixels.
+LOSSES: dict[str, Callable[..., Array]] = {
+  'mse': mse_loss,
+  'bce': bce_loss,
+}
+# Losses that read the raw output as a logit need this prediction type.
+_LOSS_PREDICTION = {'bce': 'logit'}
+
+
+# --------------------------------------------------------------------------
 # Configuration and training loss.
 # --------------------------------------------------------------------------
 
@@ -325,6 +368,16 @@ class DiffusionConfig:
     decoupled: multiply the weight by -d logSNR / dt.
     conditioning: what the network receives as time: 't' (SPEC default) or
       'logsnr'.
+    loss: per-pixel loss, 'mse' (the paper) or 'bce' (sigmoid cross-entropy
+      on the foreground logit; needs prediction='logit').
+    self_condition: self-conditioning on the previous x0 estimate (Chen,
+      Zhang & Hinton 2022, "Analog Bits"; not in the paper). denoise_fn then
+      takes a fourth argument, `self_cond` [B,H,W,1]: the x0 estimate clipped
+      to [-1, 1] (zeros when there is none). Training: with probability
+      self_condition_prob per example, a first network pass with zeros gives
+      an estimate (gradient stopped) for the second pass; otherwise zeros.
+      Sampling: the previous step's estimate (zeros at the first step).
+    self_condition_prob: see self_condition.
   """
 
   schedule: str = 'cosine'
@@ -335,6 +388,9 @@ class DiffusionConfig:
   weighting: str = 'snr_plus1'
   decoupled: bool = False
   conditioning: str = 't'
+  loss: str = 'mse'
+  self_condition: bool = False
+  self_condition_prob: float = 0.5
 
   def __post_init__(self):
     _schedule_fn(self.schedule)
@@ -348,6 +404,21 @@ class DiffusionConfig:
       raise ValueError(
         f'DiffusionConfig.conditioning={self.conditioning!r};'
         " choose 't' or 'logsnr'."
+      )
+    if self.loss not in LOSSES:
+      raise ValueError(
+        f'DiffusionConfig.loss={self.loss!r}; choose one of {sorted(LOSSES)}.'
+      )
+    needs = _LOSS_PREDICTION.get(self.loss)
+    if needs is not None and self.prediction != needs:
+      raise ValueError(
+        f'DiffusionConfig.loss={self.loss!r} reads the network output as a '
+        f'logit: set prediction={needs!r} (got {self.prediction!r}).'
+      )
+    if not 0.0 <= self.self_condition_prob <= 1.0:
+      raise ValueError(
+        'DiffusionConfig.self_condition_prob must be in [0, 1], got '
+        f'{self.self_condition_prob}.'
       )
     if not self.logsnr_min < self.logsnr_max:
       raise ValueError(
@@ -389,6 +460,13 @@ def _network_time(*, t, logsnr, config: DiffusionConfig):
   return logsnr if config.conditioning == 'logsnr' else t
 
 
+def _call(denoise_fn, z, time, image, *, self_cond, config: DiffusionConfig):
+  """The network call; self_cond is passed only with config.self_condition."""
+  if config.self_condition:
+    return denoise_fn(z, time, image, jnp.clip(self_cond, -1.0, 1.0))
+  return denoise_fn(z, time, image)
+
+
 def loss(
   denoise_fn: DenoiseFn,
   *,
@@ -403,18 +481,22 @@ def loss(
 
   Args:
     denoise_fn: (z [B,H,W,1], t [B], image [B,H,W,C]) -> raw network output
-      [B,H,W,1] of type config.prediction (any float dtype).
+      [B,H,W,1] of type config.prediction (any float dtype); with
+      config.self_condition it takes a fourth argument self_cond [B,H,W,1].
     x0: target masks in {-1, +1}, [B,H,W,1].
     image: conditioning image [B,H,W,C], passed through unchanged.
-    rng: PRNG key; split into a time key and a noise key.
+    rng: PRNG key; split into a time key and a noise key (and, with
+      self-conditioning, folded in for the per-example coin).
     config: DiffusionConfig.
     t: optional times [B]; stratified sampling when None.
     eps: optional noise like x0; standard normal when None.
 
   Returns:
-    losses: float32 [B], w(t) * mean over H, W, C of (x0_hat - x0)^2.
+    losses: float32 [B], w(t) * mean over H, W, C of the per-pixel loss
+      (config.loss; (x0_hat - x0)^2 for 'mse').
     aux: dict with x0_hat [B,H,W,1] float32, z, t [B], logsnr [B],
-      mse [B] and weight [B].
+      mse [B], weight [B] and self_cond (the network's self-conditioning
+      input, or None).
   """
   x0 = jnp.asarray(x0, jnp.float32)
   batch = x0.shape[0]
@@ -428,9 +510,25 @@ def loss(
     eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
   logsnr = config_logsnr(t, config)
   z = diffuse(x=x0, eps=jnp.asarray(eps, jnp.float32), logsnr=logsnr)
-  output = denoise_fn(
-    z, _network_time(t=t, logsnr=logsnr, config=config), image
-  )
+  time = _network_time(t=t, logsnr=logsnr, config=config)
+  self_cond = None
+  if config.self_condition:
+    zeros = jnp.zeros_like(z)
+    first = _call(denoise_fn, z, time, image, self_cond=zeros, config=config)
+    estimate = jax.lax.stop_gradient(
+      jnp.clip(
+        predict_x(
+          z=z, output=first, logsnr=logsnr, prediction=config.prediction
+        ),
+        -1.0,
+        1.0,
+      )
+    )
+    use = jax.random.bernoulli(
+      jax.random.fold_in(rng, 2), config.self_condition_prob, (batch,)
+    )
+    self_cond = jnp.where(_expand(use, z), estimate, zeros)
+  output = _call(denoise_fn, z, time, image, self_cond=self_cond, config=config)
   if output.shape != x0.shape:
     raise ValueError(
       f'loss: denoise_fn returned shape {output.shape}, '
@@ -439,10 +537,25 @@ def loss(
   x0_hat = predict_x(
     z=z, output=output, logsnr=logsnr, prediction=config.prediction
   )
-  mse = jnp.mean(jnp.square(x0_hat - x0), axis=tuple(range(1, x0.ndim)))
+  axes = tuple(range(1, x0.ndim))
+  mse = jnp.mean(jnp.square(x0_hat - x0), axis=axes)
+  per_example = mse
+  if config.loss != 'mse':
+    pixel = LOSSES[config.loss](
+      x0_hat=x0_hat, x0=x0, output=jnp.asarray(output).astype(jnp.float32)
+    )
+    per_example = jnp.mean(pixel, axis=axes)
   weight = loss_weight(t=t, config=config)
-  aux = dict(x0_hat=x0_hat, z=z, t=t, logsnr=logsnr, mse=mse, weight=weight)
-  return weight * mse, aux
+  aux = dict(
+    x0_hat=x0_hat,
+    z=z,
+    t=t,
+    logsnr=logsnr,
+    mse=mse,
+    weight=weight,
+    self_cond=self_cond,
+  )
+  return weight * per_example, aux
 
 
 # --------------------------------------------------------------------------
@@ -656,7 +769,9 @@ def sample_loop(
   caller that changes it compiles again).
 
   Args:
-    denoise_fn: (z [M,H,W,1], time [M], image [M,H,W,C]) -> output.
+    denoise_fn: (z [M,H,W,1], time [M], image [M,H,W,C]) -> output; with
+      diffusion.self_condition a fourth argument, the previous step's x0_hat
+      clipped to [-1, 1] (zeros at the first step).
     image: [M,H,W,C] conditioning images.
     z_init: [M,H,W,1] float32 starting noise.
     rng: PRNG key for DDPM noise.
@@ -682,8 +797,13 @@ def sample_loop(
     s = jnp.full((m,), (num_steps - i - 1) / num_steps, jnp.float32)
     logsnr_t = config_logsnr(t, diffusion)
     logsnr_s = config_logsnr(s, diffusion)
-    output = denoise_fn(
-      z, _network_time(t=t, logsnr=logsnr_t, config=diffusion), image
+    output = _call(
+      denoise_fn,
+      z,
+      _network_time(t=t, logsnr=logsnr_t, config=diffusion),
+      image,
+      self_cond=x0_prev,
+      config=diffusion,
     )
     x0_unclipped = predict_x(
       z=z, output=output, logsnr=logsnr_t, prediction=diffusion.prediction

@@ -95,6 +95,9 @@ def diffusion_config(
       weighting=d.weighting,
       decoupled=d.decoupled,
       conditioning=d.time_conditioning,
+      loss=d.loss,
+      self_condition=d.self_condition,
+      self_condition_prob=d.self_condition_prob,
     )
 
 
@@ -124,7 +127,10 @@ def optimizer_config(
 
 
 def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
-  """The UNet for `config`: x-prediction gets a tanh output layer, v and eps an identity."""
+  """The UNet for `config`: x-prediction gets a tanh output layer, v, eps and logit an identity.
+
+  Self-conditioning (config.diffusion.self_condition) gives the network one extra input channel.
+  """
   m = config.model
   fields = {f.name for f in dataclasses.fields(unet.UNetConfig)}
   kwargs = {
@@ -143,6 +149,7 @@ def unet_config(config: ml_collections.ConfigDict) -> unet.UNetConfig:
       image_channels=denoiser.image_channels(
         config.dataset.image_preprocessing
       ),
+      extra_input_channels=1 if config.diffusion.self_condition else 0,
       out_channels=1,
       output_activation='tanh'
       if config.diffusion.prediction == 'x'

@@ -442,6 +442,93 @@ def test_loss_logsnr_conditioning():
 
 
 # --------------------------------------------------------------------------
+# Beyond the paper: logit prediction and the sigmoid cross-entropy loss.
+# --------------------------------------------------------------------------
+
+
+def _logit_case(seed=11, shape=(5, 6, 6, 1)):
+  rs = np.random.RandomState(seed)
+  x0 = np.where(rs.rand(*shape) > 0.4, 1.0, -1.0)
+  # Logits of every size, including confidently wrong ones (|logit| = 30).
+  logits = rs.normal(0, 4, shape)
+  logits[0, 0, 0, 0] = -30 * x0[0, 0, 0, 0]
+  logits[1, 0, 0, 0] = 30 * x0[1, 0, 0, 0]
+  t = np.array([0.0, 0.05, 0.4, 0.8, 1.0])
+  return x0, logits, t
+
+
+@pytest.mark.parametrize('weighting', ['snr_plus1', 'uniform', 'sigmoid_2'])
+@pytest.mark.parametrize('loss_name', ['bce', 'mse'])
+def test_logit_prediction_losses_match_float64_reference(weighting, loss_name):
+  x0, logits, t = _logit_case()
+  cfg = dfn.DiffusionConfig(
+    prediction='logit', loss=loss_name, weighting=weighting
+  )
+  losses, aux = dfn.loss(
+    lambda z, tt, im: jnp.asarray(logits, jnp.float32),
+    x0=x0.astype(np.float32),
+    image=np.zeros_like(x0, np.float32),
+    rng=jax.random.key(0),
+    config=cfg,
+    t=t.astype(np.float32),
+  )
+  p = _sigmoid(logits)
+  x0_hat = 2 * p - 1
+  if loss_name == 'bce':
+    y = (x0 + 1) / 2
+    # Written as -(y log p + (1 - y) log(1 - p)) with log p = -log1p(e^-l).
+    log_p = -np.log1p(np.exp(-logits))
+    log_1mp = -np.log1p(np.exp(logits))
+    pixel = -(y * log_p + (1 - y) * log_1mp)
+  else:
+    pixel = (x0_hat - x0) ** 2
+  lg, _ = _ref_logsnr_and_derivative(t, 'cosine', 0.1)
+  want = _ref_weight(weighting, lg) * pixel.mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(np.asarray(losses), want, rtol=2e-5)
+  np.testing.assert_allclose(np.asarray(aux['x0_hat']), x0_hat, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(aux['mse']), ((x0_hat - x0) ** 2).mean((1, 2, 3)), rtol=1e-5
+  )
+
+
+def test_bce_gradient_survives_saturation_and_targets_the_posterior_mean():
+  x0 = jnp.array([1.0, -1.0])
+  # Confidently wrong: the BCE gradient in the logit is p - y, about +-1.
+  wrong = jnp.array([-30.0, 30.0])
+  grad = jax.grad(
+    lambda o: jnp.sum(dfn.bce_loss(x0_hat=None, x0=x0, output=o))
+  )(wrong)
+  np.testing.assert_allclose(np.asarray(grad), [-1.0, 1.0], atol=1e-6)
+  # Expected loss over x0 = +1 with probability q is stationary where
+  # x0_hat = 2q - 1, the posterior mean (as for the MSE).
+  for q in (0.1, 0.5, 0.83):
+    expected = lambda o, q=q: (
+      q * dfn.bce_loss(x0_hat=None, x0=1.0, output=o)
+      + (1 - q) * dfn.bce_loss(x0_hat=None, x0=-1.0, output=o)
+    )
+    logit = float(np.log(q / (1 - q)))
+    assert abs(float(jax.grad(expected)(logit))) < 1e-6
+    np.testing.assert_allclose(
+      float(
+        dfn.predict_x(
+          z=jnp.zeros(()), output=logit, logsnr=0.0, prediction='logit'
+        )
+      ),
+      2 * q - 1,
+      atol=1e-6,
+    )
+
+
+def test_loss_config_errors_name_the_fix():
+  with pytest.raises(ValueError, match="prediction='logit'"):
+    dfn.DiffusionConfig(loss='bce', prediction='x')
+  with pytest.raises(ValueError, match="loss='hinge'"):
+    dfn.DiffusionConfig(loss='hinge')
+  with pytest.raises(ValueError, match='self_condition_prob'):
+    dfn.DiffusionConfig(self_condition=True, self_condition_prob=1.5)
+
+
+# --------------------------------------------------------------------------
 # Sampler steps against independent Gaussian-posterior formulas.
 # --------------------------------------------------------------------------
 
@@ -563,7 +650,7 @@ SAMPLER_NAMES = ('ddpm', 'ddim', 'dpm_solver_pp_2m')
 
 
 @pytest.mark.parametrize('name', SAMPLER_NAMES)
-@pytest.mark.parametrize('prediction', ['x', 'eps', 'v'])
+@pytest.mark.parametrize('prediction', ['x', 'eps', 'v', 'logit'])
 def test_oracle_denoiser_reproduces_x0(name, prediction):
   """A denoiser that knows x0 (and answers in any parameterisation) is exact."""
   rs = np.random.RandomState(14)
@@ -577,6 +664,8 @@ def test_oracle_denoiser_reproduces_x0(name, prediction):
     lg = dfn.config_logsnr(t, diffusion)
     if prediction == 'x':
       return im
+    if prediction == 'logit':
+      return 40.0 * im  # p = sigmoid(+-40): x0_hat = +-1 in float32.
     eps = dfn.predict_eps_from_x(z=z, x=im, logsnr=lg)
     if prediction == 'eps':
       return eps

@@ -40,7 +40,13 @@ _OUTPUT_ACTIVATIONS = ('tanh', 'identity')
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
-  """Network hyper-parameters; the defaults are the paper's 6.9 M network."""
+  """Network hyper-parameters; the defaults are the paper's 6.9 M network.
+
+  `extra_input_channels` > 0 adds per-pixel inputs (`__call__`'s `extra`)
+  concatenated after the image; the network does not know what they mean (the
+  diffusion's self-conditioning feeds its previous x0 estimate there). 0 is the
+  paper's network.
+  """
 
   base_channels: int = 32
   channel_mult: Sequence[int] = (1, 1, 2, 4)
@@ -50,6 +56,7 @@ class UNetConfig:
   num_heads: int = 4
   dropout: float = 0.0
   image_channels: int = 1
+  extra_input_channels: int = 0
   out_channels: int = 1
   output_activation: str = 'tanh'
   time_max_period: float = 10.0
@@ -77,6 +84,10 @@ class UNetConfig:
         )
     if self.num_middle_blocks < 1:
       raise ValueError('num_middle_blocks must be >= 1.')
+    if self.extra_input_channels < 0:
+      raise ValueError(
+        f'extra_input_channels must be >= 0, got {self.extra_input_channels}.'
+      )
     if self.dtype not in _DTYPES:
       raise ValueError(f'dtype={self.dtype!r} is not one of {tuple(_DTYPES)}.')
     if self.output_activation not in _OUTPUT_ACTIVATIONS:
@@ -127,7 +138,7 @@ class UNet(nnx.Module):
       base, max_period=config.time_max_period, dtype=dtype, rngs=rngs
     )
 
-    in_channels = 1 + config.image_channels
+    in_channels = 1 + config.image_channels + config.extra_input_channels
     input_blocks = [
       nnx.List(
         [layers.Conv(in_channels, base, dtype=dtype, impl=impl, rngs=rngs)]
@@ -195,6 +206,7 @@ class UNet(nnx.Module):
     t: jax.Array,
     image: jax.Array,
     *,
+    extra: jax.Array | None = None,
     rngs: nnx.Rngs | None = None,
   ) -> jax.Array:
     """Raw network output.
@@ -203,6 +215,8 @@ class UNet(nnx.Module):
       z: noisy mask [B, H, W, 1].
       t: time [B] float in [0, 1], embedded as is.
       image: [B, H, W, image_channels].
+      extra: [B, H, W, extra_input_channels], concatenated after the image;
+        required exactly when extra_input_channels > 0.
       rngs: dropout randomness; dropout is active only when given.
 
     Returns:
@@ -219,6 +233,22 @@ class UNet(nnx.Module):
         f'image must be [B, H, W, {config.image_channels}] matching z '
         f'{z.shape}, got {image.shape} (set UNetConfig.image_channels).'
       )
+    n_extra = config.extra_input_channels
+    if n_extra == 0 and extra is not None:
+      raise ValueError(
+        'extra input given to a network without extra input channels '
+        '(set UNetConfig.extra_input_channels).'
+      )
+    if n_extra and (
+      extra is None
+      or extra.shape[:3] != z.shape[:3]
+      or extra.shape[-1] != n_extra
+    ):
+      got = None if extra is None else extra.shape
+      raise ValueError(
+        f'extra must be [B, H, W, {n_extra}] matching z {z.shape}, got {got} '
+        '(UNetConfig.extra_input_channels).'
+      )
     if z.shape[1] % factor or z.shape[2] % factor:
       raise ValueError(f'H and W must divide by {factor}, got {z.shape[1:3]}.')
     if t.shape != z.shape[:1]:
@@ -226,7 +256,8 @@ class UNet(nnx.Module):
 
     dtype = _DTYPES[config.dtype]
     emb = self.time_embed(t)
-    h = jnp.concatenate([z, image], axis=-1).astype(dtype)
+    inputs = [z, image] if extra is None else [z, image, extra]
+    h = jnp.concatenate(inputs, axis=-1).astype(dtype)
     skips = []
     for block in self.input_blocks:
       h = self._apply(block, h, emb, rngs)
