@@ -280,6 +280,12 @@ def check_image_channels(
       'The state dict has no input_blocks.0.0.weight (the first convolution): it is not the '
       "authors' U-Net, or its keys carry a prefix (pass --npz_prefix=PREFIX/)."
     )
+  if config.extra_input_channels:
+    raise errors.ConfigError(
+      f'The config adds {config.extra_input_channels} input channel(s) for self-conditioning, '
+      "which the authors' networks do not have: convert with "
+      '--config.diffusion.self_condition=False.'
+    )
   expected = int(np.shape(first)[1]) - 1
   if expected != config.image_channels:
     raise errors.ConfigError(

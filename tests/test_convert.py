@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from diffseg_jax import convert
+from diffseg_jax import errors
 from diffseg_jax.models import unet
 from tests.conftest import needs_reference  # pylint: disable=unused-import
 from tests.conftest import SMALL  # pylint: disable=unused-import
@@ -266,3 +267,10 @@ def test_cli_output_restores_with_checkpoint_module(reference, tmp_path):
   restored, step = checkpoint.restore_params(str(tmp_path / 'ckpt'), abstract)
   assert step == 0
   jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+
+@needs_reference
+def test_self_conditioning_config_is_refused_by_name(reference):
+  config = unet.UNetConfig(**SMALL, extra_input_channels=1)
+  with pytest.raises(errors.ConfigError, match='self_condition=False'):
+    convert.check_image_channels(_state_dict(reference), config)
