@@ -382,6 +382,7 @@ def evaluate(
   split_name: str,
   blind_mode_probs: np.ndarray | None = None,
   log: Callable[[str], Any] = print,
+  check_stop: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
   """Scores a sampler on a split and writes the reports (see module doc).
 
@@ -408,6 +409,8 @@ def evaluate(
       normally the training split's average (`average_mode_probs`); None
       leaves the baseline out.
     log: receives the Markdown table.
+    check_stop: called after every batch and before anything is written; it
+      raises to stop the evaluation (a SIGTERM) with nothing written.
 
   Returns:
     {key: {'mean', 'sem', 'n'}} over the images of all processes, as written
@@ -499,7 +502,11 @@ def evaluate(
       record = {'index': int(indices[row]), 'id': str(identifier)}
       record.update({k: _jsonable(v[row]) for k, v in values.items()})
       per_image.append(record)
+    if check_stop is not None:
+      check_stop()
 
+  if check_stop is not None:
+    check_stop()
   per_image = gather_records(per_image)
   repeated = len(per_image) - len({r['index'] for r in per_image})
   if repeated:
@@ -518,6 +525,8 @@ def evaluate(
     + (_YARDSTICKS if any(k.startswith('oracle_') for k in summary) else '')
     + '\n\n'
   )
+  if check_stop is not None:
+    check_stop()
   if out_dir is not None:
     _write_results(
       out_dir,
@@ -559,7 +568,10 @@ def _write_results(
 
 
 def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  check_stop: Callable[[], None] | None = None,
 ) -> dict:
   """Samples config.eval.num_samples_list[-1] masks per image of config.eval.split and scores them.
 
@@ -568,6 +580,7 @@ def evaluate_checkpoint(
   writes WORKDIR/eval/<config.eval.output_name or split>/{metrics.json, per_image.jsonl, metrics.md,
   grid.png}; a separate output_name per sampler setting lets one checkpoint be scored many ways.
   Logs images done, rate and ETA every config.eval.log_every_images images.
+  `check_stop` is `evaluate`'s.
   """
   settings = settings_lib.resolve(config)
   input_pipeline.prepare_dataset(
@@ -653,6 +666,7 @@ def evaluate_checkpoint(
     split_name=split,
     blind_mode_probs=blind_mode_probs,
     log=logging.info,
+    check_stop=check_stop,
   )
   if is_main and first:
     k = config.num_grid_images

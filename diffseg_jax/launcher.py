@@ -82,20 +82,37 @@ def stop_preempted(message: str) -> None:
   sys.exit(errors.EXIT_PREEMPTED)
 
 
+class _Stop:
+  """What `sigterm_stops` yields: `check()` raises once a SIGTERM has arrived."""
+
+  def __init__(self, message: str):
+    self.message = message
+    self.signalled = False
+
+  def check(self) -> None:
+    if self.signalled:
+      raise errors.PreemptedError(self.message)
+
+
 @contextlib.contextmanager
 def sigterm_stops(message: str):
   """Within the block a SIGTERM raises errors.PreemptedError(message) in the main thread.
 
+  The handler also marks the yielded `_Stop`, whose `check()` raises again at the caller's safe
+  points: Python runs a signal handler wherever the main thread happens to be, a `__del__` or a
+  weakref callback included, where the exception is printed and dropped.
   Replaces JAX's preemption notifier (multi-process runs) in this process: only training needs it.
   """
+  stop = _Stop(message)
 
   def handler(signum, frame):
     del signum, frame
+    stop.signalled = True
     raise errors.PreemptedError(message)
 
   previous = signal.signal(signal.SIGTERM, handler)
   try:
-    yield
+    yield stop
   finally:
     if previous is not None:  # None: a handler installed outside Python.
       signal.signal(signal.SIGTERM, previous)
@@ -191,8 +208,8 @@ def run(
       with sigterm_stops(
         f'SIGTERM during evaluation: stopped before it finished; checkpoints and earlier '
         f'results are untouched; rerun the same command to evaluate into {eval_dir}.'
-      ):
-        evaluation.evaluate_checkpoint(config, workdir)
+      ) as stop:
+        evaluation.evaluate_checkpoint(config, workdir, check_stop=stop.check)
     if mode == 'predict':
       from diffseg_jax import predict
 

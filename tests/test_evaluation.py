@@ -363,6 +363,41 @@ def test_an_image_scored_twice_is_an_error(tmp_path):
     )
 
 
+class _Stopped(Exception):
+  pass
+
+
+@pytest.mark.parametrize('stop_after', [1, 4, 5])
+def test_check_stop_ends_it_before_anything_is_written(tmp_path, stop_after):
+  images = _tiny_source(seed=2, num_images=12)  # 3 batches
+  calls = {'check': 0, 'sample': 0}
+  sampler = _mode_sampler(images)
+
+  def sample_fn(image, keys, num_samples):
+    calls['sample'] += 1
+    return sampler(image, keys, num_samples)
+
+  def check_stop():
+    calls['check'] += 1
+    if calls['check'] >= stop_after:
+      raise _Stopped
+
+  with pytest.raises(_Stopped):
+    evaluation.evaluate(
+      sample_fn,
+      _batches(images),
+      num_samples_list=(4,),
+      out_dir=str(tmp_path / 'out'),
+      rng=jax.random.PRNGKey(0),
+      split_name='x',
+      log=lambda *_: None,
+      check_stop=check_stop,
+    )
+  # Checked after each batch, then once more before the results are written.
+  assert calls['sample'] == min(stop_after, 3)
+  assert not (tmp_path / 'out').exists()
+
+
 def test_deterministic(tmp_path):
   images = _tiny_source(seed=2, num_images=5)
   a, _ = _run(tmp_path, _mode_sampler(images), images, 'a')

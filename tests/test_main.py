@@ -16,6 +16,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ import pytest
 
 from diffseg_jax import errors
 from diffseg_jax import evaluation
+from diffseg_jax import launcher
 from diffseg_jax import predict
 from diffseg_jax import train
 from tests.conftest import config_flags
@@ -210,3 +212,15 @@ def test_crop64_lidc_config_trains_and_evaluates(tmp_path):
     open(tmp_path / 'work' / 'eval' / 'test' / 'metrics.json')
   )
   assert metrics['num_images'] == 4 and 'ged_4' in metrics['metrics']
+
+
+def test_a_swallowed_sigterm_still_stops_at_the_next_check():
+  before = signal.getsignal(signal.SIGTERM)
+  with launcher.sigterm_stops('stopped') as stop:
+    stop.check()
+    # The handler's own exception, here caught as a __del__ or a library's broad except would.
+    with pytest.raises(errors.PreemptedError, match='stopped'):
+      os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(errors.PreemptedError, match='stopped'):
+      stop.check()
+  assert signal.getsignal(signal.SIGTERM) is before
