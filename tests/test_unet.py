@@ -169,10 +169,11 @@ def test_timestep_embedding_matches_numpy():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
 
 
-def test_attention_uses_legacy_head_layout():
+@pytest.mark.parametrize('impl', ['xla', 'cpu_fast'])
+def test_attention_uses_legacy_head_layout(impl):
   channels, heads, hw = 32, 4, 3
   block = layers.AttentionBlock(
-    channels, num_heads=heads, dtype=jnp.float32, impl='xla', rngs=nnx.Rngs(0)
+    channels, num_heads=heads, dtype=jnp.float32, impl=impl, rngs=nnx.Rngs(0)
   )
   rng = np.random.default_rng(4)
   block.proj_out.kernel.value = jnp.asarray(
@@ -200,6 +201,35 @@ def test_attention_uses_legacy_head_layout():
   )
   want = x + proj.reshape(2, hw, hw, channels)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def _np_attention(q, k, v):
+  logits = np.einsum('ntc,nsc->nts', q, k)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum('nts,nsc->ntc', weights, v)
+
+
+def test_softmax_attention_and_its_gradients_match_float64():
+  rng = np.random.default_rng(7)
+  q, k, v, d_out = (rng.normal(size=(3, 5, 4)) for _ in range(4))
+  f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+  out, vjp = jax.vjp(layers.softmax_attention, f32(q), f32(k), f32(v))
+  np.testing.assert_allclose(np.asarray(out), _np_attention(q, k, v), atol=1e-5)
+  grads = vjp(f32(d_out))
+  eps = 1e-6
+  for which, got in enumerate(grads):
+    args = [q, k, v]
+    want = np.zeros_like(args[which])
+    for index in np.ndindex(*want.shape):
+      plus = [a.copy() for a in args]
+      minus = [a.copy() for a in args]
+      plus[which][index] += eps
+      minus[which][index] -= eps
+      want[index] = np.sum(
+        (_np_attention(*plus) - _np_attention(*minus)) * d_out
+      ) / (2 * eps)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
 
 
 def _inputs(batch=2, size=8, image_channels=1, seed=0):

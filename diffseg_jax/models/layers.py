@@ -318,6 +318,56 @@ class ResBlock(nnx.Module):
     return skip.astype(h.dtype) + h
 
 
+@jax.custom_vjp
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T) v per leading index, with the softmax in float32.
+
+  The CPU path of `AttentionBlock`: the same numbers as the einsum + softmax
+  there (to float rounding), written as separate batched matmuls and
+  elementwise passes, forward and backward. XLA:CPU otherwise fuses the
+  exponent, the row sums and both matmuls into one library call that measured
+  9x slower forward and 2x slower forward + backward (jax 0.10,
+  [32 x 4 heads, 256, 32]; benchmarks/RESULTS.md).
+
+  Args:
+    q, k, v: [N, T, D] (q and k already scaled).
+
+  Returns:
+    [N, T, D] in v's dtype.
+  """
+  return _attention_fwd(q, k, v)[0]
+
+
+def _attention_fwd(q, k, v):
+  logits = jnp.einsum('ntc,nsc->nts', q, k).astype(jnp.float32)
+  exp = lax.optimization_barrier(
+    jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  )
+  inv_sum = 1.0 / jnp.sum(exp, axis=-1, keepdims=True)
+  out = (
+    jnp.einsum('nts,nsc->ntc', exp, v.astype(jnp.float32)) * inv_sum
+  ).astype(v.dtype)
+  return out, (q, k, v, exp, inv_sum, out)
+
+
+def _attention_bwd(residuals, d_out):
+  q, k, v, exp, inv_sum, out = residuals
+  d_out = d_out.astype(jnp.float32)
+  weights = lax.optimization_barrier(exp * inv_sum)
+  d_v = jnp.einsum('nts,ntc->nsc', weights, d_out)
+  d_weights = lax.optimization_barrier(
+    jnp.einsum('ntc,nsc->nts', d_out, v.astype(jnp.float32))
+  )
+  row = jnp.sum(d_out * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_logits = lax.optimization_barrier(weights * (d_weights - row))
+  d_q = jnp.einsum('nts,nsc->ntc', d_logits, k.astype(jnp.float32))
+  d_k = jnp.einsum('nts,ntc->nsc', d_logits, q.astype(jnp.float32))
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+softmax_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class AttentionBlock(nnx.Module):
   """Self-attention over space with the legacy qkv head layout (SPEC §2a)."""
 
@@ -329,6 +379,7 @@ class AttentionBlock(nnx.Module):
         f'{channels} channels do not split into {num_heads} heads.'
       )
     self.num_heads = num_heads
+    self.impl = impl
     self.norm = GroupNorm(channels, dtype=dtype)
     self.qkv = Conv(
       channels, 3 * channels, kernel_size=1, dtype=dtype, impl=impl, rngs=rngs
@@ -351,10 +402,21 @@ class AttentionBlock(nnx.Module):
       batch, height * width, self.num_heads, 3, head_dim
     )
     scale = head_dim**-0.25
-    q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
-    logits = jnp.einsum('btnc,bsnc->bnts', q, k)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    out = jnp.einsum('bnts,bsnc->btnc', weights.astype(v.dtype), v)
+    if resolve_conv_impl(self.impl) == 'cpu_fast':
+      # [3, B * heads, HW, head_dim]: each head one plain batched matmul.
+      qkv = jnp.transpose(qkv, (3, 0, 2, 1, 4)).reshape(
+        3, batch * self.num_heads, height * width, head_dim
+      )
+      out = softmax_attention(qkv[0] * scale, qkv[1] * scale, qkv[2])
+      out = jnp.transpose(
+        out.reshape(batch, self.num_heads, height * width, head_dim),
+        (0, 2, 1, 3),
+      )
+    else:
+      q, k, v = qkv[..., 0, :] * scale, qkv[..., 1, :] * scale, qkv[..., 2, :]
+      logits = jnp.einsum('btnc,bsnc->bnts', q, k)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      out = jnp.einsum('bnts,bsnc->btnc', weights.astype(v.dtype), v)
     out = self.proj_out(out.reshape(batch, height, width, channels))
     return x.astype(out.dtype) + out
 
