@@ -23,6 +23,7 @@ writes JSON.
 
   python benchmarks/op_profile.py --mode=grad --batch=8
   python benchmarks/op_profile.py --mode=fwd --batch=32
+  python benchmarks/op_profile.py --config=quickstart --size=32 --batch=32
 
 Durations are summed over ops; ops that run concurrently on different threads
 both count, so the total can exceed the wall time.
@@ -31,11 +32,8 @@ both count, so the total can exceed the wall time.
 from __future__ import annotations
 
 import collections
-import glob
-import gzip
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -47,8 +45,15 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peak_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
+import trace_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+_CONFIG = flags.DEFINE_string(
+  'config',
+  'default',
+  "The network of configs/<name>.py (default: the paper's).",
+)
 _MODE = flags.DEFINE_enum(
   'mode', 'grad', ['fwd', 'grad'], 'Forward only, or forward + backward.'
 )
@@ -61,62 +66,8 @@ _TOP = flags.DEFINE_integer('top', 25, 'Ops listed.')
 _OUT = flags.DEFINE_string(
   'out',
   None,
-  'Output JSON (default benchmarks/results/op_profile_<mode>_<batch>.json).',
+  'Output JSON (default benchmarks/results/op_profile_<config>_<mode>_<batch>.json).',
 )
-
-_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(')
-_CALLS = re.compile(r'calls=%([\w.\-]+)')
-_KINDS = ('convolution', 'dot', 'reduce', 'concatenate', 'transpose', 'copy')
-
-
-def _computations(hlo: str) -> dict[str, list[str]]:
-  """Computation name -> its instruction lines."""
-  out, current = {}, None
-  for line in hlo.splitlines():
-    if line and not line.startswith(' ') and line.rstrip().endswith('{'):
-      match = re.match(r'^(?:ENTRY )?%?([\w.\-]+)', line)
-      current = match.group(1) if match else None
-      out[current] = []
-    elif current is not None:
-      out[current].append(line)
-  return out
-
-
-def describe_ops(hlo: str) -> dict[str, dict[str, str]]:
-  """Op name -> {'kind', 'shape', 'detail'} for every instruction of the compiled HLO."""
-  computations = _computations(hlo)
-  ops = {}
-  for line in hlo.splitlines():
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, shape, opcode = match.groups()
-    called = _CALLS.search(line)
-    body = computations.get(called.group(1), []) if called else [line]
-    opcodes = {m.group(3) for m in map(_INSTRUCTION.match, body) if m}
-    kind = next((k for k in _KINDS if k in opcodes), 'elementwise')
-    detail = ''
-    for inner in body:
-      if ' convolution(' in inner or ' dot(' in inner:
-        detail = re.sub(r', metadata=.*', '', inner.strip())
-        detail = re.sub(r'^.*? = ', '', detail)[:200]
-    ops[name] = {'kind': kind, 'shape': shape, 'detail': detail or opcode}
-  return ops
-
-
-def trace_durations(trace_dir: str) -> dict[str, float]:
-  """Op name -> summed duration (ms) of the 'X' events of the Perfetto trace."""
-  (path,) = glob.glob(
-    os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True
-  )
-  with gzip.open(path) as f:
-    trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  total = collections.Counter()
-  for event in events:
-    if event.get('ph') == 'X':
-      total[event['name']] += event['dur'] / 1e3
-  return dict(total)
 
 
 def main(argv):
@@ -127,7 +78,9 @@ def main(argv):
   from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
 
   batch, size, mode = _BATCH.value, _SIZE.value, _MODE.value
-  cfg = side_by_side.config(batch=batch, conv_impl=_CONV_IMPL.value)
+  cfg = peak_memory.build_config(_CONFIG.value, batch_size=batch)
+  cfg.unlock()
+  cfg.model.conv_impl = _CONV_IMPL.value
   settings = settings_lib.resolve(cfg)
   graphdef, _ = unet.abstract_model(settings.unet)
   params = jax.jit(lambda: unet.init_params(settings.unet, jax.random.key(0)))()
@@ -155,8 +108,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       jax.block_until_ready(compiled(*args))
-    durations = trace_durations(trace_dir)
-  ops = describe_ops(compiled.as_text())
+    durations = trace_ops.trace_durations(trace_dir)
+  ops = trace_ops.describe_ops(compiled.as_text())
   timed = sorted(
     ((ms, name) for name, ms in durations.items() if name in ops), reverse=True
   )
@@ -178,7 +131,7 @@ def main(argv):
   out = _OUT.value or os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
     'results',
-    f'op_profile_{mode}_{batch}.json',
+    f'op_profile_{_CONFIG.value}_{mode}_{batch}.json',
   )
   with open(out, 'w') as f:
     json.dump(
@@ -187,6 +140,7 @@ def main(argv):
         'threads': side_by_side.cpu_threads(),
         'jax_version': jax.__version__,
         'backend': jax.default_backend(),
+        'config': _CONFIG.value,
         'mode': mode,
         'batch': batch,
         'size': size,

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""benchmarks/op_profile.py: op names of a trace are matched to what they compute."""
+"""benchmarks/trace_ops.py: op names of a trace are matched to what they compute."""
 
 import os
 import sys
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from tests.conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
-import op_profile  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
+import trace_ops  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _conv_then_sum(x, k):
@@ -38,14 +38,14 @@ def test_trace_ops_are_named_and_described(tmp_path):
   x = jnp.ones((2, 8, 8, 3))
   k = jnp.ones((3, 3, 3, 4))
   compiled = jax.jit(_conv_then_sum).lower(x, k).compile()
-  ops = op_profile.describe_ops(compiled.as_text())
+  ops = trace_ops.describe_ops(compiled.as_text())
   kinds = {op['kind'] for op in ops.values()}
   assert 'convolution' in kinds, ops
   conv = next(op for op in ops.values() if op['kind'] == 'convolution')
   assert 'window={size=3x3' in conv['detail']
   with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
     jax.block_until_ready(compiled(x, k))
-  durations = op_profile.trace_durations(str(tmp_path))
+  durations = trace_ops.trace_durations(str(tmp_path))
   timed = [name for name in durations if name in ops]
   assert any(ops[name]['kind'] == 'convolution' for name in timed), (
     sorted(durations),
