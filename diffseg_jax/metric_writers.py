@@ -25,6 +25,7 @@ kept in memory and each `flush` rewrites the whole object (a resumed run first r
 metrics.jsonl already there).
 """
 
+import abc
 from collections.abc import Mapping, Sequence
 import concurrent.futures
 import io
@@ -38,15 +39,15 @@ import numpy as np
 from tfds_lidc import paths
 
 
-class MetricWriter:
+class MetricWriter(abc.ABC):
   """clu's MetricWriter interface; `step` is an int, values numpy-convertible.
 
   Subclasses implement `write_scalars` and whichever other kinds they store; the rest do nothing.
   """
 
+  @abc.abstractmethod
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Scalar values, e.g. {'train/loss': 0.1}."""
-    raise NotImplementedError
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     """uint8 images [N, H, W, C] or [H, W, C]."""
@@ -67,10 +68,12 @@ class MetricWriter:
     del hparams
 
   def flush(self) -> None:
-    pass
+    """Makes everything written so far durable; nothing to do for a writer that stores nothing."""
+    return
 
   def close(self) -> None:
-    pass
+    """Flushes and releases the writer's files; nothing to do for a writer that holds none."""
+    return
 
 
 def _jsonable(value: Any) -> Any:
