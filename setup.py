@@ -60,6 +60,7 @@ setuptools.setup(
     ],
     'torch': ['torch>=2.13.0'],
     'bench': ['torch>=2.13.0'],  # The PyTorch yardstick of benchmarks/.
+    'plots': ['matplotlib>=3.11.2'],  # benchmarks/quality_curve.py's PNG.
     'gpu': ['jax[cuda12]'],
     'tpu': ['jax[tpu]'],
     'gcs': ['etils[epath-gcs]'],  # gs:// workdirs and data dirs.

@@ -147,6 +147,9 @@ def get_config(arg=None):
   config.eval.num_examples = -1  # -1 = the whole split.
   config.eval.batch_size = 16
   config.eval.use_ema = True
+  config.eval.checkpoint_step = (
+    -1
+  )  # -1 = the latest checkpoint in WORKDIR/checkpoints.
   config.eval.seed = 0
   config.eval.output_name = (
     ''  # Results go to WORKDIR/eval/<output_name or split>/.

@@ -371,6 +371,13 @@ def restore_params(
     raise CheckpointNotFoundError(
       f'No checkpoint steps in {directory}: train first (--mode=train) or convert weights.'
     )
+  if step not in manager.all_steps():
+    kept = sorted(manager.all_steps())
+    manager.close()
+    raise CheckpointNotFoundError(
+      f'No checkpoint of step {step} in {directory}; it holds steps {kept}. Pick one of them '
+      '(config.eval.checkpoint_step), or -1 for the latest.'
+    )
   item = 'ema_params' if use_ema else 'params'
   # Without a sharding Orbax would restore into the saving run's device topology.
   replicated = jax.sharding.NamedSharding(
@@ -405,10 +412,30 @@ def restore_params(
   return restored[item], step
 
 
+def read_meta(directory: str, step: int) -> dict[str, Any]:
+  """The JSON item `meta` saved with step `step` in `directory` ({} for a checkpoint without one)."""
+  directory = paths.resolve(directory)
+  if not (directory / str(step) / 'meta').is_dir():
+    return {}
+  manager = _manager(directory, read_only=True, async_save=False)
+  try:
+    restored = manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )
+  finally:
+    manager.close()
+  return dict(restored.meta)
+
+
 def load_params(
-  workdir: str, unet_config: unet.UNetConfig, mesh, *, use_ema: bool = True
+  workdir: str,
+  unet_config: unet.UNetConfig,
+  mesh,
+  *,
+  use_ema: bool = True,
+  step: Optional[int] = None,
 ):
-  """(graphdef, params, step) of the latest checkpoint in WORKDIR/checkpoints, params replicated on `mesh`.
+  """(graphdef, params, step) of the latest (or given) checkpoint in WORKDIR/checkpoints, params replicated on `mesh`.
 
   Raises:
     CheckpointNotFoundError: no checkpoint there.
@@ -422,7 +449,7 @@ def load_params(
   )
   directory = paths.resolve(workdir, what='--workdir') / 'checkpoints'
   try:
-    params, step = restore_params(directory, target, use_ema=use_ema)
+    params, step = restore_params(directory, target, use_ema=use_ema, step=step)
   except ValueError as e:
     raise errors.ConfigError(
       f'The checkpoint in {directory} does not fit the network of this config ({e}). Evaluate with '

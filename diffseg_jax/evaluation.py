@@ -383,6 +383,7 @@ def evaluate(
   blind_mode_probs: np.ndarray | None = None,
   log: Callable[[str], Any] = print,
   check_stop: Callable[[], None] | None = None,
+  provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
   """Scores a sampler on a split and writes the reports (see module doc).
 
@@ -411,6 +412,8 @@ def evaluate(
     log: receives the Markdown table.
     check_stop: called after every batch and before anything is written; it
       raises to stop the evaluation (a SIGTERM) with nothing written.
+    provenance: JSON-able facts about what was scored (e.g. the checkpoint
+      step and its training seconds), written to metrics.json as they are.
 
   Returns:
     {key: {'mean', 'sem', 'n'}} over the images of all processes, as written
@@ -535,13 +538,21 @@ def evaluate(
       summary=summary,
       per_image=per_image,
       markdown=header + table + '\n',
+      provenance=provenance or {},
     )
   log(header + table)
   return summary
 
 
 def _write_results(
-  out_dir, *, split_name, num_samples, summary, per_image, markdown
+  out_dir,
+  *,
+  split_name,
+  num_samples,
+  summary,
+  per_image,
+  markdown,
+  provenance,
 ):
   out_dir = paths.resolve(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -553,6 +564,7 @@ def _write_results(
         'num_samples_list': num_samples,
         'paper_num_samples': PAPER_NUM_SAMPLES,
         'metrics': summary,
+        **provenance,
       },
       f,
       indent=1,
@@ -589,9 +601,20 @@ def evaluate_checkpoint(
     split=config.eval.split,
   )
   mesh = parallel.make_mesh(config.mesh.data)
+  wanted = config.eval.checkpoint_step
   graphdef, params, step = checkpoint.load_params(
-    workdir, settings.unet, mesh, use_ema=config.eval.use_ema
+    workdir,
+    settings.unet,
+    mesh,
+    use_ema=config.eval.use_ema,
+    step=None if wanted < 0 else wanted,
   )
+  meta = checkpoint.read_meta(
+    paths.resolve(workdir, what='--workdir') / 'checkpoints', step
+  )
+  provenance = {'checkpoint_step': int(step)}
+  if 'train_seconds' in meta:
+    provenance['train_seconds'] = float(meta['train_seconds'])
   split = config.eval.split
   source = input_pipeline.load_source(
     name=config.dataset.name, split=split, data_dir=config.dataset.data_dir
@@ -667,6 +690,7 @@ def evaluate_checkpoint(
     blind_mode_probs=blind_mode_probs,
     log=logging.info,
     check_stop=check_stop,
+    provenance=provenance,
   )
   if is_main and first:
     k = config.num_grid_images

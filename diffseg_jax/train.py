@@ -31,6 +31,7 @@ exactly as `train_and_evaluate` uses them.
 import dataclasses
 import signal
 import threading
+import time
 from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
@@ -54,6 +55,8 @@ from diffseg_jax import settings as settings_lib
 from diffseg_jax import validation
 from diffseg_jax.models import unet
 from tfds_lidc import paths
+
+_clock = time.monotonic  # Tests replace it.
 
 
 def create_train_state(
@@ -394,10 +397,14 @@ def _train_loop(config, workdir, parts, ckpt, batches, writer, preemption):
   """Restores the latest checkpoint, if any, then trains to config.num_train_steps."""
   mesh, state = parts.mesh, parts.state
   is_main = jax.process_index() == 0
+  # Wall seconds spent in this loop, summed over the runs that led to each checkpoint (compilation
+  # and in-training validation included): the x axis of benchmarks/quality_curve.py.
+  seconds_before = 0.0
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(
+    state, meta = ckpt.restore(
       checkpoint.abstract_like(state, parts.shardings), data_iterator=batches
     )
+    seconds_before = float(meta.get('train_seconds', 0.0))
     logging.info(
       'Resumed from step %d (%s).', int(state['step']), ckpt.directory
     )
@@ -443,6 +450,7 @@ def _train_loop(config, workdir, parts, ckpt, batches, writer, preemption):
 
   pending = []
   step = start_step
+  started = _clock()
   while step < config.num_train_steps:
     state, step_metrics = parts.train_step(state, next(batches))
     pending.append(step_metrics)
@@ -461,13 +469,18 @@ def _train_loop(config, workdir, parts, ckpt, batches, writer, preemption):
         max_bad_steps=config.max_bad_steps,
         latest_checkpoint=ckpt.latest_step(),
         checkpoint_dir=ckpt.directory,
+        train_seconds=seconds_before + _clock() - started,
       )
       pending = []
     if save_now:
       ckpt.save(
         step,
         state,
-        {'data_step': step, 'config': config.to_dict()},
+        {
+          'data_step': step,
+          'config': config.to_dict(),
+          'train_seconds': seconds_before + _clock() - started,
+        },
         data_iterator=batches,
         force=True,
       )
@@ -508,6 +521,7 @@ def _log_train_metrics(
   max_bad_steps: int,
   latest_checkpoint: Optional[int],
   checkpoint_dir: str,
+  train_seconds: float = 0.0,
 ):
   """Writes the mean metrics of the steps in `pending` (the last one is `step`) over applied steps.
 
@@ -549,4 +563,5 @@ def _log_train_metrics(
     if applied and k not in ('finite', 'bad_steps')
   }
   means['train/skipped_steps'] = float(len(skipped))
+  means['train/minutes'] = train_seconds / 60
   writer.write_scalars(step, means)

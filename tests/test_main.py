@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from diffseg_jax import checkpoint
 from diffseg_jax import errors
 from diffseg_jax import evaluation
 from diffseg_jax import launcher
@@ -43,6 +44,33 @@ def _main(*args, timeout=600):
     text=True,
     timeout=timeout,
   )
+
+
+def test_evaluate_a_chosen_checkpoint_records_its_step_and_seconds(
+  tiny_synthetic, tmp_path
+):
+  config = tiny_config(
+    tiny_synthetic, num_train_steps=4, checkpoint_every_steps=2
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  config.eval.num_samples_list = (4,)
+  config.eval.num_examples = 2
+  config.eval.checkpoint_step = 2
+  config.eval.output_name = 'step2'
+  evaluation.evaluate_checkpoint(config, str(tmp_path))
+  metrics = json.load(open(tmp_path / 'eval' / 'step2' / 'metrics.json'))
+  assert metrics['checkpoint_step'] == 2
+  assert (
+    metrics['train_seconds']
+    == checkpoint.read_meta(str(tmp_path / 'checkpoints'), 2)['train_seconds']
+  )
+  config.eval.checkpoint_step = 3
+  with pytest.raises(
+    checkpoint.CheckpointNotFoundError,
+    match=r'No checkpoint of step 3 in .*checkpoints; it holds steps \[2, 4\]'
+    r'.*config\.eval\.checkpoint_step',
+  ):
+    evaluation.evaluate_checkpoint(config, str(tmp_path))
 
 
 def test_train_evaluate_predict_end_to_end(tiny_synthetic, tmp_path):

@@ -106,6 +106,29 @@ def test_interrupted_run_resumes_exactly(tiny_synthetic, tmp_path, monkeypatch):
   _assert_trees_equal(reference['opt_state'], resumed['opt_state'])
 
 
+def test_train_seconds_are_saved_and_carried_over_a_resume(
+  tiny_synthetic, tmp_path, monkeypatch
+):
+  config = tiny_config(
+    tiny_synthetic, num_train_steps=4, checkpoint_every_steps=2
+  )
+  ticks = iter(range(0, 10_000, 10))
+  monkeypatch.setattr(train, '_clock', lambda: float(next(ticks)))
+  config.num_train_steps = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  directory = tmp_path / 'checkpoints'
+  first = checkpoint.read_meta(str(directory), 2)['train_seconds']
+  assert first > 0
+  # A stopped clock: whatever step 4 records beyond step 2's seconds came from the first run.
+  monkeypatch.setattr(train, '_clock', lambda: 5.0)
+  config.num_train_steps = 4
+  train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint.read_meta(str(directory), 4)['train_seconds'] == first
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  minutes = [r['train/minutes'] for r in records if 'train/minutes' in r]
+  assert minutes[-1] == pytest.approx(first / 60)
+
+
 def test_resume_with_another_batch_size_names_the_data_state(
   tiny_synthetic, tmp_path
 ):
