@@ -347,6 +347,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # configs/ and benchmarks/ as packages.
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

@@ -328,8 +328,11 @@ def test_results_pictures_and_predictions_on_an_object_store(fake_gcs):
     summary={'ged_4': {'mean': 0.5, 'sem': 0.1, 'n': 2}},
     per_image=[{'id': 'a'}, {'id': 'b'}],
     markdown='| x |\n',
+    provenance={'checkpoint_step': 12, 'train_seconds': 3.5},
   )
-  assert json.loads((out / 'metrics.json').read_text())['num_images'] == 2
+  written = json.loads((out / 'metrics.json').read_text())
+  assert written['num_images'] == 2
+  assert (written['checkpoint_step'], written['train_seconds']) == (12, 3.5)
   assert (out / 'per_image.jsonl').read_text().count('\n') == 2
   rng = np.random.default_rng(0)
   picture = visualize.save_grid(
