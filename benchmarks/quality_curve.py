@@ -215,6 +215,7 @@ def curve(
         target_minutes=target,
         minutes=metrics['train_seconds'] / 60,
         step=step,
+        last=step == last,
       )
       points.append(point)
     if last not in picked.values():
@@ -223,7 +224,10 @@ def curve(
       )
       point = score_point(per_image, num_samples)
       point.update(
-        target_minutes=None, minutes=metrics['train_seconds'] / 60, step=last
+        target_minutes=None,
+        minutes=metrics['train_seconds'] / 60,
+        step=last,
+        last=True,
       )
       points.append(point)
     runs.append({'workdir': workdir, 'points': points})
@@ -234,7 +238,13 @@ def curve(
   for target in targets:
     at = [p for r in runs for p in r['points'] if p['target_minutes'] == target]
     mean.append({'target_minutes': target, **across_seeds(at)})
-  return {'num_samples': num_samples, 'runs': runs, 'mean': mean}
+  final = across_seeds([p for r in runs for p in r['points'] if p['last']])
+  return {
+    'num_samples': num_samples,
+    'runs': runs,
+    'mean': mean,
+    'final': final,
+  }
 
 
 def markdown(result: Mapping, *, machine: str) -> str:
@@ -248,13 +258,28 @@ def markdown(result: Mapping, *, machine: str) -> str:
     + ' |',
     '|---' * (4 + len(QUANTITIES)) + '|',
   ]
-  for row in result['mean']:
-    at = [
-      p
-      for r in result['runs']
-      for p in r['points']
-      if p['target_minutes'] == row['target_minutes']
-    ]
+  rows = [
+    (
+      f'{row["target_minutes"]:g}',
+      row,
+      [
+        p
+        for r in result['runs']
+        for p in r['points']
+        if p['target_minutes'] == row['target_minutes']
+      ],
+    )
+    for row in result['mean']
+  ]
+  if 'final' in result:
+    rows.append(
+      (
+        'last checkpoint',
+        result['final'],
+        [p for r in result['runs'] for p in r['points'] if p.get('last')],
+      )
+    )
+  for label, row, at in rows:
     cells = []
     for key, *_ in QUANTITIES:
       sem, tag = row[f'{key}_sem_seeds'], ''
@@ -262,7 +287,7 @@ def markdown(result: Mapping, *, machine: str) -> str:
         sem, tag = at[0][f'{key}_sem_images'], ' img'
       cells.append(f'{row[key]:.3f} ± {sem:.3f}{tag}')
     lines.append(
-      f'| {row["target_minutes"]:g} | {row["num_seeds"]} | {row["minutes"]:.1f} | '
+      f'| {label} | {row["num_seeds"]} | {row["minutes"]:.1f} | '
       f'{"/".join(str(p["num_images"]) for p in at)} | '
       + ' | '.join(cells)
       + ' |'
@@ -284,15 +309,30 @@ def plot(result: Mapping, path: str, *, targets: Mapping[str, Sequence[float]]):
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
   for ax, (key, label, *_) in zip(axes, QUANTITIES[:2]):
     for run in result['runs']:
+      name = os.path.basename(os.path.normpath(run['workdir']))
       pts = sorted(run['points'], key=lambda p: p['minutes'])
-      ax.plot(
-        [p['minutes'] for p in pts],
-        [p[key] for p in pts],
+      # The line joins points scored on the same images; the last checkpoint, scored on more
+      # images, is a separate marker (its ratio is over a different image set).
+      count = min(p['num_images'] for p in pts)
+      line = [p for p in pts if p['num_images'] == count]
+      (drawn,) = ax.plot(
+        [p['minutes'] for p in line],
+        [p[key] for p in line],
         'o-',
         lw=0.8,
         alpha=0.5,
-        label=os.path.basename(os.path.normpath(run['workdir'])),
+        label=f'{name} ({count} images)',
       )
+      for p in pts:
+        if p['num_images'] != count:
+          ax.plot(
+            [p['minutes']],
+            [p[key]],
+            's',
+            mfc='none',
+            color=drawn.get_color(),
+            label=f'{name} ({p["num_images"]} images)',
+          )
     mean = result['mean']
     if len(result['runs']) > 1:
       ax.errorbar(

@@ -100,8 +100,11 @@ def test_curve_on_a_real_run_scores_kept_checkpoints_by_training_time(
   assert points[0]['ged'] == pytest.approx(np.mean(ged) / np.mean(oracle))
   assert points[0]['minutes'] == pytest.approx(seconds[2] / 60)
   assert result['mean'][0]['num_seeds'] == 1
+  assert [p['last'] for p in points] == [False, True]
+  assert result['final']['ged'] == pytest.approx(points[1]['ged'])
   table = quality_curve.markdown(result, machine='test')
   assert ' img |' in table
+  assert '| last checkpoint | 1 |' in table
 
 
 def test_checkpoint_seconds_names_a_missing_workdir(tmp_path):
