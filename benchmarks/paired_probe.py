@@ -54,13 +54,11 @@ def load_records(out_dir: str) -> dict[str, dict]:
       f'{path} does not exist: {out_dir} is not a finished evaluation '
       '(run `python -m diffseg_jax.main --mode=evaluate ...` into it first).'
     )
-  records = {}
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        records[str(record.get('id', record.get('index')))] = record
-  return records
+  from benchmarks import design_study_report  # pylint: disable=g-import-not-at-top
+
+  return design_study_report.load_per_image(
+    os.path.join(out_dir, 'metrics.json')
+  )
 
 
 def compare(
