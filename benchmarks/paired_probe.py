@@ -48,17 +48,17 @@ def _named_dir(arg: str) -> tuple[str, str]:
 
 def load_records(out_dir: str) -> dict[str, dict]:
   """{image id: per-image record} of one evaluation; a clear error if it is not one."""
-  path = os.path.join(out_dir, 'per_image.jsonl')
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f'{path} does not exist: {out_dir} is not a finished evaluation '
-      '(run `python -m diffseg_jax.main --mode=evaluate ...` into it first).'
-    )
   from benchmarks import design_study_report  # pylint: disable=g-import-not-at-top
 
-  return design_study_report.load_per_image(
+  records = design_study_report.load_per_image(
     os.path.join(out_dir, 'metrics.json')
   )
+  if records is None:
+    raise FileNotFoundError(
+      f'{os.path.join(out_dir, "per_image.jsonl")} does not exist: {out_dir} is not a finished '
+      'evaluation (run `python -m diffseg_jax.main --mode=evaluate ...` into it first).'
+    )
+  return records
 
 
 def compare(

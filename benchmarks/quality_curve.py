@@ -198,14 +198,19 @@ def curve(
   final_num_examples: int,
   num_samples: int,
 ) -> dict:
-  """Evaluates what is missing and returns {'runs': per seed, 'mean': per target minute}."""
+  """Evaluates what is missing; {'runs': per seed, 'mean': per target minute, 'final': last checkpoints}."""
   runs = []
   for workdir in workdirs:
     seconds = checkpoint_seconds(workdir)
     last = max(seconds)
     picked = pick_steps(seconds, minutes)
+    todo = sorted(picked.items())
+    if last not in picked.values():
+      todo.append(
+        (None, last)
+      )  # Scored on final_num_examples, off the targets.
     points = []
-    for target, step in sorted(picked.items()):
+    for target, step in todo:
       count = final_num_examples if step == last else num_examples
       metrics, per_image = read_evaluation(
         evaluate_step(config, workdir, step, count)
@@ -216,18 +221,6 @@ def curve(
         minutes=metrics['train_seconds'] / 60,
         step=step,
         last=step == last,
-      )
-      points.append(point)
-    if last not in picked.values():
-      metrics, per_image = read_evaluation(
-        evaluate_step(config, workdir, last, final_num_examples)
-      )
-      point = score_point(per_image, num_samples)
-      point.update(
-        target_minutes=None,
-        minutes=metrics['train_seconds'] / 60,
-        step=last,
-        last=True,
       )
       points.append(point)
     runs.append({'workdir': workdir, 'points': points})
@@ -271,14 +264,13 @@ def markdown(result: Mapping, *, machine: str) -> str:
     )
     for row in result['mean']
   ]
-  if 'final' in result:
-    rows.append(
-      (
-        'last checkpoint',
-        result['final'],
-        [p for r in result['runs'] for p in r['points'] if p.get('last')],
-      )
+  rows.append(
+    (
+      'last checkpoint',
+      result['final'],
+      [p for r in result['runs'] for p in r['points'] if p['last']],
     )
+  )
   for label, row, at in rows:
     cells = []
     for key, *_ in QUANTITIES:
