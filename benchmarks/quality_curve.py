@@ -50,7 +50,16 @@ QUANTITIES = (
   ('ged', 'GED / true oracle', 'oracle_ged', 'ratio'),
   ('mode_tv', 'mode TV / oracle', 'oracle_mode_tv', 'ratio'),
   ('hm_iou', 'HM-IoU - oracle', 'oracle_hm_iou', 'difference'),
+  # The model's mode choices traced like the annotators (evaluation.py, model_modes_): its excess
+  # over 1 is the part of the GED gap the mode frequencies cause, the rest is the shapes'.
+  (
+    'model_modes_ged',
+    "GED of the model's modes / true oracle",
+    'oracle_ged',
+    'ratio',
+  ),
 )
+OPTIONAL = ('model_modes_ged',)
 
 
 def checkpoint_seconds(workdir: str) -> dict[int, float]:
@@ -132,6 +141,8 @@ def score_point(per_image: Sequence[Mapping[str, float]], n: int) -> dict:
   """The curve's quantities at N = n from one evaluation's per-image records."""
   point = {'num_images': len(per_image)}
   for key, _, oracle, kind in QUANTITIES:
+    if key in OPTIONAL and f'{key}_{n}' not in per_image[0]:
+      continue  # An evaluation from before that row existed.
     values = [r[f'{key}_{n}'] for r in per_image]
     reference = [r[f'{oracle}_{n}'] for r in per_image]
     compare = ratio_and_sem if kind == 'ratio' else difference_and_sem
@@ -145,6 +156,8 @@ def across_seeds(points: Sequence[Mapping[str, float]]) -> dict:
   """Mean over seeds of each quantity; standard error over seeds (NaN with one seed)."""
   out = {'num_seeds': len(points)}
   for key, *_ in QUANTITIES + (('minutes',),):
+    if not all(key in p for p in points):
+      continue
     values = [p[key] for p in points]
     mean = sum(values) / len(values)
     out[key] = mean
@@ -274,6 +287,9 @@ def markdown(result: Mapping, *, machine: str) -> str:
   for label, row, at in rows:
     cells = []
     for key, *_ in QUANTITIES:
+      if key not in row:
+        cells.append('not scored')
+        continue
       sem, tag = row[f'{key}_sem_seeds'], ''
       if math.isnan(sem) and len(at) == 1:
         sem, tag = at[0][f'{key}_sem_images'], ' img'

@@ -37,6 +37,12 @@ Where the batches carry the true distribution (the synthetic set: 'modes'
                        traced with the annotators' boundary jitter:
                        tfds_lidc.synthetic_lesions.draw_annotations);
   mode_oracle_<...>    the same for the jitter-free modes drawn with mode_probs;
+  model_modes_<...>    the model's samples, each replaced by a fresh annotation
+                       of the true mode it is assigned to (`assign_modes`, the
+                       assignment mode_tv counts; unmatched samples kept): the
+                       model's mode choices with the annotators' shapes. Its
+                       excess over oracle_ is what the mode frequencies cost,
+                       the model's excess over it what the shapes cost;
   blind_<...>          with `blind_mode_probs` (the training split's average
                        mode_probs, `average_mode_probs`): an image-blind
                        baseline that draws the jitter-free modes of each image
@@ -89,8 +95,11 @@ from tfds_lidc import paths
 PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
 # Row groups of the table: the model, then the yardsticks.
-PREFIXES = ('', 'oracle_', 'mode_oracle_', 'blind_')
+PREFIXES = ('', 'model_modes_', 'oracle_', 'mode_oracle_', 'blind_')
 _YARDSTICKS = (
+  " model_modes: the model's samples, each replaced by a fresh "
+  'annotation of the true mode it matches (its mode frequencies, the '
+  "annotators' shapes);"
   ' oracle: fresh draws from the true annotation distribution; '
   'mode_oracle: its jitter-free modes drawn with the true '
   'probabilities; blind: those modes drawn with the training '
@@ -117,30 +126,46 @@ def mode_tv(
   Returns:
     0.5 * sum |model frequency - true probability| per image.
   """
+  probs = np.asarray(mode_probs, np.float64)
+  b, n = np.shape(samples)[:2]
+  assign, canon = assign_modes(samples=samples, modes=modes)
+  k = canon.shape[1]
+  true = np.zeros((b, k + 1))
+  np.add.at(true, (np.repeat(np.arange(b), k), canon.ravel()), probs.ravel())
+  freq = np.zeros((b, k + 1))
+  np.add.at(freq, (np.repeat(np.arange(b), n), assign.ravel()), 1.0 / n)
+  return 0.5 * np.abs(freq - true).sum(axis=1)
+
+
+def assign_modes(
+  *, samples: np.ndarray, modes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """The true mode each sample goes to, as `mode_tv` counts it.
+
+  Args:
+    samples: bool [B, N, H, W].
+    modes: bool/uint8 [B, K, H, W].
+
+  Returns:
+    (assign int [B, N] in [0, K], K = unmatched; canon int [B, K], the class
+    each mode counts as: the first empty mode for every empty one).
+  """
   samples = np.asarray(samples, bool)
   modes = np.asarray(modes, bool)
-  probs = np.asarray(mode_probs, np.float64)
-  b, n = samples.shape[:2]
   k = modes.shape[1]
   iou_sm = np.asarray(metrics.pairwise_iou(samples, modes), np.float64)
   sample_empty = samples.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
   mode_empty = modes.sum(axis=(-2, -1)) < MIN_SAMPLE_PIXELS
-  # Canonical class of each mode: the first empty mode for all empty ones.
   first_empty = np.where(
     mode_empty.any(axis=1), np.argmax(mode_empty, axis=1), k
   )
   canon = np.where(mode_empty, first_empty[:, None], np.arange(k)[None, :])
-  true = np.zeros((b, k + 1))
-  np.add.at(true, (np.repeat(np.arange(b), k), canon.ravel()), probs.ravel())
-
   masked = np.where(mode_empty[:, None, :], -1.0, iou_sm)
   best = np.argmax(masked, axis=-1)
   overlaps = np.max(masked, axis=-1) > 0
   assign = np.where(overlaps, best, k)
   assign = np.where(sample_empty, first_empty[:, None], assign)
-  freq = np.zeros((b, k + 1))
-  np.add.at(freq, (np.repeat(np.arange(b), n), assign.ravel()), 1.0 / n)
-  return 0.5 * np.abs(freq - true).sum(axis=1)
+  return assign, canon
 
 
 def _set_metrics(
@@ -199,8 +224,7 @@ def _draw_modes(*, keys, modes, probs, num_samples) -> np.ndarray:
   )
 
 
-def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
-  """Fresh annotations from the true distribution, image b seeded by keys[b] -> bool [B, N, H, W]."""
+def _geometry(batch, index) -> np.ndarray:
   if 'geometry' not in batch:
     raise KeyError(
       f"evaluation batch {index} has 'modes' but lacks 'geometry', which "
@@ -209,9 +233,14 @@ def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
       'Rebuild it: python -m tfds_lidc.build --dataset=synthetic_lesions/S '
       '--data_dir=DIR --overwrite (or let --mode=train build it on first use).'
     )
+  return np.asarray(batch['geometry'], np.float64)
+
+
+def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
+  """Fresh annotations from the true distribution, image b seeded by keys[b] -> bool [B, N, H, W]."""
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
-  geometry = np.asarray(batch['geometry'], np.float64)
+  geometry = _geometry(batch, index)
   probs = np.asarray(batch['mode_probs'], np.float64)
   seeds = sampling.key_data(keys).reshape(len(geometry), -1)
   return np.stack(
@@ -226,6 +255,35 @@ def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
       for b in range(len(geometry))
     ]
   )
+
+
+def _trace_assigned(*, keys, batch, index, samples, modes) -> np.ndarray:
+  """Each sample replaced by a fresh annotation of the true mode it is assigned to -> [B, N, H, W].
+
+  The mode is `assign_modes`'; the annotation is traced with the annotators' boundary jitter
+  (tfds_lidc.synthetic_lesions.draw_annotations with that mode's probability 1). Samples that
+  match no mode stay as they are.
+  """
+  from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
+  geometry = _geometry(batch, index)
+  assign, _ = assign_modes(samples=samples, modes=modes)
+  b, n, size = samples.shape[0], samples.shape[1], samples.shape[-1]
+  k = modes.shape[1]
+  seeds = sampling.key_data(keys).reshape(b, -1)
+  out = np.array(samples, bool)
+  for i in range(b):
+    traced = synthetic_lesions.draw_annotations(
+      geometry=np.broadcast_to(geometry[i], (k, geometry.shape[-1])),
+      mode_probs=np.eye(k),
+      num=n,
+      size=size,
+      seed=seeds[i].tolist(),
+    )  # [K, N, S, S]: every mode traced N times.
+    matched = assign[i] < k
+    j = np.flatnonzero(matched)
+    out[i, j] = traced[assign[i, j], j]
+  return out
 
 
 def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -403,8 +461,8 @@ def evaluate(
     out_dir: where metrics.json, per_image.jsonl and metrics.md go (None: write nothing, as on
       every process but the first of a multi-process run).
     rng: jax PRNG key; with (model, mode oracle, true oracle, blind) =
-      split(rng, 4), image i of the split is drawn with the key
-      fold_in(<that key>, i) (`sampling.image_keys`).
+      split(rng, 4) and model_modes = fold_in(rng, 4), image i of the split
+      is drawn with the key fold_in(<that key>, i) (`sampling.image_keys`).
     split_name: recorded in the reports.
     blind_mode_probs: [K] mode probabilities of the image-blind baseline,
       normally the training split's average (`average_mode_probs`); None
@@ -434,6 +492,7 @@ def evaluate(
   if blind_mode_probs is not None:
     blind_mode_probs = np.asarray(blind_mode_probs, np.float64)
   model_rng, mode_rng, true_rng, blind_rng = jax.random.split(rng, 4)
+  traced_rng = jax.random.fold_in(rng, 4)
 
   per_image: list[dict[str, Any]] = []
   rows_seen = 0
@@ -478,6 +537,14 @@ def evaluate(
         num_samples=n_max,
       )
       values.update(scored(samples=true, prefix='oracle_'))
+      traced = _trace_assigned(
+        keys=sampling.image_keys(traced_rng, indices),
+        batch=batch,
+        index=batch_index,
+        samples=samples,
+        modes=modes,
+      )
+      values.update(scored(samples=traced, prefix='model_modes_'))
       drawn = _draw_modes(
         keys=sampling.image_keys(mode_rng, indices),
         modes=modes,

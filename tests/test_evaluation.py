@@ -223,6 +223,61 @@ def test_true_oracle_draws_fresh_annotations(tmp_path):
   assert true['n'] == mode['n'] == 200
 
 
+def test_model_modes_row_separates_mode_frequencies_from_shapes(tmp_path):
+  """Jitter-free modes with the true probabilities: right frequencies, wrong shapes.
+
+  Traced like the annotators, they are distributed as the true oracle, so model_modes_ scores
+  like oracle_ (the shape part of the gap is all of it), and keeps the model's mode frequencies.
+  """
+  images = _tiny_source(seed=5, num_images=200)
+  summary = evaluation.evaluate(
+    _mode_sampler(images),
+    _batches(images),
+    num_samples_list=(4, 16),
+    out_dir=None,
+    rng=jax.random.PRNGKey(1),
+    split_name='test',
+    log=lambda *_: None,
+  )
+  traced, true = summary['model_modes_ged_16'], summary['oracle_ged_16']
+  model = summary['ged_16']
+  assert abs(traced['mean'] - true['mean']) < 3 * max(
+    traced['sem'], true['sem']
+  )
+  assert traced['mean'] < model['mean'] - 2 * max(traced['sem'], model['sem'])
+  assert summary['model_modes_mode_tv_16']['mean'] == pytest.approx(
+    summary['mode_tv_16']['mean'], abs=0.01
+  )
+  assert traced['n'] == 200
+
+
+def test_trace_assigned_keeps_unmatched_samples():
+  (x,) = _tiny_source(seed=6, num_images=1)
+  modes = x['modes'][None].astype(bool)
+  samples = np.zeros((1, 4, SIZE, SIZE), bool)
+  samples[0, 1] = modes[0, 1]
+  samples[0, 2] = modes[0, 2]
+  far = np.zeros((SIZE, SIZE), bool)
+  far[:3, :3] = True
+  assert not (far & modes[0, 2]).any()
+  samples[0, 3] = far
+  batch = {'geometry': x['geometry'][None]}
+  keys = sampling.image_keys(jax.random.PRNGKey(0), np.arange(1))
+  out = evaluation._trace_assigned(
+    keys=keys, batch=batch, index=0, samples=samples, modes=modes
+  )
+  assert not out[0, 0].any()  # empty -> the empty mode, traced empty
+  np.testing.assert_array_equal(out[0, 3], far)  # unmatched: kept
+  for j in (
+    1,
+    2,
+  ):  # traced: the mode within the +-1 px jitter, not the mode itself
+    differs = out[0, j] ^ modes[0, j]
+    assert 0 < differs.sum() < 0.6 * modes[0, j].sum()
+  assign, _ = evaluation.assign_modes(samples=out, modes=modes)
+  np.testing.assert_array_equal(assign, [[0, 1, 2, 3]])
+
+
 def test_old_build_without_geometry_is_an_error(tmp_path):
   images = [
     {k: v for k, v in x.items() if k != 'geometry'}

@@ -110,3 +110,30 @@ def test_curve_on_a_real_run_scores_kept_checkpoints_by_training_time(
 def test_checkpoint_seconds_names_a_missing_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match='checkpoints does not exist'):
     quality_curve.checkpoint_seconds(str(tmp_path / 'nothing'))
+
+
+def test_model_modes_ratio_is_scored_where_evaluated_and_skipped_where_not():
+  rows = [
+    {
+      'ged_16': g,
+      'mode_tv_16': 0.2,
+      'hm_iou_16': 0.7,
+      'oracle_ged_16': 0.1,
+      'oracle_mode_tv_16': 0.1,
+      'oracle_hm_iou_16': 0.8,
+      'model_modes_ged_16': m,
+    }
+    for g, m in ((0.2, 0.12), (0.3, 0.14))
+  ]
+  point = quality_curve.score_point(rows, 16)
+  assert point['model_modes_ged'] == pytest.approx(1.3)
+  assert point['ged'] == pytest.approx(2.5)
+  old = quality_curve.score_point(
+    [{k: v for k, v in r.items() if not k.startswith('model_')} for r in rows],
+    16,
+  )
+  assert 'model_modes_ged' not in old
+  mixed = quality_curve.across_seeds(
+    [dict(point, minutes=1.0), dict(old, minutes=2.0)]
+  )
+  assert 'model_modes_ged' not in mixed and mixed['ged'] == pytest.approx(2.5)
