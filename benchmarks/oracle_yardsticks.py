@@ -20,6 +20,10 @@ three yardsticks that `diffseg_jax.evaluation.evaluate` reports beside a model:
 
   oracle       fresh annotations drawn from the true distribution (a mode drawn
                with mode_probs, traced with the annotators' boundary jitter);
+  ideal        the same with the probabilities of an ideal observer who knows
+               the geometry and estimates the lobe contrast from the image
+               (syn.ideal_observer_mode_probs): no model of the image alone
+               can be expected to do better;
   mode_oracle  the jitter-free modes drawn with mode_probs;
   blind        the modes drawn with the training split's average mode_probs.
 
@@ -47,6 +51,7 @@ KEYS = ('ged_16', 'hm_iou_16', 'ci_16', 'mode_tv_16')
 ROWS = (
   ('', 'fresh draws (as a model)'),
   ('oracle_', 'oracle (true)'),
+  ('ideal_', 'ideal observer of the image'),
   ('mode_oracle_', 'mode oracle'),
   ('blind_', 'image-blind'),
 )
@@ -171,6 +176,14 @@ def main(argv):
   )
   print('\n'.join(lines))
   print(f'\nmode oracle GED_16 / true oracle GED_16 = {ratio:.3f}')
+  ideal = {
+    k: summary[f'ideal_{k}']['mean'] / summary[f'oracle_{k}']['mean']
+    for k in ('ged_16', 'mode_tv_16')
+  }
+  print(
+    'ideal observer / true oracle: '
+    + ', '.join(f'{k} {v:.3f}' for k, v in ideal.items())
+  )
 
   result = {
     'dataset': f'synthetic_lesions/{_SIZE.value}',
@@ -184,6 +197,7 @@ def main(argv):
     'seconds': seconds,
     'command': 'python benchmarks/oracle_yardsticks.py'
     + (f' --size {_SIZE.value}' if _SIZE.value != 32 else ''),
+    'ideal_over_oracle': ideal,
     'metrics': {
       prefix + k: summary[prefix + k] for prefix, _ in ROWS for k in KEYS
     },

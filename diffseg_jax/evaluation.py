@@ -37,6 +37,13 @@ Where the batches carry the true distribution (the synthetic set: 'modes'
                        traced with the annotators' boundary jitter:
                        tfds_lidc.synthetic_lesions.draw_annotations);
   mode_oracle_<...>    the same for the jitter-free modes drawn with mode_probs;
+  ideal_<...>          the same as oracle_ but with the probabilities of an ideal
+                       observer who knows the geometry and reads the lobe
+                       contrast off the image (synthetic_lesions.
+                       ideal_observer_mode_probs): what the image allows at
+                       best, since the true probabilities depend on the
+                       generator's contrast, which the noisy image shows only
+                       approximately;
   model_modes_<...>    the model's samples, each replaced by a fresh annotation
                        of the true mode it is assigned to (`assign_modes`, the
                        assignment mode_tv counts; unmatched samples kept): the
@@ -95,12 +102,14 @@ from tfds_lidc import paths
 PAPER_NUM_SAMPLES = 4
 MIN_SAMPLE_PIXELS = 3
 # Row groups of the table: the model, then the yardsticks.
-PREFIXES = ('', 'model_modes_', 'oracle_', 'mode_oracle_', 'blind_')
+PREFIXES = ('', 'model_modes_', 'ideal_', 'oracle_', 'mode_oracle_', 'blind_')
 _YARDSTICKS = (
   " model_modes: the model's samples, each replaced by a fresh "
   'annotation of the true mode it matches (its mode frequencies, the '
   "annotators' shapes);"
   ' oracle: fresh draws from the true annotation distribution; '
+  'ideal: the same with the probabilities an ideal observer of the image '
+  'infers (geometry known, lobe contrast estimated); '
   'mode_oracle: its jitter-free modes drawn with the true '
   'probabilities; blind: those modes drawn with the training '
   "split's average probabilities."
@@ -236,12 +245,19 @@ def _geometry(batch, index) -> np.ndarray:
   return np.asarray(batch['geometry'], np.float64)
 
 
-def _draw_true(*, keys, batch, index, size, num_samples) -> np.ndarray:
-  """Fresh annotations from the true distribution, image b seeded by keys[b] -> bool [B, N, H, W]."""
+def _draw_true(
+  *, keys, batch, index, size, num_samples, probs=None
+) -> np.ndarray:
+  """Fresh annotations from the true distribution, image b seeded by keys[b] -> bool [B, N, H, W].
+
+  With `probs` [B, K], the modes are drawn with those probabilities instead of mode_probs.
+  """
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
   geometry = _geometry(batch, index)
-  probs = np.asarray(batch['mode_probs'], np.float64)
+  if probs is None:
+    probs = batch['mode_probs']
+  probs = np.asarray(probs, np.float64)
   seeds = sampling.key_data(keys).reshape(len(geometry), -1)
   return np.stack(
     [
@@ -461,7 +477,8 @@ def evaluate(
     out_dir: where metrics.json, per_image.jsonl and metrics.md go (None: write nothing, as on
       every process but the first of a multi-process run).
     rng: jax PRNG key; with (model, mode oracle, true oracle, blind) =
-      split(rng, 4) and model_modes = fold_in(rng, 4), image i of the split
+      split(rng, 4), model_modes = fold_in(rng, 4) and ideal =
+      fold_in(rng, 5), image i of the split
       is drawn with the key fold_in(<that key>, i) (`sampling.image_keys`).
     split_name: recorded in the reports.
     blind_mode_probs: [K] mode probabilities of the image-blind baseline,
@@ -492,7 +509,7 @@ def evaluate(
   if blind_mode_probs is not None:
     blind_mode_probs = np.asarray(blind_mode_probs, np.float64)
   model_rng, mode_rng, true_rng, blind_rng = jax.random.split(rng, 4)
-  traced_rng = jax.random.fold_in(rng, 4)
+  traced_rng, ideal_rng = jax.random.fold_in(rng, 4), jax.random.fold_in(rng, 5)
 
   per_image: list[dict[str, Any]] = []
   rows_seen = 0
@@ -537,6 +554,19 @@ def evaluate(
         num_samples=n_max,
       )
       values.update(scored(samples=true, prefix='oracle_'))
+      from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
+      ideal = _draw_true(
+        keys=sampling.image_keys(ideal_rng, indices),
+        batch=batch,
+        index=batch_index,
+        size=masks.shape[-1],
+        num_samples=n_max,
+        probs=synthetic_lesions.ideal_observer_mode_probs(
+          image=image, geometry=_geometry(batch, batch_index)
+        ),
+      )
+      values.update(scored(samples=ideal, prefix='ideal_'))
       traced = _trace_assigned(
         keys=sampling.image_keys(traced_rng, indices),
         batch=batch,

@@ -248,7 +248,25 @@ def test_model_modes_row_separates_mode_frequencies_from_shapes(tmp_path):
   assert summary['model_modes_mode_tv_16']['mean'] == pytest.approx(
     summary['mode_tv_16']['mean'], abs=0.01
   )
-  assert traced['n'] == 200
+  assert traced['n'] == summary['ideal_ged_16']['n'] == 200
+
+
+def test_ideal_observer_row_sits_between_the_oracle_and_the_blind_baseline():
+  images = _tiny_source(seed=7, num_images=200)
+  summary = evaluation.evaluate(
+    _mode_sampler(images),
+    _batches(images),
+    num_samples_list=(4, 16),
+    out_dir=None,
+    rng=jax.random.PRNGKey(2),
+    split_name='test',
+    blind_mode_probs=_train_average(),
+    log=lambda *_: None,
+  )
+  tv = {p: summary[f'{p}mode_tv_16'] for p in ('oracle_', 'ideal_', 'blind_')}
+  sem = max(t['sem'] for t in tv.values())
+  assert tv['oracle_']['mean'] - 2 * sem < tv['ideal_']['mean']
+  assert tv['ideal_']['mean'] < tv['blind_']['mean'] - 3 * sem
 
 
 def test_trace_assigned_keeps_unmatched_samples():

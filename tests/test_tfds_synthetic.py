@@ -322,3 +322,51 @@ def test_cli_errors(capsys, tmp_path):
     'seed': 2,
     'x': 'a',
   }
+
+
+def test_texture_spectrum_is_the_textures_covariance():
+  """The ideal observer's noise model against Monte-Carlo textures (autocovariance by offset)."""
+  size = 32
+  textures = syn._smooth_texture(np.random.default_rng(0), n=400, size=size)
+  power = np.abs(np.fft.fft2(textures)) ** 2 / size**2
+  empirical = np.fft.ifft2(power.mean(0)).real  # autocovariance c(dy, dx)
+  model = np.fft.ifft2(syn._texture_spectrum(size)).real
+  assert model[0, 0] == pytest.approx(1.0)
+  np.testing.assert_allclose(empirical[:6, :6], model[:6, :6], atol=0.03)
+
+
+def test_lobe_contrast_estimate_is_unbiased_with_its_stated_sd():
+  arrays = syn.generate_chunk(seed=3, split='train', chunk=0, n=256, size=32)
+  probs = arrays['mode_probs'].astype(np.float64)
+  keep = (
+    probs[:, 0] < 0.5
+  )  # p_lobe is recoverable from the stored probabilities
+  p_lobe = probs[keep, 2] / (1 - probs[keep, 0])
+  contrast = syn.LOBE_CONTRAST_CENTRE + syn.LOBE_CONTRAST_WIDTH * np.log(
+    p_lobe / (1 - p_lobe)
+  )
+  c_hat, sd = syn.lobe_contrast_estimate(
+    image=arrays['image'][keep], geometry=arrays['geometry'][keep]
+  )
+  z = (c_hat - contrast) / sd
+  assert keep.sum() > 150
+  assert abs(z.mean()) < 0.2
+  assert 0.85 < z.std() < 1.15
+  assert np.median(sd) < syn.LOBE_CONTRAST_WIDTH  # informative, not certain
+
+
+def test_ideal_observer_probabilities_are_close_to_but_not_the_true_ones():
+  arrays = syn.generate_chunk(seed=4, split='test', chunk=0, n=256, size=32)
+  ideal = syn.ideal_observer_mode_probs(
+    image=arrays['image'], geometry=arrays['geometry']
+  )
+  true = arrays['mode_probs'].astype(np.float64)
+  np.testing.assert_allclose(ideal.sum(-1), 1.0, atol=1e-12)
+  np.testing.assert_allclose(ideal[:, 0], true[:, 0], atol=1e-6)
+  tv = 0.5 * np.abs(ideal - true).sum(-1)
+  blind = 0.5 * np.abs(true.mean(0) - true).sum(-1)
+  assert 0.005 < tv.mean() < 0.25 * blind.mean()
+  with pytest.raises(ValueError, match=r'\[\.\.\., S, S, 1\]'):
+    syn.ideal_observer_mode_probs(
+      image=arrays['image'][..., 0], geometry=arrays['geometry']
+    )

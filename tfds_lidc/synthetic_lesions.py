@@ -62,6 +62,7 @@ NUM_ANNOTATORS = 4
 NUM_MODES = 3
 CHUNK = 256  # Examples drawn per random stream; part of the generative process.
 CORE_CONTRAST = 0.35
+BACKGROUND, TEXTURE_STD, PIXEL_NOISE_STD = 0.3, 0.06, 0.03
 MIN_LOBE_FRACTION = 0.3
 # Centres and widths of the logistic mode probabilities (module doc, step 5).
 EMPTY_AREA_CENTRE, EMPTY_AREA_WIDTH = 0.035, 0.008
@@ -321,6 +322,95 @@ def draw_annotations(*, geometry, mode_probs, num, size, seed):
   return masks.reshape(lead + (num, size, size))
 
 
+def _texture_spectrum(size):
+  """[S, S] eigenvalues of the covariance of `_smooth_texture` (circulant, unit marginal variance).
+
+  Gaussian-filtered white noise has power kernel(f)^2; removing the mean zeroes the DC term;
+  dividing by the standard deviation makes the average eigenvalue (the marginal variance) 1.
+  """
+  f = np.fft.fftfreq(size)
+  width = 1.0 / (size / 8.0)
+  power = np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / width**2)
+  power[0, 0] = 0.0
+  return power / power.mean()
+
+
+def _image_and_geometry(image, geometry):
+  image = np.asarray(image, np.float64)
+  geometry = np.asarray(geometry, np.float64)
+  if (
+    image.ndim < 3
+    or image.shape[-1] != 1
+    or image.shape[-2] != image.shape[-3]
+    or image.shape[:-3] != geometry.shape[:-1]
+    or geometry.shape[-1] != len(GEOMETRY_KEYS)
+  ):
+    raise ValueError(
+      f'image {image.shape} and geometry {geometry.shape} must be [..., S, S, 1] and '
+      f"[..., {len(GEOMETRY_KEYS)}] (the features 'image' and 'geometry')."
+    )
+  return image[..., 0], geometry, image.shape[-2]
+
+
+def lobe_contrast_estimate(*, image, geometry):
+  """Generalised least-squares lobe contrast of examples whose geometry is known, with its s.d.
+
+  With the core and lobe known, image = 0.3 + 0.35 soft_core + c lobe + 0.06 T + 0.03 noise is
+  linear in the lobe contrast c with Gaussian texture T (`_texture_spectrum`) and pixel noise
+  (clipping to [0, 1] ignored), so the estimate is unbiased with the returned standard deviation.
+
+  Args:
+    image: [..., S, S, 1], the examples' 'image'.
+    geometry: float64 [..., 10], their 'geometry'.
+
+  Returns:
+    (c_hat, sd), float64 [...] each.
+  """
+  image, geometry, size = _image_and_geometry(image, geometry)
+  lead = geometry.shape[:-1]
+  flat = geometry.reshape(-1, len(GEOMETRY_KEYS))
+  d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, flat.T)), size=size)
+  soft_core = _sigmoid(d_core.astype(np.float64) / 0.5)
+  lobe = (
+    _sigmoid(np.maximum(d_core, d_lobe).astype(np.float64) / 0.5) - soft_core
+  )
+  residual = (
+    image.reshape(-1, size, size) - BACKGROUND - CORE_CONTRAST * soft_core
+  )
+  # Sigma = 0.06^2 T + 0.03^2 I is diagonal in Fourier space: a' Sigma^-1 b = sum conj(A) B / s / N.
+  spectrum = TEXTURE_STD**2 * _texture_spectrum(size) + PIXEL_NOISE_STD**2
+  lobe_f = np.fft.fft2(lobe)
+  num = (np.conj(lobe_f) * np.fft.fft2(residual) / spectrum).sum((-2, -1)).real
+  den = (np.abs(lobe_f) ** 2 / spectrum).sum((-2, -1))
+  return (num / den).reshape(lead), np.sqrt(size * size / den).reshape(lead)
+
+
+def ideal_observer_mode_probs(*, image, geometry, grid_points=701):
+  """Mode probabilities [..., 3] of an observer who knows the geometry and reads c off the image.
+
+  The core area (hence p_empty) follows from the geometry; the lobe probability is the
+  posterior mean of p_lobe(c) under the uniform prior on c and the Gaussian likelihood of
+  `lobe_contrast_estimate`. An observer of the image alone knows less (not the exact geometry),
+  so annotations drawn with these probabilities bound from below what a model can reach.
+  """
+  _, geometry, size = _image_and_geometry(image, geometry)
+  c_hat, sd = lobe_contrast_estimate(image=image, geometry=geometry)
+  grid = np.linspace(0.0, CORE_CONTRAST, grid_points)
+  log_lik = -0.5 * ((grid - c_hat[..., None]) / sd[..., None]) ** 2
+  weight = np.exp(log_lik - log_lik.max(-1, keepdims=True))
+  p_lobe_grid = _sigmoid((grid - LOBE_CONTRAST_CENTRE) / LOBE_CONTRAST_WIDTH)
+  p_lobe = (weight * p_lobe_grid).sum(-1) / weight.sum(-1)
+  flat = geometry.reshape(-1, len(GEOMETRY_KEYS))
+  d_core, _ = _distances(dict(zip(GEOMETRY_KEYS, flat.T)), size=size)
+  core_area = (d_core > 0).sum((-2, -1)).reshape(geometry.shape[:-1]) / size**2
+  p_empty = mode_probabilities(core_area_fraction=core_area, lobe_contrast=0.0)[
+    ..., 0
+  ]
+  return np.stack(
+    [p_empty, (1 - p_empty) * (1 - p_lobe), (1 - p_empty) * p_lobe], -1
+  )
+
+
 def generate_chunk(*, seed, split, chunk, n, size):
   """Generates `n` examples from the random stream (seed, split, chunk).
 
@@ -344,12 +434,14 @@ def generate_chunk(*, seed, split, chunk, n, size):
   lobe_contrast = rng.uniform(0.0, CORE_CONTRAST, n)
 
   soft = lambda d: _sigmoid(d / 0.5)
-  background = 0.3 + 0.06 * _smooth_texture(rng, n=n, size=size)
+  background = BACKGROUND + TEXTURE_STD * _smooth_texture(rng, n=n, size=size)
   soft_core = soft(d_core)
   lesion = CORE_CONTRAST * soft_core + lobe_contrast[:, None, None] * (
     soft(d_union) - soft_core
   )
-  image = background + lesion + 0.03 * rng.standard_normal((n, size, size))
+  image = (
+    background + lesion + PIXEL_NOISE_STD * rng.standard_normal((n, size, size))
+  )
   image = np.clip(image, 0.0, 1.0)
 
   core = d_core > 0
