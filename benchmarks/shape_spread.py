@@ -1,0 +1,189 @@
+# Copyright 2026 The diffseg_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+
+r"""How far a checkpoint's samples sit from the true mode they match, against fresh annotations.
+
+The evaluation's model_modes_ row says how much of the GED gap to the true oracle is the shapes'
+(the rest is the mode frequencies'). This says what is wrong with the shapes: per sample matched to
+a non-empty mode (`evaluation.assign_modes`), the pixels where it differs from that jitter-free mode
+("off mode"), and per pair of samples matched to the same non-empty mode of an image, the pixels where
+they differ ("within mode"). The annotators' boundary jitter (fresh draws from the true distribution,
+the same images) is the target for both: a model with more pixels off mode and within mode draws
+noisier boundaries than the annotators, one with fewer draws too little variation.
+
+  python benchmarks/shape_spread.py --config=configs/synthetic_long.py --workdir=RUN \
+      [--step=-1 --num_images=200 --num_steps=10 --out=benchmarks/results/shape_spread]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
+  """Off-mode and within-mode pixel counts of samples [B, N, H, W] against modes [B, K, H, W]."""
+  from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  samples = np.asarray(samples, bool)
+  modes = np.asarray(modes, bool)
+  assign, _ = evaluation.assign_modes(samples=samples, modes=modes)
+  k = modes.shape[1]
+  nonempty = modes.sum((-2, -1)) >= evaluation.MIN_SAMPLE_PIXELS  # [B, K]
+  off, within = [], []
+  for b in range(samples.shape[0]):
+    for mode in range(k):
+      if not nonempty[b, mode]:
+        continue
+      idx = np.flatnonzero(assign[b] == mode)
+      if not idx.size:
+        continue
+      group = samples[b, idx]
+      off.extend((group ^ modes[b, mode]).sum((-2, -1)).tolist())
+      i, j = np.triu_indices(idx.size, 1)
+      within.extend((group[i] ^ group[j]).sum((-2, -1)).tolist())
+  off, within = np.asarray(off, float), np.asarray(within, float)
+  return {
+    'off_mode_pixels': float(off.mean()) if off.size else float('nan'),
+    'within_mode_pixels': float(within.mean()) if within.size else float('nan'),
+    'num_samples_matched': int(off.size),
+    'unmatched_fraction': float((assign == k).mean()),
+  }
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import sampling  # pylint: disable=g-import-not-at-top
+  from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
+
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  config = FLAGS.config
+  settings = settings_lib.resolve(config)
+  mesh = parallel.make_mesh(config.mesh.data)
+  graphdef, params, step = checkpoint.load_params(
+    FLAGS.workdir,
+    settings.unet,
+    mesh,
+    use_ema=config.eval.use_ema,
+    step=None if FLAGS.step < 0 else FLAGS.step,
+  )
+  source = input_pipeline.load_source(
+    name=config.dataset.name,
+    split=config.eval.split,
+    data_dir=config.dataset.data_dir,
+  )
+  examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
+  if 'modes' not in examples[0]:
+    raise SystemExit(
+      f'{config.dataset.name} has no true modes: this needs synthetic_lesions.'
+    )
+  batch = {
+    key: np.stack([x[key] for x in examples])
+    for key in ('image', 'modes', 'mode_probs', 'geometry')
+  }
+  num_steps = FLAGS.num_steps or settings.sampler.num_steps
+  sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
+  keys = sampling.image_keys(
+    jax.random.PRNGKey(config.eval.seed), np.arange(len(examples))
+  )
+  samples = np.concatenate(
+    [
+      np.asarray(
+        sampler(
+          params,
+          batch['image'][i : i + 50],
+          keys[i : i + 50],
+          FLAGS.num_samples,
+          num_steps=num_steps,
+        )
+      )
+      for i in range(0, len(examples), 50)
+    ]
+  )
+  true = synthetic_lesions.draw_annotations(
+    geometry=batch['geometry'],
+    mode_probs=batch['mode_probs'],
+    num=FLAGS.num_samples,
+    size=batch['image'].shape[1],
+    seed=config.eval.seed,
+  )
+  rows = {
+    'model': spread(samples, batch['modes']),
+    'true annotations': spread(true, batch['modes']),
+  }
+  result = {
+    'workdir': FLAGS.workdir,
+    'checkpoint_step': int(step),
+    'num_images': len(examples),
+    'num_samples': FLAGS.num_samples,
+    'sampler': f'{settings.sampler.name}, {num_steps} steps',
+    'cpu_model': side_by_side.cpu_model(),
+    'rows': rows,
+  }
+  lines = [
+    f'Step {step}, {len(examples)} {config.eval.split} images x {FLAGS.num_samples} samples, '
+    f'{result["sampler"]}:',
+    '',
+    '| samples | off-mode pixels | within-mode pixels | matched | unmatched |',
+    '|---|---|---|---|---|',
+  ]
+  for name, r in rows.items():
+    lines.append(
+      f'| {name} | {r["off_mode_pixels"]:.2f} | {r["within_mode_pixels"]:.2f} | '
+      f'{r["num_samples_matched"]} | {r["unmatched_fraction"]:.3f} |'
+    )
+  print('\n'.join(lines))
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  with open(FLAGS.out + '.json', 'w') as f:
+    json.dump(result, f, indent=1, sort_keys=True)
+
+
+if __name__ == '__main__':
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # configs/ and benchmarks/ as packages.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file(
+    'config', None, 'The config the run was trained with.', lock_config=False
+  )
+  flags.DEFINE_string('workdir', None, 'The training workdir.')
+  flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 = the latest.')
+  flags.DEFINE_integer('num_images', 200, 'First test images scored.')
+  flags.DEFINE_integer('num_samples', 16, 'Samples per image.')
+  flags.DEFINE_integer(
+    'num_steps', 0, "Sampler steps; 0 = the config's sampler.num_steps."
+  )
+  flags.DEFINE_string(
+    'out',
+    os.path.join(REPO, 'benchmarks', 'results', 'shape_spread'),
+    'Output path without extension (.json).',
+  )
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
