@@ -34,7 +34,13 @@ import sys
 from typing import Mapping, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAIRED = (('ged', 'GED'), ('mode_tv', 'mode TV'), ('hm_iou', 'HM-IoU'))
+PAIRED = (
+  ('ged', 'GED'),
+  ('mode_tv', 'mode TV'),
+  ('hm_iou', 'HM-IoU'),
+  # Evaluations since the model_modes_ row: its change is what the mode frequencies did.
+  ('model_modes_ged', "GED of the model's modes"),
+)
 
 
 def _named_dir(arg: str) -> tuple[str, str]:
@@ -72,6 +78,10 @@ def compare(
     raise ValueError('The probe and the reference share no image id.')
   out = quality_curve.score_point([probe[i] for i in common], n)
   for key, _ in PAIRED:
+    if any(
+      f'{key}_{n}' not in r[i] for r in (probe, reference) for i in common
+    ):
+      continue
     out[f'd_{key}'], out[f'd_{key}_sem'] = quality_curve.difference_and_sem(
       [float(probe[i][f'{key}_{n}']) for i in common],
       [float(reference[i][f'{key}_{n}']) for i in common],
@@ -103,6 +113,8 @@ def markdown(result: Mapping, *, n: int) -> str:
     ] + [
       f'{row[f"d_{key}"]:+.4f} ± {row[f"d_{key}_sem"]:.4f}'
       + _z(row[f'd_{key}'], row[f'd_{key}_sem'])
+      if f'd_{key}' in row
+      else 'not scored'
       for key, _ in PAIRED
     ]
     lines.append(

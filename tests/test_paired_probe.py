@@ -82,3 +82,21 @@ def test_a_missing_evaluation_names_the_file(tmp_path):
     paired_probe.run(('base', ref), [('p', str(tmp_path / 'nope'))], 16)
   with pytest.raises(ValueError, match='NAME=DIR'):
     paired_probe._named_dir(str(tmp_path))  # pylint: disable=protected-access
+
+
+def test_model_modes_difference_where_both_evaluations_have_it(tmp_path):
+  ids = [f'img{k}' for k in range(4)]
+  ref_rows = _rows(ids, [0.2] * 4, [0.2] * 4, [0.7] * 4)
+  probe_rows = _rows(ids, [0.3] * 4, [0.2] * 4, [0.7] * 4)
+  for r, value in zip(
+    ref_rows + probe_rows, [0.12] * 4 + [0.1, 0.1, 0.12, 0.14]
+  ):
+    r['model_modes_ged_16'] = value
+  ref = _write(tmp_path / 'ref', ref_rows)
+  probe = _write(tmp_path / 'p', probe_rows)
+  result = paired_probe.run(('base', ref), [('p', probe)], 16)
+  assert result['probes']['p']['d_model_modes_ged'] == pytest.approx(-0.005)
+  old = _write(tmp_path / 'old', _rows(ids, [0.3] * 4, [0.2] * 4, [0.7] * 4))
+  result = paired_probe.run(('base', ref), [('old', old)], 16)
+  assert 'd_model_modes_ged' not in result['probes']['old']
+  assert 'not scored' in paired_probe.markdown(result, n=16)
