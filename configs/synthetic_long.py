@@ -16,12 +16,11 @@ r"""A longer recipe on synthetic_lesions/32: configs/best.py trained 3x longer, 
 
 6,000 steps of batch 32 (the quickstart: 2,000; warm-up 500, cosine decay over the last 4,500) and a
 slower EMA, then the quickstart's evaluation (500 test images, 4 and 16 samples, oracle and
-image-blind rows). Timing: an 8,000-step version of this recipe (decay over the last 6,000) trained
-at ~2.07 steps/s on the 2-core Intel Xeon (AVX-512) of the reference kind, 66 min, and its
-checkpoints showed the steps after ~40 min buy almost nothing (benchmarks/RESULTS.md, "Compute/quality
-curve"); at that rate 6,000 steps take ~49 min plus ~5 min of evaluation. This 6,000-step version
-itself has not been run end to end. It does not reach issue 10's targets (1.15x / 1.2x the true
-oracle): the 8,000-step run scored 1.51x / 1.57x.
+image-blind rows). Measured on the 2-core Intel Xeon (AVX-512) of the reference kind, seed 0
+(benchmarks/RESULTS.md, "The 6,000-step recipe end to end"): 47.1 min of training at 2.1-2.3 steps/s
+plus ~6 min of evaluation; GED16 1.53x and mode TV16 1.59x the true oracle, HM-IoU16 0.062 below it.
+It does not reach issue 10's targets (1.15x / 1.2x / 0.03); two thirds of its GED gap are the
+samples' shapes (noisier boundaries than the annotators'), one third its mode frequencies.
 
   python -m diffseg_jax.main --config=configs/synthetic_long.py --workdir=/tmp/synthetic_long
   python -m diffseg_jax.main --config=configs/synthetic_long.py:smoke --workdir=/tmp/long_smoke
