@@ -110,11 +110,13 @@ def config(
   dtype: str = 'float32',
   conv_impl: str = 'auto',
   smoke: bool = False,
+  network_chunk_size: int = -1,
 ):
-  """configs/default.py (the paper's network) with batch, compute dtype and conv impl set."""
+  """configs/default.py (the paper's network) with batch, compute dtype, conv impl and network chunk size set."""
   cfg = peak_memory.build_config('default', batch_size=batch, dtype=dtype)
   cfg.unlock()
   cfg.model.conv_impl = conv_impl
+  cfg.network_chunk_size = network_chunk_size
   if smoke:
     from configs import default  # pylint: disable=g-import-not-at-top
 

@@ -56,6 +56,11 @@ _RUNS = flags.DEFINE_integer('runs', 5, 'Timed rounds per comparison (median).')
 _CONV_IMPL = flags.DEFINE_enum(
   'conv_impl', 'auto', ['auto', 'xla', 'cpu_fast'], 'UNetConfig.conv_impl.'
 )
+_NETWORK_CHUNK_SIZE = flags.DEFINE_integer(
+  'network_chunk_size',
+  -1,
+  'config.network_chunk_size (-1: automatic for the back end; 0: one network call per batch).',
+)
 _SIZES = flags.DEFINE_list('sizes', ['128', '64'], 'Image sizes to time.')
 _BATCH = flags.DEFINE_integer(
   'batch', 8, 'Train batch and images per sampler call.'
@@ -100,7 +105,10 @@ def main(argv):
   torch.set_num_threads(threads)
   batch, samples, steps = _BATCH.value, _NUM_SAMPLES.value, _STEPS.value
   cfg = side_by_side.config(
-    batch=batch, conv_impl=_CONV_IMPL.value, smoke=_SMOKE_NET.value
+    batch=batch,
+    conv_impl=_CONV_IMPL.value,
+    smoke=_SMOKE_NET.value,
+    network_chunk_size=_NETWORK_CHUNK_SIZE.value,
   )
   backend = jax.default_backend()
   device = side_by_side.torch_device(backend)
@@ -120,6 +128,7 @@ def main(argv):
     'smoke_net': _SMOKE_NET.value,
     'conv_impl': _CONV_IMPL.value,
     'resolved_conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),
+    'network_chunk_size': settings.network_chunk_size(cfg),
     'runs': runs,
     'batch': batch,
     'num_samples': samples,

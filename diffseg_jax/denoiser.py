@@ -56,15 +56,58 @@ def network_image(image: jnp.ndarray, *, preprocessing: str) -> jnp.ndarray:
   return (rgb - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-def make_denoise_fn(model, *, rngs=None):
+# Each call is a copy of the network in the compiled program: more would mostly add compile time.
+MAX_CHUNKS = 8
+
+
+def num_chunks(rows_per_device: int, chunk_size: int) -> int:
+  """How many network calls a batch of `rows_per_device` examples per device is cut into.
+
+  The most calls (at most MAX_CHUNKS) of at least `chunk_size` examples that divide the rows
+  evenly; 1 when `chunk_size` is 0 (one call for the whole batch).
+  """
+  if chunk_size < 0:
+    raise ValueError(f'chunk_size must be >= 0, got {chunk_size}.')
+  if not chunk_size or rows_per_device <= chunk_size:
+    return 1
+  k = min(MAX_CHUNKS, rows_per_device // chunk_size)
+  while rows_per_device % k:
+    k -= 1
+  return k
+
+
+def make_denoise_fn(model, *, rngs=None, chunks: int = 1):
   """Returns `denoise_fn(z, t, image, self_cond=None) -> raw network output` (dropout only with `rngs`).
 
   What arrives as `t` (time or logSNR) is the diffusion config's `conditioning` choice; `self_cond`
   (the diffusion's self-conditioning x0 estimate) goes to the network's extra input channel.
+
+  With `chunks` > 1 the batch goes through the network as that many independent calls (example
+  i in call i % chunks, so each call keeps a batch-sharded layout) and the outputs are put back in
+  order: the same numbers, but XLA:CPU runs the independent calls side by side on its cores
+  (`config.network_chunk_size`; benchmarks/RESULTS.md).
   """
 
-  def denoise_fn(z, t, image, self_cond=None):
+  def call(z, t, image, self_cond):
     return model(z, t, image, extra=self_cond, rngs=rngs)
+
+  def denoise_fn(z, t, image, self_cond=None):
+    batch = z.shape[0]
+    if chunks <= 1 or batch % chunks:
+      return call(z, t, image, self_cond)
+
+    def part(x, i):
+      return (
+        None
+        if x is None
+        else x.reshape((batch // chunks, chunks) + x.shape[1:])[:, i]
+      )
+
+    outs = [
+      call(part(z, i), part(t, i), part(image, i), part(self_cond, i))
+      for i in range(chunks)
+    ]
+    return jnp.stack(outs, axis=1).reshape((batch,) + outs[0].shape[1:])
 
   return denoise_fn
 
@@ -80,6 +123,7 @@ def example_losses(
   preprocessing: str,
   compute_dtype=jnp.float32,
   dropout_rng=None,
+  chunks: int = 1,
 ) -> jax.Array:
   """The diffusion loss of each example against one of its annotations drawn at random.
 
@@ -95,6 +139,7 @@ def example_losses(
     preprocessing: config.dataset.image_preprocessing.
     compute_dtype: the dtype the network's image input is cast to.
     dropout_rng: dropout randomness (None: no dropout).
+    chunks: independent network calls the batch is cut into (`make_denoise_fn`).
 
   Returns:
     float32 [B] weighted losses.
@@ -105,7 +150,7 @@ def example_losses(
   )
   rngs = None if dropout_rng is None else nnx.Rngs(dropout=dropout_rng)
   losses, _ = diffusion.loss(
-    make_denoise_fn(model, rngs=rngs),
+    make_denoise_fn(model, rngs=rngs, chunks=chunks),
     x0=x0,
     image=net_image,
     rng=noise_rng,

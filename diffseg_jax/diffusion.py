@@ -691,10 +691,21 @@ class StepInputs(NamedTuple):
   rng: Array
 
 
+def _step_noise(rng, index, z) -> Array:
+  """N(0, I) like z from fold_in(rng, index); [M] typed keys draw each example's row from its own key."""
+  if jnp.ndim(rng) == 1 and jax.dtypes.issubdtype(
+    rng.dtype, jax.dtypes.prng_key
+  ):
+    return jax.vmap(
+      lambda k: jax.random.normal(
+        jax.random.fold_in(k, index), z.shape[1:], z.dtype
+      )
+    )(rng)
+  return jax.random.normal(jax.random.fold_in(rng, index), z.shape, z.dtype)
+
+
 def _ddpm(x: StepInputs, sampler: SamplerConfig) -> Array:
-  noise = jax.random.normal(
-    jax.random.fold_in(x.rng, x.index), x.z.shape, x.z.dtype
-  )
+  noise = _step_noise(x.rng, x.index, x.z)
   return ddpm_step(
     z_t=x.z,
     x0_hat=x.x0_hat,
@@ -774,7 +785,9 @@ def sample_loop(
       clipped to [-1, 1] (zeros at the first step).
     image: [M,H,W,C] conditioning images.
     z_init: [M,H,W,1] float32 starting noise.
-    rng: PRNG key for DDPM noise.
+    rng: PRNG key for DDPM noise, or [M] typed keys (`jax.random.key`), one per
+      example: then each example's noise depends on its own key only, as if it
+      were sampled alone.
     diffusion: DiffusionConfig.
     sampler: SamplerConfig; its name picks the SAMPLERS entry.
     num_steps: optional step count N >= 1 (int or int scalar array, may be

@@ -81,6 +81,8 @@ class Sampler:
     preprocessing: config.dataset.image_preprocessing.
     compute_dtype: the network's compute dtype.
     max_batch: max examples (images x samples) per device and network call.
+    chunk_size: examples per device of each independent network call inside a step
+      (`denoiser.num_chunks`; 0: the whole batch in one call; settings.Settings.network_chunk_size).
   """
 
   def __init__(
@@ -93,6 +95,7 @@ class Sampler:
     preprocessing: str,
     compute_dtype=jnp.float32,
     max_batch: int = 256,
+    chunk_size: int = 0,
   ):
     self._mesh = mesh
     self._max_batch = int(max_batch)
@@ -110,35 +113,42 @@ class Sampler:
     # The step count is an argument of the compiled function, never a constant of its trace.
     scfg = dataclasses.replace(sampler_config, num_steps=1)
 
+    devices = mesh.shape[DATA_AXIS]
+
     def sample(params, image, keys, start, num_steps, *, num_samples):
-      denoise_fn = denoiser.make_denoise_fn(nnx.merge(graphdef, params))
+      rows = image.shape[0]
+      m = rows * num_samples
+      chunks = denoiser.num_chunks(m // devices, chunk_size)
+      denoise_fn = denoiser.make_denoise_fn(
+        nnx.merge(graphdef, params), chunks=chunks
+      )
       net_image = denoiser.network_image(
         image, preprocessing=preprocessing
       ).astype(compute_dtype)
       keys = jax.random.wrap_key_data(keys)
       indices = start + jnp.arange(num_samples, dtype=jnp.int32)
-
-      def one(image_1, key):
-        init_key, loop_key = jax.random.split(key)
-        z_init = jax.random.normal(
-          init_key, (1,) + image_1.shape[:2] + (1,), jnp.float32
-        )
-        x0_hat = diffusion.sample_loop(
-          denoise_fn,
-          image=image_1[None],
-          z_init=z_init,
-          rng=loop_key,
-          diffusion=dcfg,
-          sampler=scfg,
-          num_steps=num_steps,
-        )
-        return x0_hat[0, ..., 0] > 0
-
-      def per_image(image_1, key):
-        sample_keys = jax.vmap(lambda j: sample_key(key, j))(indices)
-        return jax.vmap(one, in_axes=(None, 0))(image_1, sample_keys)
-
-      return jax.vmap(per_image)(net_image, keys)
+      # Example (image r, sample j) gets its own key; its noise depends on that key only.
+      sample_keys = jax.vmap(
+        lambda key: jax.vmap(lambda j: sample_key(key, j))(indices)
+      )(keys).reshape(m)
+      init_keys, loop_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(
+        sample_keys
+      )
+      z_init = jax.vmap(
+        lambda k: jax.random.normal(k, image.shape[1:3] + (1,), jnp.float32)
+      )(init_keys)
+      x0_hat = diffusion.sample_loop(
+        denoise_fn,
+        image=jnp.repeat(net_image, num_samples, axis=0),
+        z_init=z_init,
+        rng=loop_keys,
+        diffusion=dcfg,
+        sampler=scfg,
+        num_steps=num_steps,
+      )
+      return (x0_hat[..., 0] > 0).reshape(
+        (rows, num_samples) + image.shape[1:3]
+      )
 
     self._sample = jax.jit(
       sample,

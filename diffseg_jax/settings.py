@@ -23,6 +23,7 @@ fails here with a ConfigError naming its config section.
 import contextlib
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -47,6 +48,8 @@ class Settings:
     preprocessing: config.dataset.image_preprocessing ('grey' | 'imagenet_rgb').
     compute_dtype: config.model.dtype, the dtype the network's image input is cast to.
     sampling_batch: max examples per network call when sampling (config.sampling_batch).
+    network_chunk_size: examples per device of each independent network call
+      (config.network_chunk_size, -1 resolved: 4 on the CPU back end, 0 = whole batch elsewhere).
   """
 
   unet: unet.UNetConfig
@@ -57,6 +60,7 @@ class Settings:
   preprocessing: str
   compute_dtype: jnp.dtype
   sampling_batch: int
+  network_chunk_size: int = 0
 
   def sampler_kwargs(self) -> dict:
     """Keyword arguments of `sampling.Sampler` for this model."""
@@ -66,6 +70,7 @@ class Settings:
       preprocessing=self.preprocessing,
       compute_dtype=self.compute_dtype,
       max_batch=self.sampling_batch,
+      chunk_size=self.network_chunk_size,
     )
 
 
@@ -80,7 +85,26 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
     preprocessing=config.dataset.image_preprocessing,
     compute_dtype=jnp.dtype(config.model.dtype),
     sampling_batch=int(config.sampling_batch),
+    network_chunk_size=network_chunk_size(config),
   )
+
+
+# Examples per network call on XLA:CPU: independent calls of this size keep both cores of a
+# 2-core machine busy (benchmarks/RESULTS.md, "Independent network calls").
+CPU_NETWORK_CHUNK_SIZE = 4
+
+
+def network_chunk_size(config: ml_collections.ConfigDict) -> int:
+  """config.network_chunk_size with -1 (auto) resolved for the default back end."""
+  size = config.network_chunk_size
+  if not isinstance(size, int) or isinstance(size, bool) or size < -1:
+    raise errors.ConfigError(
+      f'config.network_chunk_size={size!r} must be an int >= 0, or -1 for automatic '
+      f'({CPU_NETWORK_CHUNK_SIZE} on CPU, 0 = the whole batch elsewhere).'
+    )
+  if size == -1:
+    return CPU_NETWORK_CHUNK_SIZE if jax.default_backend() == 'cpu' else 0
+  return size
 
 
 def diffusion_config(

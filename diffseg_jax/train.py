@@ -137,6 +137,7 @@ def make_train_step(
   dropout: bool = False,
   ema_decay: float,
   max_bad_steps: int = 10,
+  network_chunks: int = 1,
 ):
   """Returns the pure step (state, batch) -> (state, metrics); jit it with `jit_train_step`.
 
@@ -146,7 +147,8 @@ def make_train_step(
   the state as it was except `step` (the batch is consumed) and `bad_steps`, the count of consecutive
   skips; once it reaches `max_bad_steps` no later update is applied either, so the state stays the
   one before the first bad step until the host stops the run. `learning_rate` is the optimizer's
-  schedule, only logged here.
+  schedule, only logged here. `network_chunks` cuts the batch into that many independent network
+  calls (`denoiser.make_denoise_fn`).
   """
 
   def step_fn(state, batch):
@@ -168,6 +170,7 @@ def make_train_step(
         preprocessing=preprocessing,
         compute_dtype=compute_dtype,
         dropout_rng=dropout_rng if dropout else None,
+        chunks=network_chunks,
       )
       return jnp.mean(losses)
 
@@ -264,6 +267,10 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
     dropout=settings.unet.dropout > 0,
     ema_decay=config.ema_decay,
     max_bad_steps=config.max_bad_steps,
+    network_chunks=denoiser.num_chunks(
+      config.batch_size // mesh.shape[parallel.DATA_AXIS],
+      settings.network_chunk_size,
+    ),
   )
   return TrainParts(
     settings=settings,

@@ -14,6 +14,7 @@
 
 """The network's image input ('grey', 'imagenet_rgb') against a float64 reference."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,3 +53,42 @@ def test_grey_is_the_image_and_unknown_names_fail():
   )
   with pytest.raises(errors.ConfigError, match='image_preprocessing'):
     denoiser.network_image(image, preprocessing='rgb')
+
+
+def test_num_chunks_divides_the_rows_evenly():
+  assert denoiser.num_chunks(32, 0) == 1
+  assert denoiser.num_chunks(32, 4) == 8
+  assert denoiser.num_chunks(8, 4) == 2
+  assert denoiser.num_chunks(3, 4) == 1
+  assert (
+    denoiser.num_chunks(18, 4) == 3
+  )  # 4 calls would not divide 18; 3 of 6 do.
+  assert denoiser.num_chunks(7, 2) == 1  # A prime: one call.
+  assert denoiser.num_chunks(256, 4) == denoiser.MAX_CHUNKS == 8
+  with pytest.raises(ValueError, match='chunk_size'):
+    denoiser.num_chunks(8, -1)
+
+
+@pytest.mark.parametrize('chunks', [2, 3, 6])
+def test_chunked_calls_see_each_example_once_and_keep_the_order(chunks):
+  calls = []
+
+  def model(z, t, image, *, extra, rngs):
+    del rngs
+    calls.append(z.shape[0])
+    out = z * 2.0 + image + t[:, None, None, None]
+    return out if extra is None else out + extra
+
+  rng = np.random.default_rng(0)
+  z, image, extra = (
+    rng.normal(size=(6, 4, 4, 1)).astype(np.float32) for _ in range(3)
+  )
+  t = rng.uniform(size=6).astype(np.float32)
+  want = z * 2.0 + image + t[:, None, None, None]
+  got = denoiser.make_denoise_fn(model, chunks=chunks)(z, t, image)
+  np.testing.assert_array_equal(got, want)
+  assert calls == [6 // chunks] * chunks
+  got = jax.jit(denoiser.make_denoise_fn(model, chunks=chunks))(
+    z, t, image, extra
+  )
+  np.testing.assert_allclose(got, want + extra, rtol=1e-6)

@@ -36,7 +36,7 @@ TINY = unet.UNetConfig(
 SAMPLER = diffusion.SamplerConfig(num_steps=2)
 
 
-def _sampler(graphdef, mesh, max_batch):
+def _sampler(graphdef, mesh, max_batch, chunk_size=0):
   return sampling.Sampler(
     graphdef,
     mesh,
@@ -44,6 +44,7 @@ def _sampler(graphdef, mesh, max_batch):
     sampler_config=SAMPLER,
     preprocessing='grey',
     max_batch=max_batch,
+    chunk_size=chunk_size,
   )
 
 
@@ -82,6 +83,15 @@ def test_samples_do_not_depend_on_chunking_or_the_other_images(model):
   )
   for i, j in ((0, 1), (0, 3), (2, 5)):
     assert not np.array_equal(six[:, i], six[:, j]), 'samples repeat'
+
+
+@pytest.mark.parametrize('chunk_size', [1, 2, 5])
+def test_independent_network_calls_give_the_same_samples(model, chunk_size):
+  """18 examples per step cut into 18, 9 or 3 network calls (denoiser.num_chunks): same masks."""
+  graphdef, params, mesh, image, keys = model
+  whole = _sampler(graphdef, mesh, max_batch=1000)(params, image, keys, 6)
+  cut = _sampler(graphdef, mesh, max_batch=1000, chunk_size=chunk_size)
+  np.testing.assert_array_equal(cut(params, image, keys, 6), whole)
 
 
 def test_sample_j_is_drawn_with_fold_in_of_the_image_key(model):

@@ -42,7 +42,9 @@ MODEL = {
 # Lower than parallel.FSDP_MIN_SIZE so that the kernels of this U-Net get sharded.
 FSDP_MIN_SIZE = 1024
 VARIANTS = {
-  'one_device': {'mesh.data': 1, **MODEL},
+  'one_device': {'mesh.data': 1, 'network_chunk_size': 0, **MODEL},
+  # The batch of 4 as four independent network calls (denoiser.make_denoise_fn).
+  'one_device_chunked': {'mesh.data': 1, 'network_chunk_size': 1, **MODEL},
   'four_devices': {'mesh.data': NUM_DEVICES, **MODEL},
   'four_devices_fsdp': {
     'mesh.data': NUM_DEVICES,
@@ -177,7 +179,9 @@ def test_batch_is_split_over_the_four_devices(results):
     )
 
 
-@pytest.mark.parametrize('label', ['four_devices', 'four_devices_fsdp'])
+@pytest.mark.parametrize(
+  'label', ['four_devices', 'four_devices_fsdp', 'one_device_chunked']
+)
 def test_four_devices_match_one_device(results, label):
   info, arrays = results
   assert info[label]['step'] == info['one_device']['step'] == NUM_STEPS
