@@ -59,6 +59,9 @@ def get_config(arg=None):
   config.eval.batch_size = 50
   config.evaluate_after_training = True
   config.sampling_batch = 1600
+  # Independent network calls (config.network_chunk_size) bought nothing for this small network at
+  # 32x32 (AMD EPYC, 400 steps: same steps/s, 23 s more compile): one call per batch.
+  config.network_chunk_size = 0
   if arg == 'smoke':
     default.apply_smoke(config)
   return config
