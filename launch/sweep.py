@@ -64,6 +64,7 @@ PREDICTIONS = ('x', 'v', 'eps')
 WEIGHTINGS = ('uniform', 'snr', 'snr_plus1', 'snr_trunc', 'sigmoid_0')
 SAMPLERS = ('ddpm', 'ddim', 'dpm_solver_pp_2m')
 SAMPLER_STEPS = (2, 5, 10, 25, 100)
+SAMPLER_REFERENCE = ('ddpm', 10)
 STUDIES = ('input_scale', 'prediction', 'weighting', 'sampler')
 CONTROLLED = tuple(REFERENCE) + (
   'seed',
@@ -136,16 +137,83 @@ def _train_name(setting: dict, seed: int) -> str:
   )
 
 
-def _training_settings(study: str) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """The values each study tries (default: all of them).
+
+  A narrower grid re-runs only some cells, e.g. the close calls with more seeds. The reference
+  setting (REFERENCE; DDPM with 10 steps in the sampler study) is always kept, since every other
+  cell is compared with it over the same images.
+  """
+
+  input_scales: tuple[float, ...] = INPUT_SCALES
+  predictions: tuple[str, ...] = PREDICTIONS
+  weightings: tuple[str, ...] = WEIGHTINGS
+  samplers: tuple[str, ...] = SAMPLERS
+  sampler_steps: tuple[int, ...] = SAMPLER_STEPS
+
+  def __post_init__(self):
+    for name, allowed in (
+      ('predictions', PREDICTIONS),
+      ('weightings', WEIGHTINGS),
+      ('samplers', SAMPLERS),
+    ):
+      unknown = [v for v in getattr(self, name) if v not in allowed]
+      if unknown:
+        raise ValueError(f'--{name}: {unknown} not among {list(allowed)}.')
+    bad = [b for b in self.input_scales if not b > 0]
+    bad += [n for n in self.sampler_steps if n < 1]
+    if bad:
+      raise ValueError(
+        f'{bad}: input scales must be positive and sampler steps whole numbers >= 1.'
+      )
+
+  def cells(self, study: str) -> list[dict]:
+    """The settings of `study` (the reference added first if missing); sampler cells are
+    {'sampler', 'steps'}."""
+
+    def with_reference(values, reference):
+      values = list(dict.fromkeys(values))
+      return values if reference in values else [reference] + values
+
+    if study == 'input_scale':
+      return [
+        {**REFERENCE, 'diffusion.input_scale': float(b)}
+        for b in with_reference(
+          self.input_scales, REFERENCE['diffusion.input_scale']
+        )
+      ]
+    if study == 'prediction':
+      return [
+        {**REFERENCE, 'diffusion.prediction': p}
+        for p in with_reference(
+          self.predictions, REFERENCE['diffusion.prediction']
+        )
+      ]
+    if study == 'weighting':
+      return [
+        {**REFERENCE, 'diffusion.weighting': w}
+        for w in with_reference(
+          self.weightings, REFERENCE['diffusion.weighting']
+        )
+      ]
+    if study == 'sampler':
+      pairs = [(s, int(n)) for s in self.samplers for n in self.sampler_steps]
+      return [
+        {'sampler': s, 'steps': n}
+        for s, n in with_reference(pairs, SAMPLER_REFERENCE)
+      ]
+    raise ValueError(
+      f'--study={study!r} is not one of {list(STUDIES) + ["all"]}.'
+    )
+
+
+def _training_settings(study: str, grid: Grid) -> list[dict]:
   """The diffusion settings a study trains, each a full copy of REFERENCE with one factor changed."""
-  if study == 'input_scale':
-    return [{**REFERENCE, 'diffusion.input_scale': b} for b in INPUT_SCALES]
-  if study == 'prediction':
-    return [{**REFERENCE, 'diffusion.prediction': p} for p in PREDICTIONS]
-  if study == 'weighting':
-    return [{**REFERENCE, 'diffusion.weighting': w} for w in WEIGHTINGS]
   if study == 'sampler':
     return [dict(REFERENCE)]
+  if study in STUDIES:
+    return grid.cells(study)
   raise ValueError(
     f'--study={study!r} is not one of {list(STUDIES) + ["all"]}.'
   )
@@ -158,6 +226,7 @@ def plan(
   steps: int | None,
   workroot: str,
   eval_overrides: Sequence[tuple[str, object]] = (),
+  grid: Grid = Grid(),
 ) -> tuple[list[Run], list[Entry]]:
   """The runs (trainings first, deduplicated) and the report entries of `studies`.
 
@@ -168,6 +237,7 @@ def plan(
     workroot: directory holding one workdir per training.
     eval_overrides: extra (key, value) pairs for every run (e.g. ('eval.num_examples', 200));
       keys the sweep itself sets (CONTROLLED) are refused.
+    grid: the values each study tries (default: all).
 
   Returns:
     (runs in execution order, entries: one per study setting and seed).
@@ -185,7 +255,7 @@ def plan(
   budget = () if steps is None else (('num_train_steps', int(steps)),)
   for study in studies:
     for seed in seeds:
-      for setting in _training_settings(study):
+      for setting in _training_settings(study, grid):
         name = _train_name(setting, seed)
         if name not in trainings:
           trainings[name] = Run(
@@ -210,35 +280,35 @@ def plan(
             )
           )
           continue
-        for sampler in SAMPLERS:
-          for num_steps in SAMPLER_STEPS:
-            output_name = f'{sampler}_{num_steps}'
-            run = Run(
-              name=f'{name}_eval_{output_name}',
-              mode='evaluate',
-              workdir=train.workdir,
-              overrides=tuple(setting.items())
-              + (('seed', int(seed)),)
-              + budget
-              + tuple(eval_overrides)
-              + (
-                ('sampler.name', sampler),
-                ('sampler.num_steps', num_steps),
-                ('eval.output_name', output_name),
-              ),
-              output_name=output_name,
-              requires=name,
+        for cell in grid.cells('sampler'):
+          sampler, num_steps = cell['sampler'], cell['steps']
+          output_name = f'{sampler}_{num_steps}'
+          run = Run(
+            name=f'{name}_eval_{output_name}',
+            mode='evaluate',
+            workdir=train.workdir,
+            overrides=tuple(setting.items())
+            + (('seed', int(seed)),)
+            + budget
+            + tuple(eval_overrides)
+            + (
+              ('sampler.name', sampler),
+              ('sampler.num_steps', num_steps),
+              ('eval.output_name', output_name),
+            ),
+            output_name=output_name,
+            requires=name,
+          )
+          evaluations.append(run)
+          entries.append(
+            Entry(
+              study=study,
+              setting={'sampler': sampler, 'steps': num_steps},
+              seed=int(seed),
+              run=run.name,
+              metrics=run.metrics_path,
             )
-            evaluations.append(run)
-            entries.append(
-              Entry(
-                study=study,
-                setting={'sampler': sampler, 'steps': num_steps},
-                seed=int(seed),
-                run=run.name,
-                metrics=run.metrics_path,
-              )
-            )
+          )
   return list(trainings.values()) + evaluations, entries
 
 
@@ -391,6 +461,33 @@ def _define_flags(fv: flags.FlagValues) -> None:
     '(repeatable), e.g. dataset.data_dir=/data.',
     flag_values=fv,
   )
+  flags.DEFINE_list(
+    'input_scales',
+    [repr(b) for b in INPUT_SCALES],
+    'Input scales b of the input_scale study (a subset re-runs only those cells).',
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    'predictions',
+    list(PREDICTIONS),
+    'Predictions of the prediction study.',
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    'weightings',
+    list(WEIGHTINGS),
+    'Weightings of the weighting study.',
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    'samplers', list(SAMPLERS), 'Samplers of the sampler study.', flag_values=fv
+  )
+  flags.DEFINE_list(
+    'sampler_steps',
+    [str(n) for n in SAMPLER_STEPS],
+    'Step counts of the sampler study (with --samplers: their product, plus DDPM 10).',
+    flag_values=fv,
+  )
   flags.DEFINE_bool(
     'run', False, 'Run the commands one after another.', flag_values=fv
   )
@@ -433,7 +530,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     _usage_error(f'--config={args.config}: no such file.')
   studies = list(STUDIES) if args.study == 'all' else [args.study]
   try:
+    input_scales = [float(b) for b in args.input_scales]
+  except ValueError:
+    _usage_error(
+      f'--input_scales={args.input_scales} must be numbers, e.g. 0.1,0.3,1.0.'
+    )
+  try:
+    sampler_steps = [int(n) for n in args.sampler_steps]
+  except ValueError:
+    _usage_error(
+      f'--sampler_steps={args.sampler_steps} must be whole numbers, e.g. 10,100.'
+    )
+  try:
+    grid = Grid(
+      input_scales=tuple(input_scales),
+      predictions=tuple(args.predictions),
+      weightings=tuple(args.weightings),
+      samplers=tuple(args.samplers),
+      sampler_steps=tuple(sampler_steps),
+    )
     runs, entries = plan(
+      grid=grid,
       studies=studies,
       seeds=seeds,
       steps=args.steps,

@@ -161,6 +161,62 @@ def test_all_studies_share_the_reference_training(tmp_path):
   assert all('num_train_steps' not in _flags(r) for r in runs)
 
 
+def test_a_narrow_grid_keeps_the_reference_and_drops_the_rest(tmp_path, capsys):
+  grid = sweep.Grid(
+    input_scales=(0.3, 1.0),
+    predictions=('v',),
+    weightings=('uniform', 'snr_plus1'),
+    samplers=('ddim', 'dpm_solver_pp_2m'),
+    sampler_steps=(100,),
+  )
+  runs, entries = sweep.plan(
+    studies=list(sweep.STUDIES),
+    seeds=[0, 1, 2],
+    steps=None,
+    workroot=str(tmp_path),
+    grid=grid,
+  )
+  cells = {(e.study, tuple(sorted(e.setting.items())), e.seed) for e in entries}
+  expected = set()
+  for seed in (0, 1, 2):
+    for b in (0.1, 0.3, 1.0):
+      expected.add(
+        (
+          'input_scale',
+          (('b', b), ('prediction', 'x'), ('weighting', 'snr_plus1')),
+          seed,
+        )
+      )
+    for p in ('x', 'v'):
+      expected.add(
+        (
+          'prediction',
+          (('b', 0.1), ('prediction', p), ('weighting', 'snr_plus1')),
+          seed,
+        )
+      )
+    for w in ('uniform', 'snr_plus1'):
+      expected.add(
+        ('weighting', (('b', 0.1), ('prediction', 'x'), ('weighting', w)), seed)
+      )
+    for s, n in (('ddpm', 10), ('ddim', 100), ('dpm_solver_pp_2m', 100)):
+      expected.add(('sampler', (('sampler', s), ('steps', n)), seed))
+  assert cells == expected
+  # Reference, b 0.3, b 1, v and uniform: five trainings per seed.
+  assert len(_trainings(runs)) == 5 * 3
+  assert len(runs) == 5 * 3 + 3 * 3
+
+  for bad, named in (
+    ('--input_scales=0.3,zero', '--input_scales'),
+    ('--input_scales=-1', 'positive'),
+    ('--weightings=snr_plus_one', '--weightings'),
+    ('--sampler_steps=ten', '--sampler_steps'),
+  ):
+    with pytest.raises(SystemExit):
+      sweep.main(['--study=all', '--dry', bad])
+    assert named in capsys.readouterr().err
+
+
 def test_eval_overrides_and_cli_dry(tmp_path, capsys):
   runs, _ = sweep.plan(
     studies=['prediction'],
