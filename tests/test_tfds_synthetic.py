@@ -17,6 +17,7 @@
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -307,6 +308,23 @@ def test_prepare_dataset_does_not_reuse_an_older_version(tmp_path, monkeypatch):
   )
   input_pipeline.prepare_dataset(name=name, data_dir=data_dir, split='train')
   assert calls == [name]  # Only an older version: rebuilt.
+
+
+def test_building_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+  temp = tmp_path / 'system_temp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  builder = syn.SyntheticLesions(
+    config='32', data_dir=str(tmp_path / 'data')
+  )  # Not prepared: tfds would look the data set up on its bucket.
+  assert not builder.is_prepared()
+  build.build(
+    'synthetic_lesions/32',
+    str(tmp_path / 'data'),
+    overrides=TINY,
+    log=lambda *_: None,
+  )
+  assert sorted(os.listdir(temp)) == []
 
 
 def test_cli_errors(capsys, tmp_path):

@@ -67,6 +67,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from tfds_lidc import dataset_info
 from tfds_lidc import errors
 from tfds_lidc import paths
 from tfds_lidc import preprocessing
@@ -267,7 +268,7 @@ class Lidc(tfds.core.GeneratorBasedBuilder):
         )
     features['id'] = tfds.features.Text()
     features['patient_id'] = tfds.features.Text()
-    return tfds.core.DatasetInfo(
+    return dataset_info.LocalDatasetInfo(
       builder=self,
       description=__doc__,
       disable_shuffling=True,

@@ -58,6 +58,8 @@ import numpy as np
 from scipy import special
 import tensorflow_datasets as tfds
 
+from tfds_lidc import dataset_info
+
 NUM_ANNOTATORS = 4
 NUM_MODES = 3
 CHUNK = 256  # Examples drawn per random stream; part of the generative process.
@@ -490,7 +492,7 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     s = self.builder_config.size
     zlib = tfds.features.Encoding.ZLIB
-    return tfds.core.DatasetInfo(
+    return dataset_info.LocalDatasetInfo(
       builder=self,
       description=__doc__,
       disable_shuffling=True,
