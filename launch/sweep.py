@@ -176,26 +176,18 @@ class Grid:
       values = list(dict.fromkeys(values))
       return values if reference in values else [reference] + values
 
-    if study == 'input_scale':
+    factor = {
+      'input_scale': (
+        'diffusion.input_scale',
+        [float(b) for b in self.input_scales],
+      ),
+      'prediction': ('diffusion.prediction', self.predictions),
+      'weighting': ('diffusion.weighting', self.weightings),
+    }
+    if study in factor:
+      key, values = factor[study]
       return [
-        {**REFERENCE, 'diffusion.input_scale': float(b)}
-        for b in with_reference(
-          self.input_scales, REFERENCE['diffusion.input_scale']
-        )
-      ]
-    if study == 'prediction':
-      return [
-        {**REFERENCE, 'diffusion.prediction': p}
-        for p in with_reference(
-          self.predictions, REFERENCE['diffusion.prediction']
-        )
-      ]
-    if study == 'weighting':
-      return [
-        {**REFERENCE, 'diffusion.weighting': w}
-        for w in with_reference(
-          self.weightings, REFERENCE['diffusion.weighting']
-        )
+        {**REFERENCE, key: v} for v in with_reference(values, REFERENCE[key])
       ]
     if study == 'sampler':
       pairs = [(s, int(n)) for s in self.samplers for n in self.sampler_steps]
@@ -461,33 +453,19 @@ def _define_flags(fv: flags.FlagValues) -> None:
     '(repeatable), e.g. dataset.data_dir=/data.',
     flag_values=fv,
   )
-  flags.DEFINE_list(
-    'input_scales',
-    [repr(b) for b in INPUT_SCALES],
-    'Input scales b of the input_scale study (a subset re-runs only those cells).',
-    flag_values=fv,
-  )
-  flags.DEFINE_list(
-    'predictions',
-    list(PREDICTIONS),
-    'Predictions of the prediction study.',
-    flag_values=fv,
-  )
-  flags.DEFINE_list(
-    'weightings',
-    list(WEIGHTINGS),
-    'Weightings of the weighting study.',
-    flag_values=fv,
-  )
-  flags.DEFINE_list(
-    'samplers', list(SAMPLERS), 'Samplers of the sampler study.', flag_values=fv
-  )
-  flags.DEFINE_list(
-    'sampler_steps',
-    [str(n) for n in SAMPLER_STEPS],
-    'Step counts of the sampler study (with --samplers: their product, plus DDPM 10).',
-    flag_values=fv,
-  )
+  for name, default, what in (
+    ('input_scales', [repr(b) for b in INPUT_SCALES], 'Input scales b'),
+    ('predictions', list(PREDICTIONS), 'Predictions'),
+    ('weightings', list(WEIGHTINGS), 'Loss weightings'),
+    ('samplers', list(SAMPLERS), 'Samplers (each with every --sampler_steps)'),
+    ('sampler_steps', [str(n) for n in SAMPLER_STEPS], 'Sampler step counts'),
+  ):
+    flags.DEFINE_list(
+      name,
+      default,
+      f'{what} of their study; a subset re-runs only those cells (the reference is kept).',
+      flag_values=fv,
+    )
   flags.DEFINE_bool(
     'run', False, 'Run the commands one after another.', flag_values=fv
   )
