@@ -21,7 +21,10 @@ a non-empty mode (`evaluation.assign_modes`), the pixels where it differs from t
 ("off mode"), and per pair of samples matched to the same non-empty mode of an image, the pixels where
 they differ ("within mode"). The annotators' boundary jitter (fresh draws from the true distribution,
 the same images) is the target for both: a model with more pixels off mode and within mode draws
-noisier boundaries than the annotators, one with fewer draws too little variation.
+noisier boundaries than the annotators, one with fewer draws too little variation. Two more split
+"off mode" into a shared and a per-sample part: "majority off mode", the pixels where the majority
+vote of an image's samples matched to one mode (3 or more) differs from that mode (a shape error all
+samples share), and "area bias", the mean signed area of a matched sample minus its mode's.
 
   python benchmarks/shape_spread.py --config=configs/synthetic_long.py --workdir=RUN \
       [--step=-1 --num_images=200 --num_steps=10 --out=benchmarks/results/shape_spread]
@@ -47,7 +50,7 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
   assign, _ = evaluation.assign_modes(samples=samples, modes=modes)
   k = modes.shape[1]
   nonempty = modes.sum((-2, -1)) >= evaluation.MIN_SAMPLE_PIXELS  # [B, K]
-  off, within = [], []
+  off, within, area, majority = [], [], [], []
   for b in range(samples.shape[0]):
     for mode in range(k):
       if not nonempty[b, mode]:
@@ -57,10 +60,19 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
         continue
       group = samples[b, idx]
       off.extend((group ^ modes[b, mode]).sum((-2, -1)).tolist())
+      area.extend((group.sum((-2, -1)) - modes[b, mode].sum()).tolist())
+      if idx.size >= 3:
+        vote = 2 * group.sum(0) > idx.size
+        majority.append(float((vote ^ modes[b, mode]).sum()))
       i, j = np.triu_indices(idx.size, 1)
       within.extend((group[i] ^ group[j]).sum((-2, -1)).tolist())
   off, within = np.asarray(off, float), np.asarray(within, float)
+  area, majority = np.asarray(area, float), np.asarray(majority, float)
   return {
+    'area_bias_pixels': float(area.mean()) if area.size else float('nan'),
+    'majority_off_mode_pixels': (
+      float(majority.mean()) if majority.size else float('nan')
+    ),
     'off_mode_pixels': float(off.mean()) if off.size else float('nan'),
     'within_mode_pixels': float(within.mean()) if within.size else float('nan'),
     'num_samples_matched': int(off.size),
@@ -149,12 +161,14 @@ def main(argv):
     f'Step {step}, {len(examples)} {config.eval.split} images x {FLAGS.num_samples} samples, '
     f'{result["sampler"]}:',
     '',
-    '| samples | off-mode pixels | within-mode pixels | matched | unmatched |',
-    '|---|---|---|---|---|',
+    '| samples | off-mode pixels | within-mode pixels | majority off mode | area bias '
+    '| matched | unmatched |',
+    '|---|---|---|---|---|---|---|',
   ]
   for name, r in rows.items():
     lines.append(
       f'| {name} | {r["off_mode_pixels"]:.2f} | {r["within_mode_pixels"]:.2f} | '
+      f'{r["majority_off_mode_pixels"]:.2f} | {r["area_bias_pixels"]:+.2f} | '
       f'{r["num_samples_matched"]} | {r["unmatched_fraction"]:.3f} |'
     )
   print('\n'.join(lines))

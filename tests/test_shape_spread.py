@@ -37,3 +37,26 @@ def test_off_mode_and_within_mode_pixels_hand_computed():
   # One within-mode pair (the two core samples), 1 px apart; the union has one sample.
   assert out['within_mode_pixels'] == pytest.approx(1.0)
   assert out['unmatched_fraction'] == 0.0
+
+
+def test_majority_off_mode_and_area_bias_hand_computed():
+  modes = np.zeros((1, 3, 8, 8), bool)
+  modes[0, 1, 2:6, 2:6] = True  # core, 16 px
+  modes[0, 2, 2:6, 2:8] = True  # union, 24 px
+  samples = np.repeat(modes[:, 1:2], 3, axis=1)  # three core samples
+  samples[0, 0, 6, 2:4] = True  # +2 px
+  samples[0, 1, 6, 2] = True  # +1 px: pixel (6, 2) is in 2 of 3, so in the vote
+  samples[0, 2, 2, 2] = False  # -1 px, in 1 of 3: not in the vote
+  out = shape_spread.spread(samples, modes)
+  assert out['area_bias_pixels'] == pytest.approx((2 + 1 - 1) / 3)
+  assert out['majority_off_mode_pixels'] == pytest.approx(1.0)
+
+
+def test_majority_needs_three_samples_of_a_mode():
+  modes = np.zeros((1, 3, 8, 8), bool)
+  modes[0, 1, 2:6, 2:6] = True
+  modes[0, 2, 2:6, 2:8] = True
+  samples = np.repeat(modes[:, 1:2], 2, axis=1)
+  out = shape_spread.spread(samples, modes)
+  assert np.isnan(out['majority_off_mode_pixels'])
+  assert out['area_bias_pixels'] == 0.0
