@@ -24,7 +24,8 @@ the same images) is the target for both: a model with more pixels off mode and w
 noisier boundaries than the annotators, one with fewer draws too little variation. Two more split
 "off mode" into a shared and a per-sample part: "majority off mode", the pixels where the majority
 vote of an image's samples matched to one mode (3 or more) differs from that mode (a shape error all
-samples share), and "area bias", the mean signed area of a matched sample minus its mode's.
+samples share; split into the mode's pixels the vote misses and the pixels it adds, and per mode),
+and "area bias", the mean signed area of a matched sample minus its mode's.
 
   python benchmarks/shape_spread.py --config=configs/synthetic_long.py --workdir=RUN \
       [--step=-1 --num_images=200 --num_steps=10 --out=benchmarks/results/shape_spread]
@@ -41,6 +42,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _mean(values) -> float:
+  return float(np.mean(values)) if len(values) else float('nan')
+
+
 def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
   """Off-mode and within-mode pixel counts of samples [B, N, H, W] against modes [B, K, H, W]."""
   from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -51,6 +56,7 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
   k = modes.shape[1]
   nonempty = modes.sum((-2, -1)) >= evaluation.MIN_SAMPLE_PIXELS  # [B, K]
   off, within, area, majority = [], [], [], []
+  missing, extra, by_mode = [], [], {m: [] for m in range(k)}
   for b in range(samples.shape[0]):
     for mode in range(k):
       if not nonempty[b, mode]:
@@ -64,18 +70,22 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
       if idx.size >= 3:
         vote = 2 * group.sum(0) > idx.size
         majority.append(float((vote ^ modes[b, mode]).sum()))
+        missing.append(float((modes[b, mode] & ~vote).sum()))
+        extra.append(float((vote & ~modes[b, mode]).sum()))
+        by_mode[mode].append(majority[-1])
       i, j = np.triu_indices(idx.size, 1)
       within.extend((group[i] ^ group[j]).sum((-2, -1)).tolist())
-  off, within = np.asarray(off, float), np.asarray(within, float)
-  area, majority = np.asarray(area, float), np.asarray(majority, float)
   return {
-    'area_bias_pixels': float(area.mean()) if area.size else float('nan'),
-    'majority_off_mode_pixels': (
-      float(majority.mean()) if majority.size else float('nan')
-    ),
-    'off_mode_pixels': float(off.mean()) if off.size else float('nan'),
-    'within_mode_pixels': float(within.mean()) if within.size else float('nan'),
-    'num_samples_matched': int(off.size),
+    'area_bias_pixels': _mean(area),
+    'majority_off_mode_pixels': _mean(majority),
+    'majority_missing_pixels': _mean(missing),
+    'majority_extra_pixels': _mean(extra),
+    'majority_off_mode_pixels_by_mode': {
+      str(m): _mean(v) for m, v in by_mode.items() if v
+    },
+    'off_mode_pixels': _mean(off),
+    'within_mode_pixels': _mean(within),
+    'num_samples_matched': len(off),
     'unmatched_fraction': float((assign == k).mean()),
   }
 
@@ -168,7 +178,8 @@ def main(argv):
   for name, r in rows.items():
     lines.append(
       f'| {name} | {r["off_mode_pixels"]:.2f} | {r["within_mode_pixels"]:.2f} | '
-      f'{r["majority_off_mode_pixels"]:.2f} | {r["area_bias_pixels"]:+.2f} | '
+      f'{r["majority_off_mode_pixels"]:.2f} ({r["majority_missing_pixels"]:.2f} missing, '
+      f'{r["majority_extra_pixels"]:.2f} extra) | {r["area_bias_pixels"]:+.2f} | '
       f'{r["num_samples_matched"]} | {r["unmatched_fraction"]:.3f} |'
     )
   print('\n'.join(lines))

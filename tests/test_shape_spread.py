@@ -60,3 +60,16 @@ def test_majority_needs_three_samples_of_a_mode():
   out = shape_spread.spread(samples, modes)
   assert np.isnan(out['majority_off_mode_pixels'])
   assert out['area_bias_pixels'] == 0.0
+
+
+def test_majority_split_into_missing_extra_and_by_mode():
+  modes = np.zeros((1, 3, 8, 8), bool)
+  modes[0, 1, 2:6, 2:6] = True
+  modes[0, 2, 2:6, 2:8] = True
+  samples = np.repeat(modes[:, 1:2], 3, axis=1)
+  samples[:, :, 2, 2] = False  # every sample misses one core pixel
+  samples[:, :2, 7, 7] = True  # two of three add a far pixel
+  out = shape_spread.spread(samples, modes)
+  assert out['majority_missing_pixels'] == 1.0
+  assert out['majority_extra_pixels'] == 1.0
+  assert out['majority_off_mode_pixels_by_mode'] == {'1': 2.0}
