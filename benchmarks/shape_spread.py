@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,12 @@ def _mean(values) -> float:
   return float(np.mean(values)) if len(values) else float('nan')
 
 
-def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, float]:
-  """Off-mode and within-mode pixel counts of samples [B, N, H, W] against modes [B, K, H, W]."""
+def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, Any]:
+  """Pixel counts (module doc) of samples [B, N, H, W] against modes [B, K, H, W], as floats.
+
+  'majority_off_mode_pixels_by_mode' maps each mode index (a string) that had a majority vote to
+  its mean; 'num_samples_matched' is an int.
+  """
   from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   samples = np.asarray(samples, bool)
