@@ -60,8 +60,8 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, Any]:
   assign, _ = evaluation.assign_modes(samples=samples, modes=modes)
   k = modes.shape[1]
   nonempty = modes.sum((-2, -1)) >= evaluation.MIN_SAMPLE_PIXELS  # [B, K]
-  off, within, area, majority = [], [], [], []
-  missing, extra, by_mode = [], [], {m: [] for m in range(k)}
+  off, within, area = [], [], []
+  missing, extra, voted_mode = [], [], []  # one entry per majority vote
   for b in range(samples.shape[0]):
     for mode in range(k):
       if not nonempty[b, mode]:
@@ -74,19 +74,20 @@ def spread(samples: np.ndarray, modes: np.ndarray) -> dict[str, Any]:
       area.extend((group.sum((-2, -1)) - modes[b, mode].sum()).tolist())
       if idx.size >= 3:
         vote = 2 * group.sum(0) > idx.size
-        majority.append(float((vote ^ modes[b, mode]).sum()))
-        missing.append(float((modes[b, mode] & ~vote).sum()))
-        extra.append(float((vote & ~modes[b, mode]).sum()))
-        by_mode[mode].append(majority[-1])
+        missing.append((modes[b, mode] & ~vote).sum())
+        extra.append((vote & ~modes[b, mode]).sum())
+        voted_mode.append(mode)
       i, j = np.triu_indices(idx.size, 1)
       within.extend((group[i] ^ group[j]).sum((-2, -1)).tolist())
+  majority = np.add(missing, extra, dtype=float)
+  voted_mode = np.asarray(voted_mode, int)
   return {
     'area_bias_pixels': _mean(area),
     'majority_off_mode_pixels': _mean(majority),
     'majority_missing_pixels': _mean(missing),
     'majority_extra_pixels': _mean(extra),
     'majority_off_mode_pixels_by_mode': {
-      str(m): _mean(v) for m, v in by_mode.items() if v
+      str(m): _mean(majority[voted_mode == m]) for m in np.unique(voted_mode)
     },
     'off_mode_pixels': _mean(off),
     'within_mode_pixels': _mean(within),
