@@ -127,6 +127,9 @@ def example_losses(
 ) -> jax.Array:
   """The diffusion loss of each example against one of its annotations drawn at random.
 
+  With diffusion_config.target 'annotation_posterior' the loss also sees all of the example's
+  annotations (`diffusion.annotation_posterior_mean`).
+
   The one loss of training (after augmentation) and validation.
 
   Args:
@@ -155,6 +158,7 @@ def example_losses(
     image=net_image,
     rng=noise_rng,
     config=diffusion_config,
+    annotations=(2.0 * jnp.asarray(masks, jnp.float32) - 1.0)[..., None],
   )
   return losses
 

@@ -122,6 +122,7 @@ def diffusion_config(
       loss=d.loss,
       self_condition=d.self_condition,
       self_condition_prob=d.self_condition_prob,
+      target=d.target,
     )
 
 

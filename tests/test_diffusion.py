@@ -526,6 +526,137 @@ def test_loss_config_errors_name_the_fix():
     dfn.DiffusionConfig(loss='hinge')
   with pytest.raises(ValueError, match='self_condition_prob'):
     dfn.DiffusionConfig(self_condition=True, self_condition_prob=1.5)
+  with pytest.raises(ValueError, match="target='posterior'"):
+    dfn.DiffusionConfig(target='posterior')
+
+
+# --------------------------------------------------------------------------
+# target='annotation_posterior': E[x0 | z, the example's annotations].
+# --------------------------------------------------------------------------
+
+
+def _ref_annotation_posterior(z, annotations, logsnr):
+  """float64: weights from the Gaussian likelihood N(z; alpha a_m, sigma^2 I) itself."""
+  a, s = _ab(logsnr)
+  a, s = a[:, None, None, None, None], s[:, None, None, None, None]
+  log_lik = -((z[:, None] - a * annotations) ** 2).sum((2, 3, 4)) / (
+    2 * s[:, 0, 0, 0, 0, None] ** 2
+  )
+  w = np.exp(log_lik - log_lik.max(1, keepdims=True))
+  w /= w.sum(1, keepdims=True)
+  return (w[:, :, None, None, None] * annotations).sum(1), w
+
+
+def _annotation_case(seed=3, batch=4, num=4, size=6):
+  rs = np.random.RandomState(seed)
+  annotations = np.where(rs.rand(batch, num, size, size, 1) < 0.5, -1.0, 1.0)
+  # Annotations that differ in a few pixels only, as boundary jitter does.
+  annotations[:, 1:] = annotations[:, :1]
+  flips = rs.rand(batch, num - 1, size, size, 1) < 0.08
+  annotations[:, 1:] = np.where(flips, -annotations[:, 1:], annotations[:, 1:])
+  chosen = rs.randint(0, num, batch)
+  x0 = annotations[np.arange(batch), chosen]
+  return annotations, x0, chosen, rs
+
+
+def test_annotation_posterior_mean_matches_float64_reference():
+  annotations, x0, _, rs = _annotation_case()
+  # From no information through partial (weights neither uniform nor one-hot) to full.
+  logsnr = np.array([-20.0, -3.0, -1.0, 0.5])
+  a, s = _ab(logsnr)
+  z = a[:, None, None, None] * x0 + s[:, None, None, None] * rs.randn(*x0.shape)
+  want, weights = _ref_annotation_posterior(z, annotations, logsnr)
+  assert (weights[1:].max(1) < 0.999).any() and (weights.min(1) < 0.2).any()
+  got = dfn.annotation_posterior_mean(
+    z=z.astype(np.float32), annotations=annotations, logsnr=logsnr
+  )
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
+def test_annotation_posterior_mean_limits():
+  annotations, x0, _, rs = _annotation_case(seed=5)
+  for logsnr, want in ((-20.0, annotations.mean(1)), (20.0, x0)):
+    a, s = _ab(np.float64(logsnr))
+    z = a * x0 + s * rs.randn(*x0.shape)
+    got = dfn.annotation_posterior_mean(
+      z=z.astype(np.float32),
+      annotations=annotations,
+      logsnr=np.full(len(x0), logsnr),
+    )
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-3)
+
+
+def test_annotation_posterior_loss_regresses_on_the_posterior_mean():
+  annotations, x0, _, rs = _annotation_case(seed=7)
+  x0 = x0.astype(np.float32)
+  t = np.array([0.2, 0.05, 0.6, 0.9], np.float32)
+  eps = rs.randn(*x0.shape).astype(np.float32)
+  output = rs.uniform(-1, 1, x0.shape).astype(np.float32)
+  kw = dict(
+    x0=x0, image=np.zeros_like(x0), rng=jax.random.key(0), t=t, eps=eps,
+    annotations=annotations,
+  )
+  net = lambda z, tt, im: jnp.asarray(output)
+  cfg = dfn.DiffusionConfig(target='annotation_posterior', weighting='uniform')
+  losses, aux = dfn.loss(net, config=cfg, **kw)
+  logsnr, _ = _ref_logsnr_and_derivative(t.astype(np.float64), 'cosine', 0.1)
+  a, s = _ab(logsnr)
+  z = a[:, None, None, None] * x0 + s[:, None, None, None] * eps
+  target, _ = _ref_annotation_posterior(z, annotations, logsnr)
+  np.testing.assert_allclose(np.asarray(aux['target']), target, atol=2e-5)
+  np.testing.assert_allclose(
+    np.asarray(losses), ((output - target) ** 2).mean((1, 2, 3)), rtol=1e-4
+  )
+  # One annotation per example: the posterior mean is that annotation, the paper's loss.
+  one = dict(kw, annotations=x0[:, None])
+  paper, _ = dfn.loss(net, config=dfn.DiffusionConfig(weighting='uniform'), **kw)
+  np.testing.assert_allclose(
+    np.asarray(dfn.loss(net, config=cfg, **one)[0]), np.asarray(paper), rtol=1e-6
+  )
+  with pytest.raises(ValueError, match='needs annotations'):
+    dfn.loss(net, config=cfg, **dict(kw, annotations=None))
+
+
+def test_annotation_posterior_target_is_unbiased_for_the_posterior_mean():
+  """Monte Carlo: over draws of the annotation set, E[target | z] = E[x0 | z] (tower rule).
+
+  One pixel, two possible masks (+1 w.p. q): E[x0 | z] has a closed form; the target's average
+  over annotation sets consistent with z (drawn by rejection-free weighting) matches it.
+  """
+  rs = np.random.RandomState(0)
+  q, num, logsnr = 0.3, 4, -0.5
+  a, s = _ab(np.float64(logsnr))
+  n = 200_000
+  sets = np.where(rs.rand(n, num) < q, 1.0, -1.0)
+  chosen = rs.randint(0, num, n)
+  x0 = sets[np.arange(n), chosen]
+  z = a * x0 + s * rs.randn(n)
+  target = np.asarray(
+    dfn.annotation_posterior_mean(
+      z=z[:, None, None, None].astype(np.float32),
+      annotations=sets[:, :, None, None, None],
+      logsnr=np.full(n, logsnr),
+    )
+  )[:, 0, 0, 0]
+  bins = np.quantile(z, [0.1, 0.3, 0.5, 0.7, 0.9])
+  for lo, hi in zip(bins[:-1], bins[1:]):
+    sel = (z >= lo) & (z < hi)
+    lik = lambda x: np.exp(-((z[sel] - a * x) ** 2) / (2 * s * s))
+    exact = np.mean((q * lik(1) - (1 - q) * lik(-1)) / (q * lik(1) + (1 - q) * lik(-1)))
+    assert abs(target[sel].mean() - exact) < 0.01
+    assert abs(x0[sel].mean() - exact) < 0.02
+    # Less variance than the drawn annotation: the point of the target.
+    assert target[sel].var() < 0.5 * x0[sel].var()
+
+
+def test_bce_takes_soft_targets():
+  out = np.linspace(-40, 40, 9).astype(np.float32)
+  for x0 in (-1.0, -0.3, 0.0, 0.6, 1.0):
+    y = (x0 + 1) / 2
+    o = out.astype(np.float64)
+    want = y * np.logaddexp(0, -o) + (1 - y) * np.logaddexp(0, o)
+    got = dfn.bce_loss(x0_hat=None, x0=jnp.float32(x0), output=out)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------
