@@ -202,6 +202,23 @@ def _distances(geom, *, size):
   return d_core, d_lobe
 
 
+def mode_distances(*, geometry, size):
+  """Signed distances (pixels, > 0 inside) to the core and the lobe of examples.
+
+  Args:
+    geometry: float64 [..., 10], the examples' 'geometry' feature.
+    size: the image size S.
+
+  Returns:
+    (d_core, d_lobe), float32 [..., S, S] each; the core u lobe mode is max(d_core, d_lobe) > 0.
+  """
+  geometry = np.asarray(geometry, np.float64)
+  flat = geometry.reshape(-1, len(GEOMETRY_KEYS))
+  d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, flat.T)), size=size)
+  shape = geometry.shape[:-1] + (size, size)
+  return d_core.reshape(shape), d_lobe.reshape(shape)
+
+
 def _valid_geometry(geom, d_core, d_lobe, *, size):
   """[n] bool: the lobe adds >= 30% of the core's area and stays inside the image."""
   core = d_core > 0
