@@ -430,6 +430,48 @@ def ideal_observer_mode_probs(*, image, geometry, grid_points=701):
   )
 
 
+def fit_geometry(*, image, start):
+  """Maximum-likelihood core and lobe ellipses and lobe contrast of one image, from a start.
+
+  The generator's own image model (module doc, steps 1-4: background, soft-edged core and lobe,
+  Gaussian texture and pixel noise, clipping ignored), fitted by whitened least squares
+  (`_texture_spectrum`) with scipy's trust-region solver: what an observer who knows the family of
+  shapes can read off the image. A local fit: it finds the optimum in the basin of `start`.
+
+  Args:
+    image: [S, S, 1] or [S, S], one example's 'image'.
+    start: float64 [10] geometry (GEOMETRY_KEYS) to start from.
+
+  Returns:
+    (geometry float64 [10], lobe_contrast float).
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+
+  image = np.asarray(image, np.float64).reshape(np.shape(image)[:2])
+  size = image.shape[0]
+  inv_sqrt = 1.0 / np.sqrt(
+    TEXTURE_STD**2 * _texture_spectrum(size) + PIXEL_NOISE_STD**2
+  )
+
+  def whitened_residual(p):
+    d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, p[:10, None])), size=size)
+    soft_core = _sigmoid(d_core[0].astype(np.float64) / 0.5)
+    soft_union = _sigmoid(np.maximum(d_core, d_lobe)[0].astype(np.float64) / 0.5)
+    model = BACKGROUND + CORE_CONTRAST * soft_core + p[10] * (soft_union - soft_core)
+    return np.fft.ifft2(np.fft.fft2(image - model) * inv_sqrt).real.ravel()
+
+  start = np.asarray(start, np.float64)
+  c0, _ = lobe_contrast_estimate(image=image[..., None], geometry=start)
+  # The distances are float32: finite differences need steps well above its rounding.
+  fit = optimize.least_squares(
+    whitened_residual,
+    np.append(start, np.clip(c0, 0.0, CORE_CONTRAST)),
+    x_scale='jac',
+    diff_step=1e-3,
+  )
+  return fit.x[:10], float(fit.x[10])
+
+
 def generate_chunk(*, seed, split, chunk, n, size):
   """Generates `n` examples from the random stream (seed, split, chunk).
 
