@@ -45,15 +45,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import shape_spread  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfds_lidc import synthetic_lesions as syn  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 200, 'First test images.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the start perturbation and the draws.')
+_SEED = flags.DEFINE_integer(
+  'seed', 0, 'Seed of the start perturbation and the draws.'
+)
 _START_SCALE = flags.DEFINE_float(
-  'start_scale', 1.0, 'Scale of START_SD, the start perturbation (0: start at the truth).'
+  'start_scale',
+  1.0,
+  'Scale of START_SD, the start perturbation (0: start at the truth).',
 )
 _OUT = flags.DEFINE_string(
   'out',
@@ -82,39 +86,65 @@ def main(argv):
   config = next(c for c in syn.SyntheticLesions.BUILDER_CONFIGS if c.size == 32)
   size, num = config.size, _NUM_IMAGES.value
   start = time.perf_counter()
-  examples = [x for _, x in syn.generate_split(seed=config.seed, split='test', num=num, size=size)]
-  test = {k: np.stack([x[k] for x in examples]) for k in ('image', 'masks', 'modes', 'mode_probs', 'geometry')}
+  examples = [
+    x
+    for _, x in syn.generate_split(
+      seed=config.seed, split='test', num=num, size=size
+    )
+  ]
+  test = {
+    k: np.stack([x[k] for x in examples])
+    for k in ('image', 'masks', 'modes', 'mode_probs', 'geometry')
+  }
   fits = fitted_geometries(
-    test['image'], test['geometry'], seed=_SEED.value, start_scale=_START_SCALE.value
+    test['image'],
+    test['geometry'],
+    seed=_SEED.value,
+    start_scale=_START_SCALE.value,
   )
   fit_seconds = time.perf_counter() - start
   probs = {
-    'fitted observer': syn.ideal_observer_mode_probs(image=test['image'], geometry=fits),
+    'fitted observer': syn.ideal_observer_mode_probs(
+      image=test['image'], geometry=fits
+    ),
     'fitted geometry, true probabilities': test['mode_probs'],
   }
   index = {test['image'][b].tobytes(): b for b in range(num)}
-  batch = {k: test[k] for k in ('image', 'masks', 'modes', 'mode_probs', 'geometry')}
+  batch = {
+    k: test[k] for k in ('image', 'masks', 'modes', 'mode_probs', 'geometry')
+  }
   batch['id'] = np.array([f'synth{size}-test-{i:06d}' for i in range(num)])
 
   def observer(name):
     def draws(image, keys, num_samples):
       seeds = np.asarray(jax.random.key_data(keys)).reshape(len(image), -1)
       rows = [index[x.tobytes()] for x in np.asarray(image)]
-      return np.stack([
-        syn.draw_annotations(
-          geometry=fits[b], mode_probs=probs[name][b], num=num_samples, size=size,
-          seed=s.tolist(),
-        )
-        for b, s in zip(rows, seeds)
-      ])
+      return np.stack(
+        [
+          syn.draw_annotations(
+            geometry=fits[b],
+            mode_probs=probs[name][b],
+            num=num_samples,
+            size=size,
+            seed=s.tolist(),
+          )
+          for b, s in zip(rows, seeds)
+        ]
+      )
+
     return draws
 
   rows = {}
   for name in probs:
     summary = evaluation.evaluate(
-      observer(name), [batch], num_samples_list=(16,), out_dir=None,
-      rng=jax.random.PRNGKey(_SEED.value), split_name='test',
-      blind_mode_probs=np.full(3, 1 / 3), log=lambda *_: None,
+      observer(name),
+      [batch],
+      num_samples_list=(16,),
+      out_dir=None,
+      rng=jax.random.PRNGKey(_SEED.value),
+      split_name='test',
+      blind_mode_probs=np.full(3, 1 / 3),
+      log=lambda *_: None,
     )
     rows[name] = {k: summary[k]['mean'] for k in KEYS}
     rows['true oracle'] = {k: summary['oracle_' + k]['mean'] for k in KEYS}
@@ -125,7 +155,11 @@ def main(argv):
     ('fitted geometry, true probabilities', fits, test['mode_probs']),
   ):
     many = syn.draw_annotations(
-      geometry=geometry, mode_probs=mode_probs, num=1024, size=size, seed=_SEED.value + 1
+      geometry=geometry,
+      mode_probs=mode_probs,
+      num=1024,
+      size=size,
+      seed=_SEED.value + 1,
     )
     rows[name]['core_vote_off_pixels'] = shape_spread.boundary_profile(
       many.mean(1), d_core=d_core, d_lobe=d_lobe, mode_probs=test['mode_probs']
@@ -142,7 +176,11 @@ def main(argv):
     '| majority off mode (px) |',
     '|---|---|---|---|---|---|---|---|',
   ]
-  for name in ('true oracle', 'fitted observer', 'fitted geometry, true probabilities'):
+  for name in (
+    'true oracle',
+    'fitted observer',
+    'fitted geometry, true probabilities',
+  ):
     r = rows[name]
     lines.append(
       f'| {name} | {r["ged_16"]:.4f} | {r["ged_16"] / base["ged_16"]:.3f} | '
@@ -158,7 +196,9 @@ def main(argv):
     'cpu_model': side_by_side.cpu_model(),
     'fit_seconds': fit_seconds,
     'rows': rows,
-    'median_abs_fit_error': dict(zip(syn.GEOMETRY_KEYS, np.median(errors, 0).tolist())),
+    'median_abs_fit_error': dict(
+      zip(syn.GEOMETRY_KEYS, np.median(errors, 0).tolist())
+    ),
     'start_scale': _START_SCALE.value,
     'command': f'python benchmarks/fitted_observer.py --num_images={num} '
     f'--start_scale={_START_SCALE.value:g}',

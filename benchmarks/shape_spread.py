@@ -109,7 +109,11 @@ AWAY_FROM_LOBE = 1.5
 
 
 def boundary_profile(
-  marginal: np.ndarray, *, d_core: np.ndarray, d_lobe: np.ndarray, mode_probs: np.ndarray
+  marginal: np.ndarray,
+  *,
+  d_core: np.ndarray,
+  d_lobe: np.ndarray,
+  mode_probs: np.ndarray,
 ) -> dict[str, Any]:
   """How sharply a per-pixel foreground probability [B, H, W] follows the core's boundary.
 
@@ -127,17 +131,19 @@ def boundary_profile(
   }
   vote = marginal > 0.5 * nonempty[:, None, None]
   off = ((vote != (np.asarray(d_core) > 0)) & away).sum((-2, -1))
-  return {'profile': profile, 'core_vote_off_pixels': _mean(off[nonempty > 0.5])}
+  return {
+    'profile': profile,
+    'core_vote_off_pixels': _mean(off[nonempty > 0.5]),
+  }
 
 
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
   from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -293,7 +299,9 @@ def _network_marginal(model, settings, image, config):
     z = jax.random.normal(key, image.shape, jnp.float32)
     extra = (jnp.zeros_like(z),) if dcfg.self_condition else ()
     out = denoise(z, time, net_image, *extra)
-    x0 = diffusion.predict_x(z=z, output=out, logsnr=logsnr, prediction=dcfg.prediction)
+    x0 = diffusion.predict_x(
+      z=z, output=out, logsnr=logsnr, prediction=dcfg.prediction
+    )
     return jnp.clip(x0, -1.0, 1.0)[..., 0]
 
   keys = jax.random.split(jax.random.PRNGKey(config.eval.seed), 8)

@@ -372,8 +372,12 @@ def annotation_posterior_mean(*, z, annotations, logsnr):
   annotations = jnp.asarray(annotations, jnp.float32)
   alpha, sigma = alpha_sigma(jnp.asarray(logsnr, jnp.float32))
   # Elementwise product and sum, not a dot: TPU matmuls default to bfloat16 passes.
-  inner = jnp.sum(z[:, None] * annotations, axis=tuple(range(2, annotations.ndim)))
-  weights = jax.nn.softmax(inner * (alpha / jnp.square(sigma))[:, None], axis=-1)
+  inner = jnp.sum(
+    z[:, None] * annotations, axis=tuple(range(2, annotations.ndim))
+  )
+  weights = jax.nn.softmax(
+    inner * (alpha / jnp.square(sigma))[:, None], axis=-1
+  )
   return jnp.sum(_expand(weights, annotations) * annotations, axis=1)
 
 
@@ -591,7 +595,9 @@ def loss(
         "loss: config.target='annotation_posterior' needs annotations "
         f'[B, M, H, W, 1], got {None if annotations is None else annotations.shape}.'
       )
-    target = annotation_posterior_mean(z=z, annotations=annotations, logsnr=logsnr)
+    target = annotation_posterior_mean(
+      z=z, annotations=annotations, logsnr=logsnr
+    )
   axes = tuple(range(1, x0.ndim))
   mse = jnp.mean(jnp.square(x0_hat - target), axis=axes)
   per_example = mse

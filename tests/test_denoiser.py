@@ -112,13 +112,19 @@ def test_example_losses_give_the_loss_every_annotation_of_the_example():
   )
   paper = diffusion.DiffusionConfig()
   posterior = diffusion.DiffusionConfig(target='annotation_posterior')
-  drawn = denoiser.example_losses(model, masks=masks, diffusion_config=paper, **kw)
-  pooled = denoiser.example_losses(model, masks=masks, diffusion_config=posterior, **kw)
+  drawn = denoiser.example_losses(
+    model, masks=masks, diffusion_config=paper, **kw
+  )
+  pooled = denoiser.example_losses(
+    model, masks=masks, diffusion_config=posterior, **kw
+  )
   # Stratified times reach high noise, where the target is the annotations' mean, not the drawn one.
   assert not np.allclose(drawn, pooled)
   same = np.repeat(masks[:, :1], 3, axis=1)
   np.testing.assert_allclose(
-    denoiser.example_losses(model, masks=same, diffusion_config=posterior, **kw),
+    denoiser.example_losses(
+      model, masks=same, diffusion_config=posterior, **kw
+    ),
     denoiser.example_losses(model, masks=same, diffusion_config=paper, **kw),
     rtol=1e-6,
   )

@@ -593,7 +593,11 @@ def test_annotation_posterior_loss_regresses_on_the_posterior_mean():
   eps = rs.randn(*x0.shape).astype(np.float32)
   output = rs.uniform(-1, 1, x0.shape).astype(np.float32)
   kw = dict(
-    x0=x0, image=np.zeros_like(x0), rng=jax.random.key(0), t=t, eps=eps,
+    x0=x0,
+    image=np.zeros_like(x0),
+    rng=jax.random.key(0),
+    t=t,
+    eps=eps,
     annotations=annotations,
   )
   net = lambda z, tt, im: jnp.asarray(output)
@@ -609,9 +613,13 @@ def test_annotation_posterior_loss_regresses_on_the_posterior_mean():
   )
   # One annotation per example: the posterior mean is that annotation, the paper's loss.
   one = dict(kw, annotations=x0[:, None])
-  paper, _ = dfn.loss(net, config=dfn.DiffusionConfig(weighting='uniform'), **kw)
+  paper, _ = dfn.loss(
+    net, config=dfn.DiffusionConfig(weighting='uniform'), **kw
+  )
   np.testing.assert_allclose(
-    np.asarray(dfn.loss(net, config=cfg, **one)[0]), np.asarray(paper), rtol=1e-6
+    np.asarray(dfn.loss(net, config=cfg, **one)[0]),
+    np.asarray(paper),
+    rtol=1e-6,
   )
   with pytest.raises(ValueError, match='needs annotations'):
     dfn.loss(net, config=cfg, **dict(kw, annotations=None))
@@ -641,8 +649,10 @@ def test_annotation_posterior_target_is_unbiased_for_the_posterior_mean():
   bins = np.quantile(z, [0.1, 0.3, 0.5, 0.7, 0.9])
   for lo, hi in zip(bins[:-1], bins[1:]):
     sel = (z >= lo) & (z < hi)
-    lik = lambda x: np.exp(-((z[sel] - a * x) ** 2) / (2 * s * s))
-    exact = np.mean((q * lik(1) - (1 - q) * lik(-1)) / (q * lik(1) + (1 - q) * lik(-1)))
+    lik = lambda x, zs=z[sel]: np.exp(-((zs - a * x) ** 2) / (2 * s * s))
+    exact = np.mean(
+      (q * lik(1) - (1 - q) * lik(-1)) / (q * lik(1) + (1 - q) * lik(-1))
+    )
     assert abs(target[sel].mean() - exact) < 0.01
     assert abs(x0[sel].mean() - exact) < 0.02
     # Less variance than the drawn annotation: the point of the target.

@@ -81,21 +81,36 @@ def test_boundary_profile_hand_computed():
   d_core = np.tile(np.array([2.0, 1.0, 0.75, 0.25, -0.75, -2.0]), (4, 1))[None]
   d_lobe = np.full((1, 4, 6), -5.0)
   d_lobe[0, 3] = 0.0
-  mode_probs = np.array([[0.2, 0.5, 0.3]])  # P(non-empty) = 0.8, the vote is at 0.4
+  mode_probs = np.array(
+    [[0.2, 0.5, 0.3]]
+  )  # P(non-empty) = 0.8, the vote is at 0.4
   sharp = 0.8 * (d_core > 0)
-  r = shape_spread.boundary_profile(sharp, d_core=d_core, d_lobe=d_lobe, mode_probs=mode_probs)
+  r = shape_spread.boundary_profile(
+    sharp, d_core=d_core, d_lobe=d_lobe, mode_probs=mode_probs
+  )
   assert r['core_vote_off_pixels'] == 0
-  assert r['profile'] == pytest.approx({'-1..-0.5': 0.0, '0..0.5': 0.8, '0.5..1': 0.8})
+  assert r['profile'] == pytest.approx(
+    {'-1..-0.5': 0.0, '0..0.5': 0.8, '0.5..1': 0.8}
+  )
   blurred = sharp.copy()
-  blurred[0, :, 3] = 0.3  # the column 0.25 px inside falls below the vote: 3 pixels off
+  blurred[0, :, 3] = (
+    0.3  # the column 0.25 px inside falls below the vote: 3 pixels off
+  )
   blurred[0, :, 4] = 0.5  # the column 0.75 px outside rises above it: 3 more
   blurred[0, 3] = 0.0  # the lobe's row does not count
-  r = shape_spread.boundary_profile(blurred, d_core=d_core, d_lobe=d_lobe, mode_probs=mode_probs)
+  r = shape_spread.boundary_profile(
+    blurred, d_core=d_core, d_lobe=d_lobe, mode_probs=mode_probs
+  )
   assert r['core_vote_off_pixels'] == 6
-  assert r['profile'] == pytest.approx({'-1..-0.5': 0.5, '0..0.5': 0.3, '0.5..1': 0.8})
+  assert r['profile'] == pytest.approx(
+    {'-1..-0.5': 0.5, '0..0.5': 0.3, '0.5..1': 0.8}
+  )
   # Images whose non-empty chance is at most one half have no vote.
   none = shape_spread.boundary_profile(
-    blurred, d_core=d_core, d_lobe=d_lobe, mode_probs=np.array([[0.6, 0.2, 0.2]])
+    blurred,
+    d_core=d_core,
+    d_lobe=d_lobe,
+    mode_probs=np.array([[0.6, 0.2, 0.2]]),
   )
   assert np.isnan(none['core_vote_off_pixels'])
 
@@ -103,7 +118,13 @@ def test_boundary_profile_hand_computed():
 def test_mode_distances_give_the_stored_modes():
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
-  chunk = synthetic_lesions.generate_chunk(seed=0, split='test', chunk=0, n=6, size=32)
-  d_core, d_lobe = synthetic_lesions.mode_distances(geometry=chunk['geometry'], size=32)
+  chunk = synthetic_lesions.generate_chunk(
+    seed=0, split='test', chunk=0, n=6, size=32
+  )
+  d_core, d_lobe = synthetic_lesions.mode_distances(
+    geometry=chunk['geometry'], size=32
+  )
   np.testing.assert_array_equal(d_core > 0, chunk['modes'][:, 1] > 0)
-  np.testing.assert_array_equal(np.maximum(d_core, d_lobe) > 0, chunk['modes'][:, 2] > 0)
+  np.testing.assert_array_equal(
+    np.maximum(d_core, d_lobe) > 0, chunk['modes'][:, 2] > 0
+  )

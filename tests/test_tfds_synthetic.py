@@ -396,7 +396,9 @@ def test_fit_geometry_reads_the_core_off_the_image():
   rng = np.random.default_rng(0)
   start_err, fit_err = [], []
   for image, truth in zip(chunk['image'], chunk['geometry']):
-    start = truth + np.array([1.0, 1.0, 1.0, 1.0, 0.1, 0, 0, 0, 0, 0]) * rng.choice([-1, 1], 10)
+    start = truth + np.array(
+      [1.0, 1.0, 1.0, 1.0, 0.1, 0, 0, 0, 0, 0]
+    ) * rng.choice([-1, 1], 10)
     fit, contrast = syn.fit_geometry(image=image, start=start)
     start_err.append(np.abs(start[:4] - truth[:4]).mean())
     fit_err.append(np.abs(fit[:4] - truth[:4]).mean())

@@ -454,10 +454,16 @@ def fit_geometry(*, image, start):
   )
 
   def whitened_residual(p):
-    d_core, d_lobe = _distances(dict(zip(GEOMETRY_KEYS, p[:10, None])), size=size)
+    d_core, d_lobe = _distances(
+      dict(zip(GEOMETRY_KEYS, p[:10, None])), size=size
+    )
     soft_core = _sigmoid(d_core[0].astype(np.float64) / 0.5)
-    soft_union = _sigmoid(np.maximum(d_core, d_lobe)[0].astype(np.float64) / 0.5)
-    model = BACKGROUND + CORE_CONTRAST * soft_core + p[10] * (soft_union - soft_core)
+    soft_union = _sigmoid(
+      np.maximum(d_core, d_lobe)[0].astype(np.float64) / 0.5
+    )
+    model = (
+      BACKGROUND + CORE_CONTRAST * soft_core + p[10] * (soft_union - soft_core)
+    )
     return np.fft.ifft2(np.fft.fft2(image - model) * inv_sqrt).real.ravel()
 
   start = np.asarray(start, np.float64)
