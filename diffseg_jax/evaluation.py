@@ -40,10 +40,11 @@ Where the batches carry the true distribution (the synthetic set: 'modes'
   ideal_<...>          the same as oracle_ but with the probabilities of an ideal
                        observer who knows the geometry and reads the lobe
                        contrast off the image (synthetic_lesions.
-                       ideal_observer_mode_probs): what the image allows at
-                       best, since the true probabilities depend on the
-                       generator's contrast, which the noisy image shows only
-                       approximately;
+                       ideal_observer_mode_probs): what the image allows for
+                       the mode probabilities, which depend on the generator's
+                       contrast that the noisy image shows only approximately;
+                       its shapes come from the exact geometry, which the image
+                       does not give (benchmarks/fitted_observer.py);
   model_modes_<...>    the model's samples, each replaced by a fresh annotation
                        of the true mode it is assigned to (`assign_modes`, the
                        assignment mode_tv counts; unmatched samples kept): the
