@@ -21,10 +21,13 @@ and the lobe contrast to the image by maximum likelihood under the generator's o
 semi-axes) and 0.1 rad (angles), then annotates like the annotators: a mode drawn with the ideal
 observer's probabilities of the fitted geometry, traced with the boundary jitter. It is optimistic
 about the search (a local fit near the truth) and exact about the noise, so it says roughly how far
-above the true oracle a model of the image alone must stay.
+above the true oracle a model of the image alone must stay. The posterior-sampling observer draws
+each annotation from its own sample of the shapes and lobe contrast from their Laplace posterior
+(`GeometryFit.covariance`), with the generator's mode probabilities for that sample: a Bayesian
+observer of the image, to the Laplace approximation.
 
 Rows, on the first --num_images test images at N = 16 (evaluation.evaluate, as a model is scored):
-the true oracle, this fitted observer, and the fitted geometry with the true mode probabilities
+the true oracle, the posterior-sampling observer, the fitted observer, and the fitted geometry with the true mode probabilities
 (shapes only); plus, from `benchmarks.shape_spread`, the majority vote's error against the true
 mode and the core vote of each marginal.
 
@@ -67,17 +70,18 @@ _OUT = flags.DEFINE_string(
 # Perturbation of the fit's start: centres and semi-axes (px), angles (rad), per GEOMETRY_KEYS.
 START_SD = np.array([0.5, 0.5, 0.5, 0.5, 0.1, 0.5, 0.5, 0.5, 0.5, 0.1])
 KEYS = ('ged_16', 'mode_tv_16', 'hm_iou_16')
+POSTERIOR = 'posterior-sampling observer'
 
 
 def fitted_geometries(images, geometries, *, seed, start_scale=1.0):
-  """[B, 10] maximum-likelihood geometries from true starts perturbed by start_scale * START_SD."""
+  """[B] GeometryFits from true starts perturbed by start_scale * START_SD."""
   rng = np.random.default_rng(seed)
   fits = []
   for image, truth in zip(images, geometries):
     start = truth + start_scale * START_SD * rng.standard_normal(10)
     start[[2, 3, 7, 8]] = np.maximum(start[[2, 3, 7, 8]], 1.0)
-    fits.append(syn.fit_geometry(image=image, start=start)[0])
-  return np.stack(fits)
+    fits.append(syn.fit_geometry(image=image, start=start))
+  return fits
 
 
 def main(argv):
@@ -96,13 +100,14 @@ def main(argv):
     k: np.stack([x[k] for x in examples])
     for k in ('image', 'masks', 'modes', 'mode_probs', 'geometry')
   }
-  fits = fitted_geometries(
+  results = fitted_geometries(
     test['image'],
     test['geometry'],
     seed=_SEED.value,
     start_scale=_START_SCALE.value,
   )
   fit_seconds = time.perf_counter() - start
+  fits = np.stack([r.geometry for r in results])
   probs = {
     'fitted observer': syn.ideal_observer_mode_probs(
       image=test['image'], geometry=fits
@@ -115,10 +120,34 @@ def main(argv):
   }
   batch['id'] = np.array([f'synth{size}-test-{i:06d}' for i in range(num)])
 
+  def posterior_draws(b, num_samples, seed):
+    """Annotations each from its own draw of the Laplace posterior of the shapes and contrast."""
+    r = results[b]
+    rng = np.random.default_rng(seed)
+    p = rng.multivariate_normal(
+      np.append(r.geometry, r.lobe_contrast), r.covariance, num_samples
+    )
+    p[:, [2, 3, 7, 8]] = np.maximum(p[:, [2, 3, 7, 8]], 0.5)
+    d_core, _ = syn.mode_distances(geometry=p[:, :10], size=size)
+    mode_probs = syn.mode_probabilities(
+      core_area_fraction=(d_core > 0).mean((-2, -1)),
+      lobe_contrast=np.clip(p[:, 10], 0.0, syn.CORE_CONTRAST),
+    )
+    return syn.draw_annotations(
+      geometry=p[:, :10], mode_probs=mode_probs, num=1, size=size, seed=seed
+    )[:, 0]
+
   def observer(name):
     def draws(image, keys, num_samples):
       seeds = np.asarray(jax.random.key_data(keys)).reshape(len(image), -1)
       rows = [index[x.tobytes()] for x in np.asarray(image)]
+      if name == POSTERIOR:
+        return np.stack(
+          [
+            posterior_draws(b, num_samples, s.tolist())
+            for b, s in zip(rows, seeds)
+          ]
+        )
       return np.stack(
         [
           syn.draw_annotations(
@@ -135,7 +164,7 @@ def main(argv):
     return draws
 
   rows = {}
-  for name in probs:
+  for name in (*probs, POSTERIOR):
     summary = evaluation.evaluate(
       observer(name),
       [batch],
@@ -149,18 +178,28 @@ def main(argv):
     rows[name] = {k: summary[k]['mean'] for k in KEYS}
     rows['true oracle'] = {k: summary['oracle_' + k]['mean'] for k in KEYS}
   d_core, d_lobe = syn.mode_distances(geometry=test['geometry'], size=size)
-  for name, geometry, mode_probs in (
-    ('true oracle', test['geometry'], test['mode_probs']),
-    ('fitted observer', fits, probs['fitted observer']),
-    ('fitted geometry, true probabilities', fits, test['mode_probs']),
-  ):
-    many = syn.draw_annotations(
+
+  def many_draws(geometry, mode_probs):
+    return syn.draw_annotations(
       geometry=geometry,
       mode_probs=mode_probs,
       num=1024,
       size=size,
       seed=_SEED.value + 1,
     )
+
+  for name, many in (
+    ('true oracle', many_draws(test['geometry'], test['mode_probs'])),
+    (
+      POSTERIOR,
+      np.stack([posterior_draws(b, 1024, _SEED.value + 1) for b in range(num)]),
+    ),
+    ('fitted observer', many_draws(fits, probs['fitted observer'])),
+    (
+      'fitted geometry, true probabilities',
+      many_draws(fits, test['mode_probs']),
+    ),
+  ):
     rows[name]['core_vote_off_pixels'] = shape_spread.boundary_profile(
       many.mean(1), d_core=d_core, d_lobe=d_lobe, mode_probs=test['mode_probs']
     )['core_vote_off_pixels']
@@ -178,6 +217,7 @@ def main(argv):
   ]
   for name in (
     'true oracle',
+    POSTERIOR,
     'fitted observer',
     'fitted geometry, true probabilities',
   ):

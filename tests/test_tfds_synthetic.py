@@ -399,7 +399,14 @@ def test_fit_geometry_reads_the_core_off_the_image():
     start = truth + np.array(
       [1.0, 1.0, 1.0, 1.0, 0.1, 0, 0, 0, 0, 0]
     ) * rng.choice([-1, 1], 10)
-    fit, contrast = syn.fit_geometry(image=image, start=start)
+    result = syn.fit_geometry(image=image, start=start)
+    fit, contrast = result.geometry, result.lobe_contrast
+    sd = np.sqrt(np.diag(result.covariance))
+    # The Laplace s.d. of the core is sub-pixel and of the order of the actual error.
+    assert (sd[:4] < 0.5).all() and (sd[:4] > 0.02).all()
+    np.testing.assert_allclose(
+      result.covariance, result.covariance.T, atol=1e-12
+    )
     start_err.append(np.abs(start[:4] - truth[:4]).mean())
     fit_err.append(np.abs(fit[:4] - truth[:4]).mean())
     assert 0.0 <= contrast <= 0.5

@@ -430,20 +430,48 @@ def ideal_observer_mode_probs(*, image, geometry, grid_points=701):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class GeometryFit:
+  """`fit_geometry`'s result: the fitted geometry [10], lobe contrast, and their covariance [11, 11]."""
+
+  geometry: np.ndarray
+  lobe_contrast: float
+  covariance: np.ndarray
+
+
+def _prior_sd(size):
+  """Standard deviations [11] of a Gaussian stand-in for the generator's priors (step 2-3 ranges)."""
+  s = float(size)
+  uniform = lambda width: width / np.sqrt(12.0)
+  return np.array(
+    [uniform(s / 4)] * 2  # core centre
+    + [uniform(0.12 * s)] * 2  # core semi-axes
+    + [uniform(np.pi)]  # core rotation
+    + [uniform(s / 4) + 0.5 * s * 0.2]
+    * 2  # lobe centre: core centre + core radius + 0.7 lb
+    + [uniform(0.25 * 0.2 * s)] * 2  # lobe semi-axes
+    + [uniform(2 * np.pi)]  # lobe rotation
+    + [uniform(CORE_CONTRAST)]  # lobe contrast
+  )
+
+
 def fit_geometry(*, image, start):
   """Maximum-likelihood core and lobe ellipses and lobe contrast of one image, from a start.
 
   The generator's own image model (module doc, steps 1-4: background, soft-edged core and lobe,
   Gaussian texture and pixel noise, clipping ignored), fitted by whitened least squares
   (`_texture_spectrum`) with scipy's trust-region solver: what an observer who knows the family of
-  shapes can read off the image. A local fit: it finds the optimum in the basin of `start`.
+  shapes can read off the image. A local fit: it finds the optimum in the basin of `start`. The
+  covariance is the Laplace approximation of the posterior, inv(J'J + prior precision), with a
+  Gaussian of each prior range's standard deviation standing in for the generator's uniform priors
+  (it keeps the covariance finite where the image says nothing, e.g. about an invisible lobe).
 
   Args:
     image: [S, S, 1] or [S, S], one example's 'image'.
     start: float64 [10] geometry (GEOMETRY_KEYS) to start from.
 
   Returns:
-    (geometry float64 [10], lobe_contrast float).
+    GeometryFit.
   """
   from scipy import optimize  # pylint: disable=g-import-not-at-top
 
@@ -475,7 +503,12 @@ def fit_geometry(*, image, start):
     x_scale='jac',
     diff_step=1e-3,
   )
-  return fit.x[:10], float(fit.x[10])
+  precision = fit.jac.T @ fit.jac + np.diag(_prior_sd(size) ** -2.0)
+  return GeometryFit(
+    geometry=fit.x[:10],
+    lobe_contrast=float(fit.x[10]),
+    covariance=np.linalg.inv(precision),
+  )
 
 
 def generate_chunk(*, seed, split, chunk, n, size):
