@@ -140,12 +140,12 @@ def main(argv):
   def observer(name):
     def draws(image, keys, num_samples):
       seeds = np.asarray(jax.random.key_data(keys)).reshape(len(image), -1)
-      rows = [index[x.tobytes()] for x in np.asarray(image)]
+      members = [index[x.tobytes()] for x in np.asarray(image)]
       if name == POSTERIOR:
         return np.stack(
           [
             posterior_draws(b, num_samples, s.tolist())
-            for b, s in zip(rows, seeds)
+            for b, s in zip(members, seeds)
           ]
         )
       return np.stack(
@@ -157,7 +157,7 @@ def main(argv):
             size=size,
             seed=s.tolist(),
           )
-          for b, s in zip(rows, seeds)
+          for b, s in zip(members, seeds)
         ]
       )
 

@@ -440,18 +440,32 @@ class GeometryFit:
 
 
 def _prior_sd(size):
-  """Standard deviations [11] of a Gaussian stand-in for the generator's priors (step 2-3 ranges)."""
+  """Standard deviations [11] of the generator's priors (module doc, steps 2-3), per parameter.
+
+  Centres and semi-axes of the core are uniform (width S/4 and 0.12 S). The lobe's centre is the
+  core's plus an offset of 0.12-0.33 S in a uniform direction (about 0.16 S per coordinate), its
+  semi-axes about sqrt(a b) * U(0.7, 0.95) (width ~0.13 S); rotations are uniform over pi (an
+  ellipse's period); the lobe contrast is U(0, 0.35).
+  """
   s = float(size)
   uniform = lambda width: width / np.sqrt(12.0)
+  core_centre, lobe_centre = uniform(s / 4), np.hypot(uniform(s / 4), 0.16 * s)
   return np.array(
-    [uniform(s / 4)] * 2  # core centre
-    + [uniform(0.12 * s)] * 2  # core semi-axes
-    + [uniform(np.pi)]  # core rotation
-    + [uniform(s / 4) + 0.5 * s * 0.2]
-    * 2  # lobe centre: core centre + core radius + 0.7 lb
-    + [uniform(0.25 * 0.2 * s)] * 2  # lobe semi-axes
-    + [uniform(2 * np.pi)]  # lobe rotation
-    + [uniform(CORE_CONTRAST)]  # lobe contrast
+    [
+      core_centre,
+      core_centre,
+      uniform(0.12 * s),
+      uniform(0.12 * s),
+      uniform(np.pi),
+    ]
+    + [
+      lobe_centre,
+      lobe_centre,
+      uniform(0.13 * s),
+      uniform(0.13 * s),
+      uniform(np.pi),
+    ]
+    + [uniform(CORE_CONTRAST)]
   )
 
 
@@ -462,9 +476,9 @@ def fit_geometry(*, image, start):
   Gaussian texture and pixel noise, clipping ignored), fitted by whitened least squares
   (`_texture_spectrum`) with scipy's trust-region solver: what an observer who knows the family of
   shapes can read off the image. A local fit: it finds the optimum in the basin of `start`. The
-  covariance is the Laplace approximation of the posterior, inv(J'J + prior precision), with a
-  Gaussian of each prior range's standard deviation standing in for the generator's uniform priors
-  (it keeps the covariance finite where the image says nothing, e.g. about an invisible lobe).
+  covariance is a Laplace approximation of the posterior around the fit, inv(J'J + prior
+  precision), with Gaussians of the generator's prior standard deviations (`_prior_sd`) standing in
+  for its uniform priors: they keep it finite where the image says nothing (an invisible lobe).
 
   Args:
     image: [S, S, 1] or [S, S], one example's 'image'.
