@@ -284,23 +284,17 @@ def _network_marginal(model, settings, image, config):
   from diffseg_jax import denoiser  # pylint: disable=g-import-not-at-top
   from diffseg_jax import diffusion  # pylint: disable=g-import-not-at-top
 
-  dcfg = settings.diffusion
   denoise = denoiser.make_denoise_fn(model)
   net_image = denoiser.network_image(
     jnp.asarray(image), preprocessing=config.dataset.image_preprocessing
   )
-  n = image.shape[0]
-  t = jnp.full((n,), 0.9, jnp.float32)
-  logsnr = diffusion.config_logsnr(t, dcfg)
-  time = logsnr if dcfg.conditioning == 'logsnr' else t
+  t = jnp.full((image.shape[0],), 0.9, jnp.float32)
 
   @jax.jit
   def estimate(key):
     z = jax.random.normal(key, image.shape, jnp.float32)
-    extra = (jnp.zeros_like(z),) if dcfg.self_condition else ()
-    out = denoise(z, time, net_image, *extra)
-    x0 = diffusion.predict_x(
-      z=z, output=out, logsnr=logsnr, prediction=dcfg.prediction
+    x0 = diffusion.estimate_x0(
+      denoise, z=z, t=t, image=net_image, config=settings.diffusion
     )
     return jnp.clip(x0, -1.0, 1.0)[..., 0]
 

@@ -514,6 +514,29 @@ def _call(denoise_fn, z, time, image, *, self_cond, config: DiffusionConfig):
   return denoise_fn(z, time, image)
 
 
+def estimate_x0(
+  denoise_fn: DenoiseFn, *, z, t, image, config: DiffusionConfig, self_cond=None
+):
+  """The network's unclipped x0 estimate from z at times t [B], as the samplers see it.
+
+  self_cond is the self-conditioning input (config.self_condition only; zeros when None).
+  """
+  logsnr = config_logsnr(t, config)
+  if self_cond is None and config.self_condition:
+    self_cond = jnp.zeros_like(z)
+  output = _call(
+    denoise_fn,
+    z,
+    _network_time(t=t, logsnr=logsnr, config=config),
+    image,
+    self_cond=self_cond,
+    config=config,
+  )
+  return predict_x(
+    z=z, output=output, logsnr=logsnr, prediction=config.prediction
+  )
+
+
 def loss(
   denoise_fn: DenoiseFn,
   *,
@@ -872,16 +895,8 @@ def sample_loop(
     s = jnp.full((m,), (num_steps - i - 1) / num_steps, jnp.float32)
     logsnr_t = config_logsnr(t, diffusion)
     logsnr_s = config_logsnr(s, diffusion)
-    output = _call(
-      denoise_fn,
-      z,
-      _network_time(t=t, logsnr=logsnr_t, config=diffusion),
-      image,
-      self_cond=x0_prev,
-      config=diffusion,
-    )
-    x0_unclipped = predict_x(
-      z=z, output=output, logsnr=logsnr_t, prediction=diffusion.prediction
+    x0_unclipped = estimate_x0(
+      denoise_fn, z=z, t=t, image=image, config=diffusion, self_cond=x0_prev
     )
     x0_hat = x0_unclipped
     if sampler.clip_x0:
