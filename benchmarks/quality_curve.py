@@ -21,6 +21,7 @@ Train one run per seed with checkpoints kept (e.g. every 500 steps), then score 
   python benchmarks/quality_curve.py --config=configs/synthetic_long.py \
       --workdirs=RUNS/seed0,RUNS/seed1,RUNS/seed2 --minutes=5,10,20,40,60 \
       [--num_examples=200 --final_num_examples=500 --out=benchmarks/results/quality_curve]
+      [--clock=RUNS/seed0]   # minutes of every seed read off seed 0's checkpoints
 
 For each workdir and each target minute it evaluates the checkpoint whose training time (the
 `train_seconds` each checkpoint records: wall seconds of the training loop, compilation and
@@ -210,11 +211,27 @@ def curve(
   num_examples: int,
   final_num_examples: int,
   num_samples: int,
+  clock: str | None = None,
 ) -> dict:
-  """Evaluates what is missing; {'runs': per seed, 'mean': per target minute, 'final': last checkpoints}."""
+  """Evaluates what is missing; {'runs': per seed, 'mean': per target minute, 'final': last checkpoints}.
+
+  `clock`: a workdir whose checkpoints' training times stand for every run's (steps picked and
+  minutes reported from it), for runs whose own clock is not the reference machine's (trained
+  pinned to one core or beside other jobs). Each run's own minutes are kept as `own_minutes`.
+  """
+  reference_seconds = checkpoint_seconds(clock) if clock else None
   runs = []
   for workdir in workdirs:
     seconds = checkpoint_seconds(workdir)
+    own_seconds = seconds
+    if reference_seconds is not None:
+      missing = sorted(set(seconds) - set(reference_seconds))
+      if missing:
+        raise ValueError(
+          f'{workdir} has checkpoints at steps {missing} that the clock run {clock} lacks: '
+          'train both with the same --config.checkpoint_every_steps.'
+        )
+      seconds = {step: reference_seconds[step] for step in seconds}
     last = max(seconds)
     picked = pick_steps(seconds, minutes)
     todo = sorted(picked.items())
@@ -225,13 +242,14 @@ def curve(
     points = []
     for target, step in todo:
       count = final_num_examples if step == last else num_examples
-      metrics, per_image = read_evaluation(
+      _, per_image = read_evaluation(
         evaluate_step(config, workdir, step, count)
       )
       point = score_point(per_image, num_samples)
       point.update(
         target_minutes=target,
-        minutes=metrics['train_seconds'] / 60,
+        minutes=seconds[step] / 60,
+        own_minutes=own_seconds[step] / 60,
         step=step,
         last=step == last,
       )
@@ -250,6 +268,7 @@ def curve(
     'runs': runs,
     'mean': mean,
     'final': final,
+    'clock': clock,
   }
 
 
@@ -264,6 +283,10 @@ def markdown(result: Mapping, *, machine: str) -> str:
     + ' |',
     '|---' * (4 + len(QUANTITIES)) + '|',
   ]
+  if result.get('clock'):
+    lines[1:1] = [
+      f'Minutes of every run are those of {result["clock"]} at the same step.'
+    ]
   rows = [
     (
       f'{row["target_minutes"]:g}',
@@ -376,6 +399,7 @@ def main(argv):
     num_examples=FLAGS.num_examples,
     final_num_examples=FLAGS.final_num_examples,
     num_samples=FLAGS.num_samples,
+    clock=FLAGS.clock,
   )
   machine = side_by_side.cpu_model()
   result['machine'] = machine
@@ -416,6 +440,12 @@ if __name__ == '__main__':
   )
   flags.DEFINE_integer(
     'num_samples', 16, 'N of the reported metrics (in eval.num_samples_list).'
+  )
+  flags.DEFINE_string(
+    'clock',
+    None,
+    "A workdir whose checkpoints' training times stand for every run's (for runs "
+    'trained pinned to one core or beside other jobs).',
   )
   flags.DEFINE_string('out', RESULTS, 'Output path without extension.')
   flags.mark_flags_as_required(['config', 'workdirs'])
