@@ -219,7 +219,7 @@ def main(argv):
   ).mean(1)
   marginals = {
     'true marginal (1,024 fresh annotations)': exact,
-    'network x0_hat at t = 0.9': _network_marginal(
+    'network x0_hat at t = 0.9': network_marginal(
       nnx.merge(graphdef, params), settings, batch['image'], config
     ),
     'model samples': samples.mean(1),
@@ -276,7 +276,7 @@ def main(argv):
     json.dump(result, f, indent=1, sort_keys=True)
 
 
-def _network_marginal(model, settings, image, config):
+def network_marginal(model, settings, image, config):
   """E[mask | image] as the network believes it: x0_hat at t = 0.9 from pure noise, 8 draws."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
