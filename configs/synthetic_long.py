@@ -14,13 +14,15 @@
 
 r"""A longer recipe on synthetic_lesions/32: configs/best.py trained 3x longer, for <= 60 min on 2 CPU cores.
 
-6,000 steps of batch 32 (the quickstart: 2,000; warm-up 500, cosine decay over the last 4,500) and a
-slower EMA, then the quickstart's evaluation (500 test images, 4 and 16 samples, oracle and
-image-blind rows). Measured on the 2-core Intel Xeon (AVX-512) of the reference kind, seed 0
-(benchmarks/RESULTS.md, "The 6,000-step recipe end to end"): 47.1 min of training at 2.1-2.3 steps/s
-plus ~6 min of evaluation; GED16 1.53x and mode TV16 1.59x the true oracle, HM-IoU16 0.062 below it.
-It does not reach issue 10's targets (1.15x / 1.2x / 0.03); two thirds of its GED gap are the
-samples' shapes (noisier boundaries than the annotators'), one third its mode frequencies.
+configs/best.py (posterior-mean target, DPM-Solver++(2M) sampling) with 6,000 steps of batch 32 (the
+quickstart: 2,000; warm-up 500, cosine decay over the last 4,500) and a slower EMA, then the
+quickstart's evaluation (500 test images, 4 and 16 samples, oracle and image-blind rows). Measured
+as committed on a 2-core AMD EPYC, seeds 0-2 (benchmarks/RESULTS.md, "The committed long recipe,
+3 seeds"): seed 0 trained in 36.5 min (beside light jobs of ours) and took 44 min end to end; GED16
+1.51x and mode TV16 1.57x the true oracle, HM-IoU16 0.057 below it (mean of 3 seeds), flat after
+~20 min. It does not reach issue 10's targets (1.15x / 1.2x / 0.03): most of the shapes' error is
+what the image does not say, and the mode frequencies are off both in the network's belief and in
+the sampler's draws from it (benchmarks/mode_calibration.py).
 
   python -m diffseg_jax.main --config=configs/synthetic_long.py --workdir=/tmp/synthetic_long
   python -m diffseg_jax.main --config=configs/synthetic_long.py:smoke --workdir=/tmp/long_smoke
