@@ -238,76 +238,38 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
 
   from benchmarks import shape_spread  # pylint: disable=g-import-not-at-top
   from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from benchmarks import synthetic_run  # pylint: disable=g-import-not-at-top
   from diffseg_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import sampling  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   config = FLAGS.config
-  settings = settings_lib.resolve(config)
-  mesh = parallel.make_mesh(config.mesh.data)
-  graphdef, params, step = checkpoint.load_params(
-    FLAGS.workdir,
-    settings.unet,
-    mesh,
-    use_ema=config.eval.use_ema,
-    step=None if FLAGS.step < 0 else FLAGS.step,
+  run = synthetic_run.load(
+    config, FLAGS.workdir, step=FLAGS.step, num_images=FLAGS.num_images
   )
-  source = input_pipeline.load_source(
-    name=config.dataset.name,
-    split=config.eval.split,
-    data_dir=config.dataset.data_dir,
-  )
-  examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
-  if 'modes' not in examples[0]:
-    raise SystemExit(
-      f'{config.dataset.name} has no true modes: this needs synthetic_lesions.'
-    )
-  batch = {
-    key: np.stack([x[key] for x in examples])
-    for key in ('image', 'modes', 'mode_probs', 'geometry')
-  }
-  size = batch['image'].shape[1]
+  batch = run.batch
   d_core, d_lobe = synthetic_lesions.mode_distances(
-    geometry=batch['geometry'], size=size
+    geometry=batch['geometry'], size=batch['image'].shape[1]
   )
   marginal = shape_spread.network_marginal(
-    nnx.merge(graphdef, params), settings, batch['image'], config
+    nnx.merge(run.graphdef, run.params), run.settings, batch['image'], config
   )
   belief, valid = implied_mode_probs(marginal, d_core=d_core, d_lobe=d_lobe)
-  keys = sampling.image_keys(
-    jax.random.PRNGKey(config.eval.seed), np.arange(len(examples))
-  )
   frequencies = {}
   for spec in FLAGS.samplers:
     name, _, steps = spec.partition(':')
     sampler_config = config.copy_and_resolve_references()
     sampler_config.sampler.name = name
-    sampler = sampling.Sampler(
-      graphdef, mesh, **settings_lib.resolve(sampler_config).sampler_kwargs()
-    )
-    num_steps = int(steps) if steps else settings.sampler.num_steps
-    samples = np.concatenate(
-      [
-        np.asarray(
-          sampler(
-            params,
-            batch['image'][i : i + 50],
-            keys[i : i + 50],
-            FLAGS.num_samples,
-            num_steps=num_steps,
-          )
-        )
-        for i in range(0, len(examples), 50)
-      ]
+    num_steps = int(steps) if steps else run.settings.sampler.num_steps
+    samples = synthetic_run.draw_samples(
+      run,
+      num_samples=FLAGS.num_samples,
+      num_steps=num_steps,
+      settings=settings_lib.resolve(sampler_config),
     )
     assign, _ = evaluation.assign_modes(samples=samples, modes=batch['modes'])
     frequencies[f'{name}, {num_steps} steps'] = mode_frequencies(assign)[valid]
@@ -319,8 +281,8 @@ def main(argv):
   )
   result.update(
     workdir=FLAGS.workdir,
-    checkpoint_step=int(step),
-    images_scored=len(examples),
+    checkpoint_step=run.step,
+    images_scored=len(batch['image']),
     cpu_model=side_by_side.cpu_model(),
   )
   table = markdown(result)

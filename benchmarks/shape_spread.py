@@ -141,59 +141,21 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
 
   from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import parallel  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import sampling  # pylint: disable=g-import-not-at-top
-  from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from benchmarks import synthetic_run  # pylint: disable=g-import-not-at-top
   from tfds_lidc import synthetic_lesions  # pylint: disable=g-import-not-at-top
 
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   config = FLAGS.config
-  settings = settings_lib.resolve(config)
-  mesh = parallel.make_mesh(config.mesh.data)
-  graphdef, params, step = checkpoint.load_params(
-    FLAGS.workdir,
-    settings.unet,
-    mesh,
-    use_ema=config.eval.use_ema,
-    step=None if FLAGS.step < 0 else FLAGS.step,
+  run = synthetic_run.load(
+    config, FLAGS.workdir, step=FLAGS.step, num_images=FLAGS.num_images
   )
-  source = input_pipeline.load_source(
-    name=config.dataset.name,
-    split=config.eval.split,
-    data_dir=config.dataset.data_dir,
-  )
-  examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
-  if 'modes' not in examples[0]:
-    raise SystemExit(
-      f'{config.dataset.name} has no true modes: this needs synthetic_lesions.'
-    )
-  batch = {
-    key: np.stack([x[key] for x in examples])
-    for key in ('image', 'modes', 'mode_probs', 'geometry')
-  }
+  settings, batch, step = run.settings, run.batch, run.step
+  examples = batch['image']
   num_steps = FLAGS.num_steps or settings.sampler.num_steps
-  sampler = sampling.Sampler(graphdef, mesh, **settings.sampler_kwargs())
-  keys = sampling.image_keys(
-    jax.random.PRNGKey(config.eval.seed), np.arange(len(examples))
-  )
-  samples = np.concatenate(
-    [
-      np.asarray(
-        sampler(
-          params,
-          batch['image'][i : i + 50],
-          keys[i : i + 50],
-          FLAGS.num_samples,
-          num_steps=num_steps,
-        )
-      )
-      for i in range(0, len(examples), 50)
-    ]
+  samples = synthetic_run.draw_samples(
+    run, num_samples=FLAGS.num_samples, num_steps=num_steps
   )
   true = synthetic_lesions.draw_annotations(
     geometry=batch['geometry'],
@@ -220,7 +182,7 @@ def main(argv):
   marginals = {
     'true marginal (1,024 fresh annotations)': exact,
     'network x0_hat at t = 0.9': network_marginal(
-      nnx.merge(graphdef, params), settings, batch['image'], config
+      nnx.merge(run.graphdef, run.params), settings, batch['image'], config
     ),
     'model samples': samples.mean(1),
     'fresh annotations': true.mean(1),
