@@ -109,31 +109,14 @@ def test_curve_on_a_real_run_scores_kept_checkpoints_by_training_time(
   # Another run's clock: steps are picked, and minutes reported, by its times at the same steps.
   own = quality_curve.checkpoint_seconds
   clock = str(tmp_path / 'clock_run')
-  monkeypatch.setattr(
-    quality_curve,
-    'checkpoint_seconds',
-    lambda w: {2: 600.0, 4: 60.0} if w == clock else own(w),
-  )
-  timed = quality_curve.curve(
-    config,
-    [workdir],
-    [1.0],
-    num_examples=2,
-    final_num_examples=3,
-    num_samples=4,
-    clock=clock,
-  )
-  points = timed['runs'][0]['points']
-  assert [(p['step'], p['minutes']) for p in points] == [(4, 1.0)]
-  assert points[0]['own_minutes'] == pytest.approx(seconds[4] / 60)
-  assert clock in quality_curve.markdown(timed, machine='test')
-  monkeypatch.setattr(
-    quality_curve,
-    'checkpoint_seconds',
-    lambda w: {4: 60.0} if w == clock else own(w),
-  )
-  with pytest.raises(ValueError, match=r'steps \[2\] that the clock run'):
-    quality_curve.curve(
+
+  def curve_on_clock(clock_seconds):
+    monkeypatch.setattr(
+      quality_curve,
+      'checkpoint_seconds',
+      lambda w: clock_seconds if w == clock else own(w),
+    )
+    return quality_curve.curve(
       config,
       [workdir],
       [1.0],
@@ -142,6 +125,14 @@ def test_curve_on_a_real_run_scores_kept_checkpoints_by_training_time(
       num_samples=4,
       clock=clock,
     )
+
+  timed = curve_on_clock({2: 600.0, 4: 60.0})
+  points = timed['runs'][0]['points']
+  assert [(p['step'], p['minutes']) for p in points] == [(4, 1.0)]
+  assert points[0]['own_minutes'] == pytest.approx(seconds[4] / 60)
+  assert clock in quality_curve.markdown(timed, machine='test')
+  with pytest.raises(ValueError, match=r'steps \[2\] that the clock run'):
+    curve_on_clock({4: 60.0})
 
 
 def test_checkpoint_seconds_names_a_missing_workdir(tmp_path):
