@@ -32,7 +32,9 @@ Compared at the same N with exact expectations (no Monte Carlo): the expected TV
 true probabilities (the oracle's floor), of N draws from the network's belief (what an exact sampler
 of this network would score), and the samples' own TV; plus the distribution-level TV of the belief,
 and calibration tables by true P(lobe | non-empty) and true P(empty). Samples below the belief in the
-low-probability bins mean the sampler under-draws minority modes.
+low-probability bins mean the sampler under-draws minority modes. Against the stored annotations'
+own mode frequencies, a memorisation slope (`memorization`): run with --config.eval.split=train to
+see how much of its training images' annotation noise the network learned.
 
   python benchmarks/mode_calibration.py --config=configs/best.py --workdir=RUN \
       [--samplers=ddpm:10,dpm_solver_pp_2m:10 --num_images=200 --num_samples=32 \
@@ -129,6 +131,40 @@ def mode_frequencies(assign: np.ndarray, num_modes: int = 3) -> np.ndarray:
   )
 
 
+def memorization(
+  *, truth: np.ndarray, belief: np.ndarray, annotated: np.ndarray
+) -> dict[str, float]:
+  """How much of its stored annotations' sampling noise the belief carries.
+
+  Regresses belief - truth on annotated - truth (pooled over images and modes, through the origin):
+  a slope of 0 means the belief does not follow the annotations' chance deviations from the truth,
+  1 that it reproduces them. On images the network never trained on the slope is 0 up to its error;
+  on its training images a positive slope is memorised annotation noise.
+
+  Args:
+    truth, belief: [B, K] mode probabilities.
+    annotated: [B, K] the stored annotations' own mode frequencies.
+
+  Returns:
+    {'slope', 'slope_se' (linearised over images), 'tv_annotated_vs_truth', 'tv_belief_vs_annotated'}.
+  """
+  truth = np.asarray(truth, np.float64)
+  dev_belief = np.asarray(belief, np.float64) - truth
+  dev_annotated = np.asarray(annotated, np.float64) - truth
+  num = (dev_belief * dev_annotated).sum(-1)
+  den = (dev_annotated**2).sum(-1)
+  slope = num.sum() / den.sum()
+  residual = num - slope * den
+  return {
+    'slope': float(slope),
+    'slope_se': float(np.sqrt((residual**2).sum()) / den.sum()),
+    'tv_annotated_vs_truth': float(0.5 * np.abs(dev_annotated).sum(-1).mean()),
+    'tv_belief_vs_annotated': float(
+      0.5 * np.abs(dev_belief - dev_annotated).sum(-1).mean()
+    ),
+  }
+
+
 def calibration(
   truth: np.ndarray,
   estimates: dict[str, np.ndarray],
@@ -168,8 +204,12 @@ def score(
   belief: np.ndarray,
   frequencies: dict[str, np.ndarray],
   num_samples: int,
+  annotated: np.ndarray | None = None,
 ) -> dict[str, Any]:
-  """The comparison on valid images: truth, belief [B, 3]; frequencies {sampler: [B, 4]}."""
+  """The comparison on valid images: truth, belief [B, 3]; frequencies {sampler: [B, 4]}.
+
+  `annotated` [B, 3], the stored annotations' own mode frequencies, adds `memorization`.
+  """
   truth = np.asarray(truth, np.float64)
   out = {
     'num_images': int(truth.shape[0]),
@@ -181,6 +221,10 @@ def score(
     'tv_belief_vs_truth': float(0.5 * np.abs(belief - truth).sum(-1).mean()),
     'samplers': {},
   }
+  if annotated is not None:
+    out['memorization'] = memorization(
+      truth=truth, belief=belief, annotated=annotated
+    )
   padded = np.concatenate([truth, np.zeros_like(truth[:, :1])], axis=1)
   lobe = {'belief': lobe_given_non_empty(belief)}
   empty = {'belief': belief[:, 0]}
@@ -200,7 +244,7 @@ def score(
 def markdown(result: dict[str, Any]) -> str:
   n = result['num_samples']
   lines = [
-    f'{result["num_images"]} test images (of {result["images_scored"]}; the rest lack '
+    f'{result["num_images"]} {result.get("split", "test")} images (of {result["images_scored"]}; the rest lack '
     f'{MIN_REGION_PIXELS} core or lobe pixels), N = {n} samples, step {result["checkpoint_step"]}:',
     '',
     f'| mode frequencies | TV at N = {n} | TV at N = 16 (expected) |',
@@ -213,6 +257,15 @@ def markdown(result: dict[str, Any]) -> str:
   ]
   for name, r in result['samplers'].items():
     lines.append(f'| samples, {name} | {r["tv_samples"]:.4f} | |')
+  if 'memorization' in result:
+    m = result['memorization']
+    lines += [
+      '',
+      f"The stored annotations' own mode frequencies are TV {m['tv_annotated_vs_truth']:.4f} from "
+      f"the truth and {m['tv_belief_vs_annotated']:.4f} from the belief; the belief's deviation "
+      f'from the truth follows theirs with slope {m["slope"]:.3f} +- {m["slope_se"]:.3f} '
+      '(0: none of their chance deviations; on training images, > 0 is memorised noise).',
+    ]
   names = ['belief'] + list(result['samplers'])
   for title, key in (
     ('P(core u lobe | non-empty)', 'lobe_calibration'),
@@ -259,6 +312,10 @@ def main(argv):
     nnx.merge(run.graphdef, run.params), run.settings, batch['image'], config
   )
   belief, valid = implied_mode_probs(marginal, d_core=d_core, d_lobe=d_lobe)
+  stored, _ = evaluation.assign_modes(
+    samples=batch['masks'].astype(bool), modes=batch['modes']
+  )
+  annotated = mode_frequencies(stored)[:, :3]
   frequencies = {}
   for spec in FLAGS.samplers:
     name, _, steps = spec.partition(':')
@@ -278,8 +335,10 @@ def main(argv):
     belief=belief[valid],
     frequencies=frequencies,
     num_samples=FLAGS.num_samples,
+    annotated=annotated[valid],
   )
   result.update(
+    split=config.eval.split,
     workdir=FLAGS.workdir,
     checkpoint_step=run.step,
     images_scored=len(batch['image']),
@@ -306,7 +365,11 @@ if __name__ == '__main__':
   )
   flags.DEFINE_string('workdir', None, 'The training workdir.')
   flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 = the latest.')
-  flags.DEFINE_integer('num_images', 200, 'First test images scored.')
+  flags.DEFINE_integer(
+    'num_images',
+    200,
+    'First images of config.eval.split scored (--config.eval.split=train: training images).',
+  )
   flags.DEFINE_integer('num_samples', 32, 'Samples per image.')
   flags.DEFINE_list(
     'samplers',

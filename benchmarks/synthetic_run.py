@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-FEATURES = ('image', 'modes', 'mode_probs', 'geometry')
+FEATURES = ('image', 'masks', 'modes', 'mode_probs', 'geometry')
 
 
 @dataclasses.dataclass(frozen=True)

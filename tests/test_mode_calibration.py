@@ -123,3 +123,48 @@ def test_score_separates_belief_from_samples():
     dict(out, images_scored=2, checkpoint_step=7)
   )
   assert '| samples, s | 0.2500 | |' in table
+
+
+def test_memorization_slope_recovers_the_share_of_annotation_noise():
+  rng = np.random.default_rng(0)
+  truth = rng.dirichlet(np.ones(3), size=400)
+  annotated = np.stack([rng.multinomial(4, p) / 4 for p in truth])
+  for share in (0.0, 0.3, 1.0):
+    belief = truth + share * (annotated - truth)
+    m = mode_calibration.memorization(
+      truth=truth, belief=belief, annotated=annotated
+    )
+    np.testing.assert_allclose(m['slope'], share, atol=1e-12)
+    np.testing.assert_allclose(m['slope_se'], 0.0, atol=1e-12)
+  # Independent errors of the belief: slope 0 within its standard error.
+  belief = truth + 0.05 * rng.normal(size=truth.shape)
+  m = mode_calibration.memorization(
+    truth=truth, belief=belief, annotated=annotated
+  )
+  assert abs(m['slope']) < 3 * m['slope_se']
+  assert 0.0 < m['slope_se'] < 0.05
+  np.testing.assert_allclose(
+    m['tv_annotated_vs_truth'],
+    np.mean(0.5 * np.abs(annotated - truth).sum(-1)),
+  )
+  np.testing.assert_allclose(
+    m['tv_belief_vs_annotated'],
+    np.mean(0.5 * np.abs(belief - annotated).sum(-1)),
+  )
+
+
+def test_score_and_markdown_carry_memorization_and_split():
+  truth = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+  annotated = np.array([[0.25, 0.5, 0.25], [0.0, 0.25, 0.75]])
+  result = mode_calibration.score(
+    truth=truth,
+    belief=truth,
+    frequencies={},
+    num_samples=4,
+    annotated=annotated,
+  )
+  assert result['memorization']['slope'] == 0.0
+  result.update(split='train', images_scored=2, checkpoint_step=7)
+  text = mode_calibration.markdown(result)
+  assert text.startswith('2 train images (of 2;')
+  assert 'slope 0.000' in text
