@@ -67,7 +67,7 @@ def mean_and_sem(values: Sequence[float]) -> tuple[float, float]:
 
 
 def combine(per_seed: Sequence[Mapping]) -> dict:
-  """{setting: {'seeds': k, key: [mean, sem]}} from paired_probe results, in first-seen order."""
+  """{setting: {'seeds': k, 'reference': bool, key: [mean, sem]}} from paired_probe results."""
   if not per_seed:
     raise ValueError('No paired_probe results given.')
   n = {r['num_samples'] for r in per_seed}
@@ -120,7 +120,10 @@ def markdown(result: Mapping) -> str:
     + ' |',
     '|---' * (2 + len(VALUES) + len(DIFFERENCES)) + '|',
   ]
-  for name, entry in result['settings'].items():
+  settings = result['settings'].items()
+  for name, entry in sorted(
+    settings, key=lambda item: not item[1]['reference']
+  ):
     cells = []
     for key, _ in VALUES:
       if key not in entry:
