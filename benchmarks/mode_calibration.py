@@ -32,7 +32,9 @@ Compared at the same N with exact expectations (no Monte Carlo): the expected TV
 true probabilities (the oracle's floor), of N draws from the network's belief (what an exact sampler
 of this network would score), and the samples' own TV; plus the distribution-level TV of the belief,
 and calibration tables by true P(lobe | non-empty) and true P(empty). Samples below the belief in the
-low-probability bins mean the sampler under-draws minority modes. Against the stored annotations'
+low-probability bins mean the sampler under-draws minority modes. A bound from the image: the
+probabilities of the ideal observer (synthetic_lesions.ideal_observer_mode_probs: knows the exact
+geometry, reads the lobe contrast off the image), drawn exactly. Against the stored annotations'
 own mode frequencies, a memorisation slope (`memorization`): run with --config.eval.split=train to
 see how much of its training images' annotation noise the network learned.
 
@@ -198,6 +200,21 @@ def lobe_given_non_empty(probs: np.ndarray) -> np.ndarray:
   )
 
 
+def probability_errors(
+  probs: np.ndarray, truth: np.ndarray
+) -> dict[str, float]:
+  """Mean over images of TV(probs, truth) and of its two parts' absolute errors, [B, 3] each."""
+  probs = np.asarray(probs, np.float64)
+  truth = np.asarray(truth, np.float64)
+  return {
+    'tv': float(0.5 * np.abs(probs - truth).sum(-1).mean()),
+    'abs_error_empty': float(np.abs(probs[:, 0] - truth[:, 0]).mean()),
+    'abs_error_lobe_given_non_empty': float(
+      np.abs(lobe_given_non_empty(probs) - lobe_given_non_empty(truth)).mean()
+    ),
+  }
+
+
 def score(
   *,
   truth: np.ndarray,
@@ -205,10 +222,13 @@ def score(
   frequencies: dict[str, np.ndarray],
   num_samples: int,
   annotated: np.ndarray | None = None,
+  ideal: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """The comparison on valid images: truth, belief [B, 3]; frequencies {sampler: [B, 4]}.
 
-  `annotated` [B, 3], the stored annotations' own mode frequencies, adds `memorization`.
+  `annotated` [B, 3], the stored annotations' own mode frequencies, adds `memorization`; `ideal`
+  [B, 3], the probabilities of an observer who knows each image's geometry (a bound on what a
+  belief read off the image can reach), adds `ideal`.
   """
   truth = np.asarray(truth, np.float64)
   out = {
@@ -219,8 +239,15 @@ def score(
     'expected_tv16_oracle': float(expected_tv(truth, truth, 16).mean()),
     'expected_tv16_belief': float(expected_tv(belief, truth, 16).mean()),
     'tv_belief_vs_truth': float(0.5 * np.abs(belief - truth).sum(-1).mean()),
+    'belief_errors': probability_errors(belief, truth),
     'samplers': {},
   }
+  if ideal is not None:
+    out['ideal'] = dict(
+      probability_errors(ideal, truth),
+      expected_tv=float(expected_tv(ideal, truth, num_samples).mean()),
+      expected_tv16=float(expected_tv(ideal, truth, 16).mean()),
+    )
   if annotated is not None:
     out['memorization'] = memorization(
       truth=truth, belief=belief, annotated=annotated
@@ -255,8 +282,27 @@ def markdown(result: dict[str, Any]) -> str:
     f'{result["tv_belief_vs_truth"]:.4f}) | {result["expected_tv_belief"]:.4f} '
     f'| {result["expected_tv16_belief"]:.4f} |',
   ]
+  if 'ideal' in result:
+    r = result['ideal']
+    lines.append(
+      "| ideal observer's probabilities (knows the geometry), drawn exactly "
+      f'(TV {r["tv"]:.4f}) | {r["expected_tv"]:.4f} | {r["expected_tv16"]:.4f} |'
+    )
   for name, r in result['samplers'].items():
     lines.append(f'| samples, {name} | {r["tv_samples"]:.4f} | |')
+  if 'belief_errors' in result:
+    parts = [('belief', result['belief_errors'])]
+    if 'ideal' in result:
+      parts.append(('ideal observer', result['ideal']))
+    lines += [
+      '',
+      'Mean absolute error of P(empty) and of P(core u lobe | non-empty): '
+      + '; '.join(
+        f'{name} {r["abs_error_empty"]:.4f} and {r["abs_error_lobe_given_non_empty"]:.4f}'
+        for name, r in parts
+      )
+      + '.',
+    ]
   if 'memorization' in result:
     m = result['memorization']
     lines += [
@@ -312,6 +358,9 @@ def main(argv):
     nnx.merge(run.graphdef, run.params), run.settings, batch['image'], config
   )
   belief, valid = implied_mode_probs(marginal, d_core=d_core, d_lobe=d_lobe)
+  ideal = synthetic_lesions.ideal_observer_mode_probs(
+    image=batch['image'], geometry=batch['geometry']
+  )
   stored, _ = evaluation.assign_modes(
     samples=batch['masks'].astype(bool), modes=batch['modes']
   )
@@ -336,6 +385,7 @@ def main(argv):
     frequencies=frequencies,
     num_samples=FLAGS.num_samples,
     annotated=annotated[valid],
+    ideal=ideal[valid],
   )
   result.update(
     split=config.eval.split,

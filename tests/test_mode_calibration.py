@@ -168,3 +168,25 @@ def test_score_and_markdown_carry_memorization_and_split():
   text = mode_calibration.markdown(result)
   assert text.startswith('2 train images (of 2;')
   assert 'slope 0.000' in text
+
+
+def test_probability_errors_and_ideal_row():
+  truth = np.array([[0.2, 0.4, 0.4], [0.0, 0.5, 0.5]])
+  probs = np.array([[0.1, 0.45, 0.45], [0.0, 0.25, 0.75]])
+  errors = mode_calibration.probability_errors(probs, truth)
+  np.testing.assert_allclose(errors['tv'], np.mean([0.1, 0.25]))
+  np.testing.assert_allclose(errors['abs_error_empty'], 0.05)
+  # P(lobe | non-empty): 0.5 vs 0.5, then 0.75 vs 0.5.
+  np.testing.assert_allclose(errors['abs_error_lobe_given_non_empty'], 0.125)
+  result = mode_calibration.score(
+    truth=truth, belief=truth, frequencies={}, num_samples=4, ideal=probs
+  )
+  assert result['belief_errors']['tv'] == 0.0
+  np.testing.assert_allclose(
+    result['ideal']['expected_tv16'],
+    mode_calibration.expected_tv(probs, truth, 16).mean(),
+  )
+  result.update(images_scored=2, checkpoint_step=1)
+  text = mode_calibration.markdown(result)
+  assert "ideal observer's probabilities" in text
+  assert 'ideal observer 0.0500 and 0.1250' in text
