@@ -56,18 +56,10 @@ def setting_name(probe: str) -> str:
   return SEED_SUFFIX.sub('', probe)
 
 
-def mean_and_sem(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and standard error of the mean (nan with fewer than 2 values)."""
-  n = len(values)
-  mean = sum(values) / n
-  if n < 2:
-    return mean, math.nan
-  var = sum((v - mean) ** 2 for v in values) / (n - 1)
-  return mean, math.sqrt(var / n)
-
-
 def combine(per_seed: Sequence[Mapping]) -> dict:
   """{setting: {'seeds': k, 'reference': bool, key: [mean, sem]}} from paired_probe results."""
+  from benchmarks import quality_curve  # pylint: disable=g-import-not-at-top
+
   if not per_seed:
     raise ValueError('No paired_probe results given.')
   n = {r['num_samples'] for r in per_seed}
@@ -95,7 +87,7 @@ def combine(per_seed: Sequence[Mapping]) -> dict:
     for key, _ in VALUES + DIFFERENCES:
       values = [float(r[key]) for r in seeds if key in r]
       if len(values) == len(seeds):
-        entry[key] = list(mean_and_sem(values))
+        entry[key] = list(quality_curve.mean_and_sem(values))
     out[name] = entry
   return {'num_samples': n.pop(), 'num_inputs': len(per_seed), 'settings': out}
 

@@ -125,17 +125,21 @@ def ratio_and_sem(
   return ratio, math.sqrt(var / n) / abs(mean_r)
 
 
+def mean_and_sem(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and standard error of the mean (nan with fewer than 2 values)."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, math.nan
+  var = sum((v - mean) ** 2 for v in values) / (n - 1)
+  return mean, math.sqrt(var / n)
+
+
 def difference_and_sem(
   values: Sequence[float], reference: Sequence[float]
 ) -> tuple[float, float]:
   """Mean paired difference and its standard error."""
-  diffs = [v - r for v, r in zip(values, reference, strict=True)]
-  n = len(diffs)
-  mean = sum(diffs) / n
-  if n < 2:
-    return mean, math.nan
-  var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-  return mean, math.sqrt(var / n)
+  return mean_and_sem([v - r for v, r in zip(values, reference, strict=True)])
 
 
 def score_point(per_image: Sequence[Mapping[str, float]], n: int) -> dict:
