@@ -336,6 +336,9 @@ def test_new_configs_load_and_resolve(name):
     settings.resolve(config)
   smoke = module.get_config('smoke')
   assert smoke.num_train_steps <= 10 and smoke.eval.num_examples <= 8
+  # best.py moved to uniform weighting; the long recipe stays as it was measured.
+  expected = {'best': 'uniform', 'synthetic_long': 'snr_plus1'}[name]
+  assert module.get_config().diffusion.weighting == expected
 
 
 @pytest.mark.parametrize('name', ['best', 'synthetic_long'])
