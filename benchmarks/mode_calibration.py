@@ -45,7 +45,6 @@ see how much of its training images' annotation noise the network learned.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -338,6 +337,7 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
+  from benchmarks import report_files  # pylint: disable=g-import-not-at-top
   from benchmarks import shape_spread  # pylint: disable=g-import-not-at-top
   from benchmarks import side_by_side  # pylint: disable=g-import-not-at-top
   from benchmarks import synthetic_run  # pylint: disable=g-import-not-at-top
@@ -396,11 +396,7 @@ def main(argv):
   )
   table = markdown(result)
   print(table)
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out + '.json', 'w') as f:
-    json.dump(result, f, indent=1, sort_keys=True)
-  with open(FLAGS.out + '.md', 'w') as f:
-    f.write(table + '\n')
+  report_files.write(FLAGS.out, result=result, table=table)
 
 
 if __name__ == '__main__':

@@ -145,6 +145,8 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from benchmarks import report_files  # pylint: disable=g-import-not-at-top
+
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   per_seed = []
   for path in FLAGS.inputs:
@@ -161,11 +163,7 @@ def main(argv):
   table = markdown(result)
   print(table)
   if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out + '.json', 'w') as f:
-      json.dump(result, f, indent=1)
-    with open(FLAGS.out + '.md', 'w') as f:
-      f.write(table)
+    report_files.write(FLAGS.out, result=result, table=table)
 
 
 if __name__ == '__main__':

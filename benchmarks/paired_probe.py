@@ -27,7 +27,6 @@ HM-IoU_N with their standard error over images and z. Writes OUT.json and OUT.md
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -142,6 +141,8 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from benchmarks import report_files  # pylint: disable=g-import-not-at-top
+
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   result = run(
     _named_dir(FLAGS.reference),
@@ -151,11 +152,7 @@ def main(argv):
   table = markdown(result, n=FLAGS.num_samples)
   print(table)
   if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out + '.json', 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=1, sort_keys=True)
-    with open(FLAGS.out + '.md', 'w', encoding='utf-8') as f:
-      f.write(table)
+    report_files.write(FLAGS.out, result=result, table=table)
 
 
 if __name__ == '__main__':

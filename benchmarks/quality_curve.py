@@ -391,6 +391,8 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from benchmarks import report_files  # pylint: disable=g-import-not-at-top
+
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -407,12 +409,8 @@ def main(argv):
   )
   machine = side_by_side.cpu_model()
   result['machine'] = machine
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with open(FLAGS.out + '.json', 'w') as f:
-    json.dump(result, f, indent=1, sort_keys=True)
   table = markdown(result, machine=machine)
-  with open(FLAGS.out + '.md', 'w') as f:
-    f.write(table)
+  report_files.write(FLAGS.out, result=result, table=table)
   print(table)
   plot(
     result,
