@@ -129,6 +129,8 @@ def main(argv):
     'conv_impl': _CONV_IMPL.value,
     'resolved_conv_impl': layers.resolve_conv_impl(_CONV_IMPL.value),
     'network_chunk_size': settings.network_chunk_size(cfg),
+    'train_network_chunk_size': settings.network_chunk_size(cfg, training=True),
+    'compiler_options': layers.compiler_options(_CONV_IMPL.value),
     'runs': runs,
     'batch': batch,
     'num_samples': samples,

@@ -143,7 +143,8 @@ def get_config(arg=None):
   )
   config.sampling_batch = 256  # Max examples per network call when sampling (images x samples / device).
   # Examples per device of each independent network call in a step (training and sampling):
-  # -1 = automatic (4 on CPU, where independent calls run side by side; 0 elsewhere); 0 = whole batch.
+  # -1 = automatic (sampling: 4 on CPU, where independent calls run side by side, 0 elsewhere;
+  # training: 0); 0 = whole batch.
   config.network_chunk_size = -1
 
   # --mode=evaluate (the paper protocol and more).

@@ -83,6 +83,7 @@ class Sampler:
     max_batch: max examples (images x samples) per device and network call.
     chunk_size: examples per device of each independent network call inside a step
       (`denoiser.num_chunks`; 0: the whole batch in one call; settings.Settings.network_chunk_size).
+    compiler_options: XLA options of the compiled sampler (`UNetConfig.compiler_options`).
   """
 
   def __init__(
@@ -96,6 +97,7 @@ class Sampler:
     compute_dtype=jnp.float32,
     max_batch: int = 256,
     chunk_size: int = 0,
+    compiler_options=None,
   ):
     self._mesh = mesh
     self._max_batch = int(max_batch)
@@ -154,6 +156,7 @@ class Sampler:
       sample,
       static_argnames=('num_samples',),
       out_shardings=self._sharding,
+      compiler_options=compiler_options,
     )
 
   def __call__(

@@ -209,7 +209,7 @@ def make_train_step(
   return step_fn
 
 
-def jit_train_step(step_fn, mesh, state_shardings):
+def jit_train_step(step_fn, mesh, state_shardings, compiler_options=None):
   batch_sharding = {
     'image': parallel.batch_sharding(mesh),
     'masks': parallel.batch_sharding(mesh),
@@ -219,6 +219,7 @@ def jit_train_step(step_fn, mesh, state_shardings):
     in_shardings=(state_shardings, batch_sharding),
     out_shardings=(state_shardings, parallel.replicated(mesh)),
     donate_argnums=(0,),
+    compiler_options=compiler_options,
   )
 
 
@@ -269,7 +270,7 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
     max_bad_steps=config.max_bad_steps,
     network_chunks=denoiser.num_chunks(
       config.batch_size // mesh.shape[parallel.DATA_AXIS],
-      settings.network_chunk_size,
+      settings.train_network_chunk_size,
     ),
   )
   return TrainParts(
@@ -278,7 +279,9 @@ def build(config: ml_collections.ConfigDict) -> TrainParts:
     graphdef=graphdef,
     state=state,
     shardings=shardings,
-    train_step=jit_train_step(step_fn, mesh, shardings),
+    train_step=jit_train_step(
+      step_fn, mesh, shardings, settings.unet.compiler_options()
+    ),
   )
 
 

@@ -115,7 +115,9 @@ class Validator:
         compute_dtype=settings.compute_dtype,
       )
 
-    self._loss_fn = jax.jit(val_loss)
+    self._loss_fn = jax.jit(
+      val_loss, compiler_options=settings.unet.compiler_options()
+    )
 
   def __call__(self, params, step: int) -> dict[str, float]:
     start = time.time()

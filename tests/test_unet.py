@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default as default_config
+from diffseg_jax import settings as settings_lib
 from diffseg_jax.models import layers
 from diffseg_jax.models import unet
 
@@ -230,6 +232,59 @@ def test_softmax_attention_and_its_gradients_match_float64():
         (_np_attention(*plus) - _np_attention(*minus)) * d_out
       ) / (2 * eps)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+
+def test_compiler_options_route_cpu_fast_convolutions_and_keep_numbers():
+  assert layers.compiler_options('xla') == {}
+  options = layers.compiler_options('auto')
+  if jax.default_backend() != 'cpu':
+    assert options == {}
+    return
+  assert options == dict(layers._CPU_FAST_COMPILER_OPTIONS)
+  assert unet.UNetConfig(**TINY).compiler_options() == options
+  # An XLA that does not know the options (another JAX) gets none, not a failed compile.
+  assert not layers._compiler_accepts((('xla_cpu_no_such_option', '1'),))
+  rng = np.random.default_rng(0)
+  # Large enough for XLA to hand the convolutions to YNNPACK without the options.
+  x = jnp.asarray(rng.normal(size=(2, 32, 32, 32)), jnp.float32)
+  w = jnp.asarray(0.1 * rng.normal(size=(3, 3, 32, 32)), jnp.float32)
+
+  def loss(x, w):
+    return jnp.sum(jnp.square(layers.conv2d(x, w, impl='cpu_fast')))
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  plain = jax.jit(grad).lower(x, w).compile()
+  routed = jax.jit(grad, compiler_options=options).lower(x, w).compile()
+  library_calls = '"__ynn_fusion"'
+  assert routed.as_text().count(library_calls) < plain.as_text().count(
+    library_calls
+  )
+  for a, b in zip(routed(x, w), plain(x, w)):
+    b = np.asarray(b)  # The same sums in another float32 order.
+    np.testing.assert_allclose(
+      np.asarray(a), b, rtol=1e-4, atol=1e-5 * np.abs(b).max()
+    )
+
+
+def test_network_chunk_size_resolves_per_use():
+  config = default_config.get_config()
+  resolved = settings_lib.resolve(config)
+  sampling = settings_lib.CPU_NETWORK_CHUNK_SIZE
+  if jax.default_backend() != 'cpu':
+    sampling = 0
+  assert (resolved.network_chunk_size, resolved.train_network_chunk_size) == (
+    sampling,
+    0,
+  )
+  kwargs = resolved.sampler_kwargs()
+  assert kwargs['chunk_size'] == sampling
+  assert kwargs['compiler_options'] == resolved.unet.compiler_options()
+  config.network_chunk_size = 2
+  resolved = settings_lib.resolve(config)
+  assert (resolved.network_chunk_size, resolved.train_network_chunk_size) == (
+    2,
+    2,
+  )
 
 
 def _inputs(batch=2, size=8, image_channels=1, seed=0):

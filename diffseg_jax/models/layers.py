@@ -22,7 +22,9 @@ The blocks compute exactly the layers of the authors' guided-diffusion network
   which both gradients are forward convolutions (input gradient: flipped
   kernel; weight gradient: batch and feature roles swapped); elsewhere
   `lax.conv_general_dilated` and its own transpose rules. 1x1 convolutions
-  are einsums on every back end.
+  are einsums on every back end. Programs that run the network pass
+  `compiler_options(conv_impl)` to `jax.jit`: with 'cpu_fast' it leaves the
+  convolutions to XLA:CPU's own kernels instead of YNNPACK's.
 * `group_norm`: channels-last GroupNorm that reduces over space per channel
   first and only then over the channels of a group (much faster on XLA:CPU than
   reducing a [B, H, W, G, C/G] reshape), always in float32.
@@ -51,6 +53,43 @@ def resolve_conv_impl(conv_impl: str) -> str:
   if conv_impl == 'auto':
     return 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
   return conv_impl
+
+
+# XLA:CPU (jax 0.10.2) hands dots, reductions and convolutions to YNNPACK by default. Its own
+# (Eigen) convolutions ran the default U-Net's forward at batch 32 in 2.32 s against 3.68 s and its
+# forward + backward at batch 8 in 2.31 s against 2.71 s on AMD EPYC, the same sums in another
+# float32 order (benchmarks/RESULTS.md); dots and reductions stay with YNNPACK. The list replaces
+# XLA's default.
+_CPU_FAST_COMPILER_OPTIONS = (
+  (
+    'xla_cpu_experimental_ynn_fusion_type',
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+  ),
+)
+
+
+@functools.cache
+def _compiler_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(
+      compiler_options=dict(options)
+    )
+  except (jax.errors.JaxRuntimeError, ValueError):
+    return False
+  return True
+
+
+def compiler_options(conv_impl: str) -> dict[str, str]:
+  """XLA compiler options for programs that run the network (`jax.jit(..., compiler_options=)`).
+
+  Empty unless `conv_impl` resolves to 'cpu_fast', and where this JAX's XLA does not know the
+  options (another version).
+  """
+  if resolve_conv_impl(conv_impl) != 'cpu_fast':
+    return {}
+  if not _compiler_accepts(_CPU_FAST_COMPILER_OPTIONS):
+    return {}
+  return dict(_CPU_FAST_COMPILER_OPTIONS)
 
 
 def _xla_conv(x, kernel, *, stride: int, padding: int):

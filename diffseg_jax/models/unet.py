@@ -100,6 +100,10 @@ class UNetConfig:
         f'conv_impl={self.conv_impl!r} is not one of {layers.CONV_IMPLS}.'
       )
 
+  def compiler_options(self) -> dict[str, str]:
+    """XLA options for every `jax.jit` of a program that runs this network."""
+    return layers.compiler_options(self.conv_impl)
+
   @property
   def attention_level_set(self) -> frozenset[int]:
     """Attention levels as non-negative indices."""
