@@ -108,7 +108,7 @@ def network_chunk_size(
   if not isinstance(size, int) or isinstance(size, bool) or size < -1:
     raise errors.ConfigError(
       f'config.network_chunk_size={size!r} must be an int >= 0, or -1 for automatic '
-      f'({CPU_NETWORK_CHUNK_SIZE} on CPU, 0 = the whole batch elsewhere).'
+      f'(sampling: {CPU_NETWORK_CHUNK_SIZE} on CPU, 0 = the whole batch elsewhere; training: 0).'
     )
   if size == -1:
     if training:
