@@ -57,6 +57,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
 
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
 
@@ -112,6 +113,7 @@ def main(argv):
     out,
     result={
       'cpu_model': side_by_side.cpu_model(),
+      'host_malloc': huge_pages.describe(),
       'threads': side_by_side.cpu_threads(),
       'jax_version': jax.__version__,
       'config': _CONFIG.value,
@@ -130,4 +132,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
+
+  huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does
   app.run(main)

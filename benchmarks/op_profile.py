@@ -74,6 +74,7 @@ def main(argv):
   del argv
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
 
@@ -98,7 +99,9 @@ def main(argv):
     jnp.full((batch,), 0.5),
     jax.random.uniform(jax.random.key(2), (batch, size, size, 1)),
   )
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args).compile(
+    compiler_options=settings.unet.compiler_options()
+  )
   jax.block_until_ready(compiled(*args))
   seconds = []
   for _ in range(3):
@@ -137,6 +140,7 @@ def main(argv):
     json.dump(
       {
         'cpu_model': side_by_side.cpu_model(),
+        'host_malloc': huge_pages.describe(),
         'threads': side_by_side.cpu_threads(),
         'jax_version': jax.__version__,
         'backend': jax.default_backend(),
@@ -157,4 +161,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
+
+  huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does
   app.run(main)

@@ -96,6 +96,7 @@ def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
 
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
@@ -124,6 +125,7 @@ def main(argv):
     'device': str(jax.devices()[0].device_kind),
     'torch_device': device,
     'machine': platform.platform(),
+    'host_malloc': huge_pages.describe(),
     'params': unet.count_params(settings.unet_config(cfg)),
     'smoke_net': _SMOKE_NET.value,
     'conv_impl': _CONV_IMPL.value,
@@ -219,4 +221,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
+
+  huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does
   app.run(main)

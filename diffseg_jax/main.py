@@ -33,12 +33,16 @@ A SIGTERM (preemption notice) to any process of a training run makes every proce
 step and stop; a SIGTERM during evaluation stops it (nothing already written is touched). Either
 prints one line `PREEMPTED: ...` and exits with status 143 (errors.EXIT_PREEMPTED); the same command
 resumes.
+
+On Linux with glibc the command re-executes itself once with malloc's transparent huge pages on
+(`huge_pages`; DIFFSEG_HUGE_PAGES=0 turns that off).
 """
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from diffseg_jax import huge_pages
 from diffseg_jax import launcher
 
 flags.DEFINE_string(
@@ -106,4 +110,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.reexec_with_huge_pages()
   app.run(main, flags_parser=launcher.parse_flags)

@@ -22,6 +22,7 @@ from absl import logging
 import jax
 
 from diffseg_jax import errors
+from diffseg_jax import huge_pages
 from tfds_lidc import errors as tfds_errors
 from tfds_lidc import paths
 
@@ -224,6 +225,7 @@ def initialize(
     jax.device_count(),
     jax.devices()[0].platform,
   )
+  logging.info('%s', huge_pages.describe())
 
 
 def _int(environ: Mapping[str, str], name: str) -> Optional[int]:
