@@ -15,7 +15,8 @@
 r"""Quickstart: the built-in synthetic set (32x32, no download) with a small U-Net, on a laptop CPU.
 
 Trains, then evaluates against the true annotation distribution (oracle) and an image-blind baseline
-(17 minutes end to end on a 2-core AMD EPYC, more on a 2-core Intel Xeon: README, "Quickstart"):
+(12-18 minutes end to end on a 2-core AMD EPYC as its load varies, more on a 2-core Intel Xeon:
+README, "Quickstart"):
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart --mode=evaluate
