@@ -86,6 +86,19 @@ def test_describe():
   assert '4 KiB' in huge_pages.describe({})
 
 
+def _run(script, env, *args) -> list[dict]:
+  """The JSON lines the probe script printed."""
+  out = subprocess.run(
+    [sys.executable, str(script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=60,
+  ).stdout
+  return [json.loads(line) for line in out.splitlines()]
+
+
 def test_reexecutes_once_with_the_same_arguments_and_pid(tmp_path):
   script = tmp_path / 'probe.py'
   script.write_text(
@@ -106,15 +119,7 @@ def test_reexecutes_once_with_the_same_arguments_and_pid(tmp_path):
     if k not in ('GLIBC_TUNABLES', 'DIFFSEG_HUGE_PAGES')
   }
   env['GLIBC_TUNABLES'] = 'glibc.malloc.arena_max=4'
-  out = subprocess.run(
-    [sys.executable, str(script), '--a=1', 'b c'],
-    env=env,
-    capture_output=True,
-    text=True,
-    check=True,
-    timeout=60,
-  ).stdout.splitlines()
-  lines = [json.loads(line) for line in out]
+  lines = _run(script, env, '--a=1', 'b c')
   expect_reexec = huge_pages.wanted(
     env,
     platform=sys.platform,
@@ -133,13 +138,6 @@ def test_reexecutes_once_with_the_same_arguments_and_pid(tmp_path):
   assert all(line['argv'] == ['--a=1', 'b c'] for line in lines)
 
   env['DIFFSEG_HUGE_PAGES'] = '0'
-  out = subprocess.run(
-    [sys.executable, str(script)],
-    env=env,
-    capture_output=True,
-    text=True,
-    check=True,
-    timeout=60,
-  ).stdout.splitlines()
-  assert len(out) == 2
-  assert json.loads(out[1])['tunables'] == 'glibc.malloc.arena_max=4'
+  lines = _run(script, env)
+  assert len(lines) == 2
+  assert lines[1]['tunables'] == 'glibc.malloc.arena_max=4'
