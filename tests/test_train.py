@@ -148,7 +148,9 @@ def test_resume_with_another_batch_size_names_the_data_state(
 def test_sigkill_then_restart_matches_uninterrupted_run(
   tiny_synthetic, tmp_path
 ):
-  steps = 120
+  # Checkpoints every 2 steps keep an asynchronous save in flight most of the time, so the kill
+  # often lands mid-write; 16 steps leave ~7 saves (seconds) between the first save and the end.
+  steps = 16
   overrides = dict(
     num_train_steps=steps,
     checkpoint_every_steps=2,
@@ -185,7 +187,13 @@ def test_sigkill_then_restart_matches_uninterrupted_run(
   subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
 
   config = tiny_config(tiny_synthetic, **overrides)
-  reference = train.train_and_evaluate(config, str(tmp_path / 'uninterrupted'))
+  # The uninterrupted run saves only at its end: saving must not change what training computes.
+  reference = train.train_and_evaluate(
+    tiny_config(
+      tiny_synthetic, **dict(overrides, checkpoint_every_steps=steps)
+    ),
+    str(tmp_path / 'uninterrupted'),
+  )
   params, step = _final_params(str(tmp_path / 'killed'), config)
   assert step == steps
   _assert_trees_equal(reference['params'], params, atol=1e-6)
