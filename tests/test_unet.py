@@ -89,14 +89,20 @@ def test_stride2_conv_pads_symmetrically_not_same():
   np.testing.assert_array_equal(np.asarray(got)[0, :, :, 0], [[0, 0], [1, 1]])
 
 
-def test_custom_conv_gradients_match_xla():
+@pytest.mark.parametrize(
+  'height,width,stride', [(7, 5, 1), (8, 6, 2), (4, 10, 2), (7, 6, 2)]
+)
+def test_custom_conv_gradients_match_xla(height, width, stride):
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 7, 5, 4)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, height, width, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
-  cot = jnp.asarray(rng.normal(size=(2, 7, 5, 6)), jnp.float32)
+  out_shape = (2, -(-height // stride), -(-width // stride), 6)
+  cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
 
   def loss(impl):
-    return lambda x, w: jnp.sum(layers.conv2d(x, w, impl=impl) * cot)
+    return lambda x, w: jnp.sum(
+      layers.conv2d(x, w, stride=stride, impl=impl) * cot
+    )
 
   got = jax.grad(loss('cpu_fast'), argnums=(0, 1))(x, w)
   want = jax.grad(loss('xla'), argnums=(0, 1))(x, w)
@@ -104,6 +110,36 @@ def test_custom_conv_gradients_match_xla():
     np.testing.assert_allclose(
       np.asarray(g), np.asarray(r), atol=1e-4, rtol=1e-5
     )
+
+
+def _np_conv_grads(x, w, cot, *, stride, pad):
+  """float64 gradients of sum(_np_conv(x, w) * cot) by the adjoint, window by window."""
+  xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros(w.shape)
+  _, out_h, out_w, _ = cot.shape
+  for i in range(w.shape[0]):
+    for j in range(w.shape[1]):
+      rows = slice(i, i + stride * out_h, stride)
+      cols = slice(j, j + stride * out_w, stride)
+      dxp[:, rows, cols] += np.einsum('bhwo,co->bhwc', cot, w[i, j])
+      dw[i, j] = np.einsum('bhwc,bhwo->co', xp[:, rows, cols], cot)
+  return dxp[:, pad : pad + x.shape[1], pad : pad + x.shape[2]], dw
+
+
+@pytest.mark.parametrize('impl', ['xla', 'cpu_fast'])
+def test_stride2_conv_gradients_match_float64_adjoint(impl):
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 3, 5)).astype(np.float32)
+  cot = rng.normal(size=(2, 4, 3, 5))
+  got = jax.grad(
+    lambda x, w: jnp.sum(layers.conv2d(x, w, stride=2, impl=impl) * cot),
+    argnums=(0, 1),
+  )(jnp.asarray(x), jnp.asarray(w))
+  want = _np_conv_grads(x, w, cot, stride=2, pad=1)
+  for g, r in zip(got, want, strict=True):
+    np.testing.assert_allclose(np.asarray(g), r, atol=1e-4, rtol=1e-5)
 
 
 def test_resolve_conv_impl():
