@@ -295,6 +295,9 @@ def main(argv: Sequence[str]) -> int:
     return 2
   results = [_run_child(name, steps) for name in names]
   import jax  # pylint: disable=g-import-not-at-top
+  import side_by_side  # pylint: disable=g-import-not-at-top
+
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
 
   out = {
     'cases': {r['case']: r for r in results},
@@ -302,7 +305,9 @@ def main(argv: Sequence[str]) -> int:
     'quick': args.quick,
     'jax_version': jax.__version__,
     'backend': jax.default_backend(),
+    'cpu_model': side_by_side.cpu_model(),
     'cpu_count': os.cpu_count(),
+    'host_malloc': huge_pages.describe(),
     'platform': platform.platform(),
     'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
   }
@@ -326,5 +331,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
+  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
+
+  huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does; the cases inherit it
   _define_flags(flags.FLAGS)
   app.run(main)
