@@ -53,6 +53,9 @@ import peak_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 import trace_ops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# A convolution traced shorter than this (ms) recorded only its launch.
+LAUNCH_ONLY_MS = 0.2
+
 _CONFIG = flags.DEFINE_string(
   'config',
   'default',
@@ -62,9 +65,6 @@ _MODE = flags.DEFINE_enum(
   'mode', 'grad', ['fwd', 'grad'], 'Forward only, or forward + backward.'
 )
 _BATCH = flags.DEFINE_integer('batch', 8, 'Network batch.')
-LAUNCH_ONLY_MS = (
-  0.2  # A convolution traced shorter than this recorded only its launch.
-)
 _SIZE = flags.DEFINE_integer('size', 128, 'Image side.')
 _CONV_IMPL = flags.DEFINE_enum(
   'conv_impl', 'auto', ['auto', 'xla', 'cpu_fast'], 'UNetConfig.conv_impl.'

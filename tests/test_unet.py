@@ -89,20 +89,14 @@ def test_stride2_conv_pads_symmetrically_not_same():
   np.testing.assert_array_equal(np.asarray(got)[0, :, :, 0], [[0, 0], [1, 1]])
 
 
-@pytest.mark.parametrize(
-  'height,width,stride', [(7, 5, 1), (8, 6, 2), (4, 10, 2), (7, 6, 2)]
-)
-def test_custom_conv_gradients_match_xla(height, width, stride):
+def test_custom_conv_gradients_match_xla():
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, height, width, 4)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 7, 5, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
-  out_shape = (2, -(-height // stride), -(-width // stride), 6)
-  cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=(2, 7, 5, 6)), jnp.float32)
 
   def loss(impl):
-    return lambda x, w: jnp.sum(
-      layers.conv2d(x, w, stride=stride, impl=impl) * cot
-    )
+    return lambda x, w: jnp.sum(layers.conv2d(x, w, impl=impl) * cot)
 
   got = jax.grad(loss('cpu_fast'), argnums=(0, 1))(x, w)
   want = jax.grad(loss('xla'), argnums=(0, 1))(x, w)
@@ -128,16 +122,17 @@ def _np_conv_grads(x, w, cot, *, stride, pad):
 
 
 @pytest.mark.parametrize('impl', ['xla', 'cpu_fast'])
-def test_stride2_conv_gradients_match_float64_adjoint(impl):
+@pytest.mark.parametrize('height,width,stride', [(7, 5, 1), (8, 6, 2)])
+def test_conv_gradients_match_float64_adjoint(impl, height, width, stride):
   rng = np.random.default_rng(2)
-  x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+  x = rng.normal(size=(2, height, width, 3)).astype(np.float32)
   w = rng.normal(size=(3, 3, 3, 5)).astype(np.float32)
-  cot = rng.normal(size=(2, 4, 3, 5))
+  cot = rng.normal(size=(2, -(-height // stride), -(-width // stride), 5))
   got = jax.grad(
-    lambda x, w: jnp.sum(layers.conv2d(x, w, stride=2, impl=impl) * cot),
+    lambda x, w: jnp.sum(layers.conv2d(x, w, stride=stride, impl=impl) * cot),
     argnums=(0, 1),
   )(jnp.asarray(x), jnp.asarray(w))
-  want = _np_conv_grads(x, w, cot, stride=2, pad=1)
+  want = _np_conv_grads(x, w, cot, stride=stride, pad=1)
   for g, r in zip(got, want, strict=True):
     np.testing.assert_allclose(np.asarray(g), r, atol=1e-4, rtol=1e-5)
 
