@@ -36,6 +36,8 @@ import sys
 from absl import app
 from absl import flags
 
+from diffseg_jax import huge_pages
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peak_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 import report_files  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,7 +59,6 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
 
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings as settings_lib  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
 
@@ -132,7 +133,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
-
   huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does
   app.run(main)

@@ -42,6 +42,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from diffseg_jax import huge_pages
+
 RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), 'results', 'peak_memory.json'
 )
@@ -297,8 +299,6 @@ def main(argv: Sequence[str]) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import side_by_side  # pylint: disable=g-import-not-at-top
 
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
-
   out = {
     'cases': {r['case']: r for r in results},
     'steps': steps,
@@ -331,8 +331,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
-
   huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does; the cases inherit it
   _define_flags(flags.FLAGS)
   app.run(main)

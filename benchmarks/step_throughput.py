@@ -46,6 +46,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from diffseg_jax import huge_pages
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import side_by_side  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -96,7 +98,6 @@ def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
 
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
   from diffseg_jax import settings  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
   from diffseg_jax.models import unet  # pylint: disable=g-import-not-at-top
@@ -221,7 +222,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from diffseg_jax import huge_pages  # pylint: disable=g-import-not-at-top
-
   huge_pages.reexec_with_huge_pages()  # as diffseg_jax.main does
   app.run(main)
