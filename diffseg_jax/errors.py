@@ -36,9 +36,9 @@ EXIT_PREEMPTED = 143
 class PreemptedError(BaseException):
   """A SIGTERM stopped the run after every process saved a checkpoint (or wrote nothing partial).
 
-  A BaseException, like KeyboardInterrupt: raised from a signal handler at any point of the main
-  thread, it must not be swallowed by a library's `except Exception` (JAX's compilation-cache
-  writes log and continue), which once let an evaluation run to its end after a SIGTERM.
+  A BaseException, like KeyboardInterrupt, so that no library's `except Exception` on the way out
+  swallows it (JAX's compilation-cache writes log and continue). It is raised at the run's own
+  check points, never from inside the signal handler.
   """
 
 

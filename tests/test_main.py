@@ -242,13 +242,14 @@ def test_crop64_lidc_config_trains_and_evaluates(tmp_path):
   assert metrics['num_images'] == 4 and 'ged_4' in metrics['metrics']
 
 
-def test_a_swallowed_sigterm_still_stops_at_the_next_check():
+def test_sigterm_stops_at_the_next_check_not_inside_the_handler():
   before = signal.getsignal(signal.SIGTERM)
   with launcher.sigterm_stops('stopped') as stop:
     stop.check()
-    # The handler's own exception, here caught as a __del__ or a library's broad except would.
-    with pytest.raises(errors.PreemptedError, match='stopped'):
-      os.kill(os.getpid(), signal.SIGTERM)
-    with pytest.raises(errors.PreemptedError, match='stopped'):
-      stop.check()
+    # Nothing is raised where the signal lands (it could be inside a lock's bookkeeping) ...
+    os.kill(os.getpid(), signal.SIGTERM)
+    # ... the next check stops, and every check after it.
+    for _ in range(2):
+      with pytest.raises(errors.PreemptedError, match='stopped'):
+        stop.check()
   assert signal.getsignal(signal.SIGTERM) is before
