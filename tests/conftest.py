@@ -15,7 +15,11 @@
 """Shared fixtures: a tiny synthetic data set and tiny training configs.
 
 A persistent XLA compilation cache (in .pytest_cache/) is shared by the test processes and the
-subprocesses they start, so the same tiny network is compiled once per machine.
+subprocesses they start, so the same tiny network is compiled once per machine. CI starts with an
+empty cache, where compiling is most of the suite's time: the tests compile with LLVM's optimisation
+off (`XLA_FLAGS`, unless set), which changes how fast the code runs, not what it computes, and the
+tiny training configs have no attention block (`AttentionBlock` has its own tests), which took 40 %
+of a tiny train step's compile time.
 """
 
 import collections
@@ -28,6 +32,7 @@ os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR', os.path.join(REPO, '.pytest_cache', 'jax_cache')
 )
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -84,6 +89,7 @@ def tiny_config(data: TinyData, **overrides):
   config.validation.every_steps = 0
   config.evaluate_after_training = False
   config.async_checkpointing = False
+  config.model.attention_levels = ()
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
@@ -102,8 +108,14 @@ def config_flags(data: TinyData, **overrides) -> list[str]:
     'validation.every_steps': 0,
     'evaluate_after_training': False,
     'async_checkpointing': False,
+    'model.attention_levels': (),
   }
   values.update(overrides)
   return [
     '--config=' + os.path.join(REPO, 'configs', 'quickstart.py') + ':smoke'
   ] + [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def with_xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a child process: this process's (see above) plus `flags`."""
+  return ' '.join([os.environ.get('XLA_FLAGS', ''), *flags]).strip()

@@ -26,6 +26,7 @@ import pytest
 import scipy.ndimage
 
 from diffseg_jax import augment as aug
+from tests.conftest import with_xla_flags
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
 _OFF = dict(
@@ -365,7 +366,7 @@ def test_sharded_batches_give_the_unsharded_result():
   """)
   env = dict(
     os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    XLA_FLAGS=with_xla_flags('--xla_force_host_platform_device_count=2'),
     JAX_PLATFORMS='cpu',
   )
   out = subprocess.run(

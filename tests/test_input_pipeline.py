@@ -31,6 +31,7 @@ import pytest
 from diffseg_jax import checkpoint
 from diffseg_jax import errors
 from diffseg_jax import input_pipeline as ip
+from tests.conftest import with_xla_flags
 from tfds_lidc import synthetic_lesions
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
@@ -380,7 +381,7 @@ def test_train_batches_on_four_cpu_devices():
   """)
   env = dict(
     os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=4',
+    XLA_FLAGS=with_xla_flags('--xla_force_host_platform_device_count=4'),
     JAX_PLATFORMS='cpu',
   )
   out = subprocess.run(

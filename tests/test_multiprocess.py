@@ -158,6 +158,11 @@ def _final_params(workdir, config):
   return params, ema, step
 
 
+# The tests of one fixture run on one pytest-xdist worker (`--dist loadgroup`, as .ci/run does):
+# otherwise each worker would train the two runs again.
+TWO_PROCESS_RUNS = pytest.mark.xdist_group('two_and_one_process_runs')
+
+
 @pytest.fixture(scope='module')
 def two_and_one_process_runs(tiny_synthetic, tmp_path_factory):
   """Work directories of the same training run by two processes and by one process."""
@@ -178,6 +183,7 @@ def two_and_one_process_runs(tiny_synthetic, tmp_path_factory):
   }
 
 
+@TWO_PROCESS_RUNS
 def test_two_processes_match_one_process(two_and_one_process_runs):
   runs = two_and_one_process_runs
   log0 = (runs['logs'] / 'process_0.log').read_text()
@@ -221,6 +227,7 @@ def test_two_processes_match_one_process(two_and_one_process_runs):
       )
 
 
+@TWO_PROCESS_RUNS
 def test_two_processes_checkpoint_the_same_data_iterator_state(
   two_and_one_process_runs,
 ):
@@ -241,6 +248,7 @@ def test_two_processes_checkpoint_the_same_data_iterator_state(
   assert dict(states['two'], process_count=1) == states['one']
 
 
+@TWO_PROCESS_RUNS
 def test_restore_params_without_shardings_reads_a_two_process_checkpoint(
   two_and_one_process_runs,
 ):
@@ -254,31 +262,20 @@ def test_restore_params_without_shardings_reads_a_two_process_checkpoint(
   )
 
 
-PREEMPT_STEPS = 4
-PREEMPT_OVERRIDES = dict(
-  OVERRIDES,
-  num_train_steps=PREEMPT_STEPS,
-  checkpoint_every_steps=PREEMPT_STEPS,
-)
-
-
+@TWO_PROCESS_RUNS
 def test_sigterm_to_one_process_then_restart_matches_uninterrupted_run(
-  tiny_synthetic, tmp_path
+  tiny_synthetic, two_and_one_process_runs, tmp_path
 ):
   """SIGTERM to process 1 only: both save the same step and exit 143; a restart ends bit-identical.
 
   The signal goes to process 1 as soon as its distributed runtime is up, before the first step
   (still compiling): JAX's sync manager then agrees on step 1 on both processes whatever the speed
-  of the machine, so the test needs only a few steps. Process 0 gets no signal.
+  of the machine, so the test needs only a few steps. Process 0 gets no signal. The uninterrupted
+  run is the fixture's two-process run (same flags).
   """
-  flags = config_flags(tiny_synthetic, **PREEMPT_OVERRIDES)
-  for name in ('reference', 'preempted', 'resumed'):
+  flags = config_flags(tiny_synthetic, **OVERRIDES)
+  for name in ('preempted', 'resumed'):
     (tmp_path / name).mkdir()
-  _run_all(
-    _two_process_commands(flags, tmp_path / 'uninterrupted'),
-    log_dir=str(tmp_path / 'reference'),
-    timeout_s=TIMEOUT_S,
-  )
 
   workdir = tmp_path / 'interrupted'
   commands = _two_process_commands(flags, workdir)
@@ -303,12 +300,12 @@ def test_sigterm_to_one_process_then_restart_matches_uninterrupted_run(
     commands, log_dir=str(tmp_path / 'resumed'), timeout_s=TIMEOUT_S
   )
   assert all('Resumed from step 1 ' in text for text in texts), texts[0][-3000:]
-  config = tiny_config(tiny_synthetic, **PREEMPT_OVERRIDES)
+  config = two_and_one_process_runs['config']
   params, ema, step = _final_params(str(workdir), config)
   ref_params, ref_ema, ref_step = _final_params(
-    str(tmp_path / 'uninterrupted'), config
+    str(two_and_one_process_runs['two']), config
   )
-  assert step == ref_step == PREEMPT_STEPS
+  assert step == ref_step == NUM_STEPS
   for one, other in ((params, ref_params), (ema, ref_ema)):
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -48,6 +48,10 @@ def _sampler(graphdef, mesh, max_batch, chunk_size=0):
   )
 
 
+# One pytest-xdist worker runs the module (`--dist loadgroup`), so `model` is built once.
+pytestmark = pytest.mark.xdist_group('sampling')
+
+
 @pytest.fixture(scope='module')
 def model():
   graphdef, _ = unet.abstract_model(TINY)

@@ -30,11 +30,14 @@ import pytest
 from tests.conftest import REPO
 from tests.conftest import tiny_config
 from tests.conftest import TinyData
+from tests.conftest import with_xla_flags
 
 NUM_DEVICES = 4
 NUM_STEPS = 3
-# A one-level U-Net (with attention): the test time is mostly compilation, three times over.
+# A one-level U-Net with attention (its weights are the largest to shard): the test time is mostly
+# compilation, four times over.
 MODEL = {
+  'model.attention_levels': (-1,),
   'model.channel_mult': (1,),
   'model.num_res_blocks': (1,),
   'model.num_middle_blocks': 1,
@@ -126,6 +129,10 @@ def run_variants(data_dir: str, name: str, out_dir: str) -> None:
     json.dump(info, f)
 
 
+# One pytest-xdist worker runs the module (`--dist loadgroup`), so the child process runs once.
+pytestmark = pytest.mark.xdist_group('sharded_step')
+
+
 @pytest.fixture(scope='module')
 def results(tiny_synthetic, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp('sharded_step'))
@@ -133,7 +140,9 @@ def results(tiny_synthetic, tmp_path_factory):
     os.environ,
     PYTHONPATH=REPO,
     JAX_PLATFORMS='cpu',
-    XLA_FLAGS=f'--xla_force_host_platform_device_count={NUM_DEVICES}',
+    XLA_FLAGS=with_xla_flags(
+      f'--xla_force_host_platform_device_count={NUM_DEVICES}'
+    ),
   )
   code = (
     'import sys; from tests import test_sharded_step as t; '
