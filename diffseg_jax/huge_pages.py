@@ -60,6 +60,32 @@ def thp_mode(path: str = _THP_MODE_FILE) -> Optional[str]:
   return match[1] if match else None
 
 
+def why_not(
+  environ: Mapping[str, str],
+  *,
+  platform: str,
+  glibc: Optional[tuple[int, int]],
+  mode: Optional[str],
+) -> Optional[str]:
+  """Why re-executing with the tunable would not change how malloc gets memory; None if it would."""
+  if TUNABLE in environ.get('GLIBC_TUNABLES', ''):
+    return f'{TUNABLE} already in GLIBC_TUNABLES'
+  if environ.get(OPT_OUT_VARIABLE, '1') == '0':
+    return f'{OPT_OUT_VARIABLE}=0'
+  if not platform.startswith('linux'):
+    return f'not Linux ({platform})'
+  if glibc is None or glibc < (2, 35):
+    found = 'not glibc' if glibc is None else 'glibc %d.%d' % glibc
+    return f'needs glibc >= 2.35, found {found}'
+  if mode == 'always':
+    return (
+      'the kernel gives huge pages to all memory (transparent_hugepage: always)'
+    )
+  if mode != 'madvise':
+    return f'transparent_hugepage mode {mode or "unknown"}, not madvise'
+  return None
+
+
 def wanted(
   environ: Mapping[str, str],
   *,
@@ -68,14 +94,7 @@ def wanted(
   mode: Optional[str],
 ) -> bool:
   """Whether re-executing with the tunable would change how malloc gets memory."""
-  return (
-    platform.startswith('linux')
-    and glibc is not None
-    and glibc >= (2, 35)
-    and mode == 'madvise'
-    and environ.get(OPT_OUT_VARIABLE, '1') != '0'
-    and TUNABLE not in environ.get('GLIBC_TUNABLES', '')
-  )
+  return why_not(environ, platform=platform, glibc=glibc, mode=mode) is None
 
 
 def with_tunable(tunables: str) -> str:
@@ -96,11 +115,23 @@ def reexec_with_huge_pages() -> None:
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def describe(environ: Mapping[str, str] = os.environ) -> str:
-  """One line for logs: whether this process runs with the tunable."""
+def describe(
+  environ: Mapping[str, str] = os.environ,
+  *,
+  platform: Optional[str] = None,
+  glibc: Optional[tuple[int, int]] = None,
+  mode: Optional[str] = None,
+) -> str:
+  """One line for logs: whether this process runs with the tunable, and if not, why not.
+
+  `platform`, `glibc` and `mode` default to this machine's.
+  """
   if TUNABLE in environ.get('GLIBC_TUNABLES', ''):
     return f'host malloc: transparent huge pages ({TUNABLE}=1)'
-  return (
-    'host malloc: 4 KiB pages (huge pages not requested: '
-    f'{OPT_OUT_VARIABLE}=0, not glibc >= 2.35, or the kernel not in madvise mode)'
+  reason = why_not(
+    environ,
+    platform=sys.platform if platform is None else platform,
+    glibc=glibc_version() if glibc is None else glibc,
+    mode=thp_mode() if mode is None else mode,
   )
+  return f'host malloc: 4 KiB pages ({reason or "not re-executed with " + TUNABLE + "=1"})'

@@ -79,11 +79,27 @@ def test_glibc_version_parses_this_machine():
   assert version is None or (len(version) == 2 and version >= (2, 0))
 
 
-def test_describe():
-  assert 'huge pages' in huge_pages.describe(
+def test_describe_names_the_one_reason_for_small_pages():
+  assert 'transparent huge pages' in huge_pages.describe(
     {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
   )
-  assert '4 KiB' in huge_pages.describe({})
+  linux = dict(platform='linux', glibc=(2, 36), mode='madvise')
+  cases = {
+    'DIFFSEG_HUGE_PAGES=0': ({'DIFFSEG_HUGE_PAGES': '0'}, {}),
+    'not Linux (darwin)': ({}, {'platform': 'darwin'}),
+    'found glibc 2.31': ({}, {'glibc': (2, 31)}),
+    'transparent_hugepage: always': ({}, {'mode': 'always'}),
+    'transparent_hugepage mode never': ({}, {'mode': 'never'}),
+    'not re-executed': ({}, {}),
+  }
+  for expected, (environ, machine) in cases.items():
+    line = huge_pages.describe(environ, **dict(linux, **machine))
+    assert line.startswith('host malloc: 4 KiB pages (') and expected in line, (
+      expected,
+      line,
+    )
+    others = [e for e in cases if e != expected]
+    assert not any(e in line for e in others), line
 
 
 def _run(script, env, *args) -> list[dict]:
