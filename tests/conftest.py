@@ -16,11 +16,11 @@
 
 A persistent XLA compilation cache (in .pytest_cache/) is shared by the test processes and the
 subprocesses they start, so the same tiny network is compiled once per machine. CI starts with an
-empty cache, where compiling is most of the suite's time: the tests compile with LLVM's optimisation
-off (`XLA_FLAGS`, unless set), which changes how fast the code runs, not what it computes (the
-SMALL U-Net's output and gradient were bit-identical with and without it, jax 0.10.2), and the
-tiny training configs have no attention block (`AttentionBlock` has its own tests), which took 40 %
-of a tiny train step's compile time.
+empty cache, where compiling is most of the suite's time: the quick tests (`-m "not slow"`) compile
+with LLVM's optimisation off (`XLA_FLAGS`, unless set; `pytest_configure`), which changes how fast
+the code runs, not what it computes (the SMALL U-Net's output and gradient were bit-identical with
+and without it, jax 0.10.2), and the tiny training configs have no attention block
+(`AttentionBlock` has its own tests), which took 40 % of a tiny train step's compile time.
 """
 
 import collections
@@ -33,7 +33,6 @@ os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR', os.path.join(REPO, '.pytest_cache', 'jax_cache')
 )
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
-os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,6 +52,13 @@ needs_reference = pytest.mark.skipif(
   not os.path.exists(REFERENCE),
   reason=f'{REFERENCE} missing (CI keeps shared/ beside the checkout).',
 )
+
+
+def pytest_configure(config):
+  # The quick tests (`-m "not slow"`, as .ci/run) mostly compile; the slow ones mostly run, and
+  # unoptimised code trains the quickstart at half its speed, so they keep XLA's default.
+  if 'not slow' in (config.getoption('markexpr', '') or ''):
+    os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 
 
 @pytest.fixture(scope='module')
