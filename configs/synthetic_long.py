@@ -16,9 +16,9 @@ r"""A longer recipe on synthetic_lesions/32: configs/best.py trained 3x longer, 
 
 configs/best.py (posterior-mean target, DPM-Solver++(2M) sampling) with the paper's SNR+1 loss
 weighting, as it was measured (best.py's uniform weighting came later and is not measured at this
-length), and 6,000 steps of batch 32 (the
-quickstart: 2,000; warm-up 500, cosine decay over the last 4,500) and a slower EMA, then the
-quickstart's evaluation (500 test images, 4 and 16 samples, oracle and image-blind rows). Measured
+length), and 6,000 steps of batch 32 (best.py:
+2,000; warm-up 500, cosine decay over the last 4,500) and a slower EMA, then the
+same evaluation (500 test images, 4 and 16 samples, oracle and image-blind rows). Measured
 as committed on a 2-core AMD EPYC, seeds 0-2 (benchmarks/RESULTS.md, "The committed long recipe,
 3 seeds"): seed 0 trained in 36.5 min (beside light jobs of ours) and took 44 min end to end; GED16
 1.51x and mode TV16 1.57x the true oracle, HM-IoU16 0.057 below it (mean of 3 seeds), flat after

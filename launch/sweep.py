@@ -14,7 +14,8 @@
 
 r"""Design-space study on the synthetic set: generate (and optionally run) the paper's ablations.
 
-Studies (issue 6; every run trains with the same step budget on configs/quickstart.py):
+Studies (issue 6; every run trains with the same step budget on configs/synthetic_paper.py, the
+paper's method on the synthetic set, which the quickstart was until 2026-12-07):
   input_scale  b in {1.0, 0.3, 0.1, 0.03}, x-prediction (SNR_plus1 weighting);
   prediction   x / v / eps at b = 0.1;
   weighting    uniform / snr / snr_plus1 / snr_trunc / sigmoid_0, x-prediction, b = 0.1;
@@ -50,8 +51,8 @@ from typing import NoReturn, Sequence
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO, 'configs', 'quickstart.py')
-EVAL_SPLIT = 'test'  # configs/quickstart.py: config.eval.split.
+DEFAULT_CONFIG = os.path.join(REPO, 'configs', 'synthetic_paper.py')
+EVAL_SPLIT = 'test'  # configs/synthetic_paper.py: config.eval.split.
 
 # The reference training of every study: x-prediction, b = 0.1, SNR_plus1 (the paper's choice).
 REFERENCE = {

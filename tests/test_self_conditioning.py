@@ -290,7 +290,9 @@ def test_sampler_feeds_the_previous_estimate():
 PAPER_CONFIGS = ('default', 'x_pred', 'v_pred', 'eps_pred', 'crop64')
 
 
-@pytest.mark.parametrize('name', PAPER_CONFIGS + ('quickstart',))
+@pytest.mark.parametrize(
+  'name', PAPER_CONFIGS + ('synthetic_paper', 'quickstart', 'best')
+)
 def test_paper_configs_keep_the_paper_network_and_loss(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   s = settings.resolve(config)

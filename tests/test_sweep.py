@@ -95,9 +95,24 @@ def test_training_studies_vary_one_factor(tmp_path, study, factor, values):
     assert r.metrics_path == os.path.join(
       str(tmp_path), r.name, 'eval', 'test', 'metrics.json'
     )
-    command = r.command(config='configs/quickstart.py', python='python')
+    command = r.command(config='configs/synthetic_paper.py', python='python')
     assert command[:3] == ['python', '-m', 'diffseg_jax.main']
     assert '--mode=train' in command and f'--workdir={r.workdir}' in command
+
+
+def test_the_study_runs_on_the_papers_method():
+  # The quickstart carries wins beyond the paper; the study's base config must not.
+  config = _load(
+    os.path.relpath(sweep.DEFAULT_CONFIG, REPO), 'study_config_under_test'
+  ).get_config()
+  assert config.diffusion.target == 'annotation'
+  assert config.diffusion.loss == 'mse' and not config.diffusion.self_condition
+  for key, value in sweep.REFERENCE.items():
+    section, name = key.split('.')
+    assert config[section][name] == value, key
+  assert (config.sampler.name, config.sampler.num_steps) == (
+    sweep.SAMPLER_REFERENCE
+  )
 
 
 def test_sampler_study_evaluates_one_checkpoint_per_seed(tmp_path):
