@@ -24,6 +24,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from diffseg_jax import checkpoint
@@ -420,6 +421,31 @@ def test_learning_rate_schedule_warmup_constant_cosine():
     float(lr(800)), peak * 0.5 * (1 + np.cos(np.pi * 200 / 400)), rtol=1e-5
   )
   assert float(lr(1000)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_initial_state_compiled_unoptimised_is_bit_identical():
+  """The run-once init program skips LLVM's optimisation on CPU; the parameters must not change."""
+  unet_config = unet.UNetConfig(
+    base_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=(1, 1),
+    num_middle_blocks=1,
+    num_heads=2,
+    attention_levels=(-1,),
+  )
+  mesh = parallel.make_mesh(-1)
+  state, _ = train.create_train_state(
+    unet_config, mesh, optax.adamw(1e-3), seed=3
+  )
+  rng = jax.random.split(jax.random.PRNGKey(3))[0]
+  # XLA's default level explicitly: the quick tests set level 0 for everything through XLA_FLAGS.
+  optimised = (
+    jax.jit(lambda: unet.init_params(unet_config, rng))
+    .lower()
+    .compile(compiler_options={'xla_backend_optimization_level': 2})()
+  )
+  _assert_trees_equal(state['params'], optimised)
+  _assert_trees_equal(state['ema_params'], optimised)
 
 
 def test_fsdp_rule_shards_large_params_only():
