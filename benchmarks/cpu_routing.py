@@ -20,16 +20,21 @@ In one process and timed in turns (median of --runs rounds), for each routing an
 Routings: 'eigen' is what `UNetConfig.compiler_options` sets for the 'cpu_fast' convolution
 (XLA's own convolution kernels; dots and reductions in YNNPACK); 'ynnpack' is XLA's default
 (convolutions in YNNPACK too; the benchmark empties `layers._CPU_FAST_COMPILER_OPTIONS` for it).
+`--option=KEY=VALUE` adds a routing 'eigen + KEY=VALUE': eigen's options plus that XLA option (one
+such routing per flag), to try a compiler option against what the code uses, timed in turns.
 
   python benchmarks/cpu_routing.py                                   # default U-Net, 128^2
   python benchmarks/cpu_routing.py --config=quickstart --size=32 --batch=32 --images=50 \
       --samples=16 --chunks=0
+  python benchmarks/cpu_routing.py --routings=eigen --chunks=-1 \
+      --option=xla_backend_optimization_level=2 --runs=10
 
 Writes OUT.json and OUT.md (default benchmarks/results/cpu_routing_<config>).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -51,8 +56,26 @@ _SAMPLES = flags.DEFINE_integer('samples', 4, 'Masks per image.')
 _CHUNKS = flags.DEFINE_list(
   'chunks', ['-1', '0'], 'config.network_chunk_size values to time.'
 )
+_ROUTINGS = flags.DEFINE_list(
+  'routings',
+  ['ynnpack', 'eigen'],
+  "Of 'ynnpack', 'eigen': the routings to time.",
+)
+_OPTIONS = flags.DEFINE_multi_string(
+  'option',
+  [],
+  "KEY=VALUE: an XLA compiler option timed as the routing 'eigen + KEY=VALUE'.",
+)
 _RUNS = flags.DEFINE_integer('runs', 4, 'Timed rounds (median).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
+
+
+def _option_value(text: str):
+  """An XLA option's value: int, float or bool where `text` reads as one, else the string."""
+  for parse in (int, float):
+    with contextlib.suppress(ValueError):
+      return parse(text)
+  return {'true': True, 'false': False}.get(text.lower(), text)
 
 
 def main(argv):
@@ -63,8 +86,20 @@ def main(argv):
   from diffseg_jax.models import layers  # pylint: disable=g-import-not-at-top
 
   routed = layers._CPU_FAST_COMPILER_OPTIONS  # pylint: disable=protected-access
+  routings = {'ynnpack': (), 'eigen': routed}
+  unknown = set(_ROUTINGS.value) - set(routings)
+  if unknown:
+    raise app.UsageError(
+      f'--routings: unknown {sorted(unknown)}; use ynnpack, eigen.'
+    )
+  routings = {name: routings[name] for name in _ROUTINGS.value}
+  for option in _OPTIONS.value:
+    key, sep, value = option.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--option={option!r}: expected KEY=VALUE.')
+    routings[f'eigen + {option}'] = routed + ((key, _option_value(value)),)
   cases, chunking = {}, {}
-  for routing, options in (('ynnpack', ()), ('eigen', routed)):
+  for routing, options in routings.items():
     layers._CPU_FAST_COMPILER_OPTIONS = options  # pylint: disable=protected-access
     for chunk in (int(c) for c in _CHUNKS.value):
       cfg = peak_memory.build_config(_CONFIG.value, batch_size=_BATCH.value)
@@ -123,7 +158,7 @@ def main(argv):
       'images': _IMAGES.value,
       'samples': _SAMPLES.value,
       'runs': _RUNS.value,
-      'compiler_options_eigen': dict(routed),
+      'compiler_options': {name: dict(o) for name, o in routings.items()},
       'chunking': chunking,
       'timed': timed,
     },
