@@ -97,7 +97,14 @@ def main(argv):
     key, sep, value = option.partition('=')
     if not sep or not key:
       raise app.UsageError(f'--option={option!r}: expected KEY=VALUE.')
-    routings[f'eigen + {option}'] = routed + ((key, _option_value(value)),)
+    options = routed + ((key, _option_value(value)),)
+    # layers.compiler_options falls back to XLA's defaults for options it rejects; here that
+    # would time the wrong routing under this one's name.
+    if not layers._compiler_accepts(options):  # pylint: disable=protected-access
+      raise app.UsageError(
+        f'--option={option!r}: this XLA ({jax.__version__}) rejects it; check the name and value.'
+      )
+    routings[f'eigen + {option}'] = options
   cases, chunking = {}, {}
   for routing, options in routings.items():
     layers._CPU_FAST_COMPILER_OPTIONS = options  # pylint: disable=protected-access
